@@ -1,0 +1,7 @@
+"""The `progressive train` command."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []
