@@ -1,0 +1,271 @@
+"""The three progressive networks: generator, energy model and inference model.
+
+Progressive-GAN building blocks: equalized learning rate, pixel norm in the generator, leaky
+ReLU 0.2, nearest upsampling, 2x2 average-pool downsampling and `channels(res)` feature maps.
+Every network is built once at full size (all blocks and RGB adapters up to `max_res`), so the
+parameter shapes never depend on the stage; the stage is chosen per call by `res` (generator)
+or by the input size (energy, inference) and `alpha` (fade-in weight of the newest block).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LRELU_SLOPE = 0.2
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+
+
+def channels(res: int, fmap_base: int = 16384, fmap_max: int = 512) -> int:
+    """Feature maps at resolution `res`: min(fmap_base // res, fmap_max)."""
+    return min(fmap_base // res, fmap_max)
+
+
+def num_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters in `module`."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def check_res(res: int, max_res: int) -> None:
+    """Raise ValueError unless `res` is a power of two with 4 <= res <= max_res."""
+    if not isinstance(res, int) or res < 4 or res > max_res or res & (res - 1):
+        raise ValueError(f"resolution must be a power of two between 4 and {max_res}, got {res!r}")
+
+
+def stage_resolutions(max_res: int) -> list[int]:
+    """[4, 8, ..., max_res]."""
+    check_res(max_res, max_res)
+    return [2**k for k in range(2, int(math.log2(max_res)) + 1)]
+
+
+def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Normalise each pixel's feature vector to unit mean square over channels (dim 1)."""
+    # The mean square is taken in fp32: in bf16 it loses too much for wide layers.
+    ms = x.float().square().mean(dim=1, keepdim=True)
+    return x * torch.rsqrt(ms + eps).to(x.dtype)
+
+
+def lrelu(x: Tensor) -> Tensor:
+    # In place is safe: every caller feeds a fresh conv/linear output, which its own backward
+    # does not need, and leaky ReLU's backward can use its output.
+    return F.leaky_relu(x, LRELU_SLOPE, inplace=True)
+
+
+def upsample2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def downsample2x(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+def fade(old: Tensor, new: Tensor, alpha: float) -> Tensor:
+    """lerp(old, new, alpha), written out so mixed dtypes under autocast are fine."""
+    return old + (new - old) * alpha
+
+
+class EqualizedConv2d(nn.Module):
+    """Conv with weights ~ N(0, 1) scaled at runtime by gain / sqrt(fan_in) ("same" padding)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.scale = gain / math.sqrt(in_ch * kernel * kernel)
+        self.padding = kernel // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Scaling the (small) weight rather than the activations keeps the cost negligible.
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class EqualizedLinear(nn.Module):
+    """Linear layer with weights ~ N(0, 1) scaled at runtime by gain / sqrt(fan_in)."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class _GeneratorFirst(nn.Module):
+    """Latent -> 4x4 features: dense, lrelu, pn, conv3x3, lrelu, pn."""
+
+    def __init__(self, latent: int, ch: int, pn: bool):
+        super().__init__()
+        self.ch, self.pn = ch, pn
+        self.dense = EqualizedLinear(latent, ch * 16, gain=math.sqrt(2) / 4)
+        self.conv = EqualizedConv2d(ch, ch, 3)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = lrelu(self.dense(z).view(-1, self.ch, 4, 4))
+        h = pixel_norm(h) if self.pn else h
+        h = lrelu(self.conv(h))
+        return pixel_norm(h) if self.pn else h
+
+
+class _GeneratorBlock(nn.Module):
+    """Upsample x2, then (conv3x3, lrelu, pn) twice."""
+
+    def __init__(self, in_ch: int, out_ch: int, pn: bool):
+        super().__init__()
+        self.pn = pn
+        self.conv0 = EqualizedConv2d(in_ch, out_ch, 3)
+        self.conv1 = EqualizedConv2d(out_ch, out_ch, 3)
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = lrelu(self.conv0(upsample2x(h)))
+        h = pixel_norm(h) if self.pn else h
+        h = lrelu(self.conv1(h))
+        return pixel_norm(h) if self.pn else h
+
+
+class Generator(nn.Module):
+    """z (N, latent) -> image (N, 3, res, res) in about [-1, 1] (linear output, no tanh)."""
+
+    def __init__(self, max_res: int, latent: int = 512, fmap_base: int = 16384,
+                 fmap_max: int = 512, pixel_norm: bool = True):
+        super().__init__()
+        self.max_res, self.latent, self.pixel_norm = max_res, latent, pixel_norm
+        ch = lambda r: channels(r, fmap_base, fmap_max)  # noqa: E731
+        self.blocks = nn.ModuleDict()
+        self.to_rgb = nn.ModuleDict()
+        for r in stage_resolutions(max_res):
+            self.blocks[str(r)] = (_GeneratorFirst(latent, ch(4), pixel_norm) if r == 4
+                                   else _GeneratorBlock(ch(r // 2), ch(r), pixel_norm))
+            self.to_rgb[str(r)] = EqualizedConv2d(ch(r), 3, 1, gain=1.0)
+
+    def forward(self, z: Tensor, res: int, alpha: float = 1.0) -> Tensor:
+        check_res(res, self.max_res)
+        h = pixel_norm(z) if self.pixel_norm else z
+        h = self.blocks["4"](h)
+        r = 4
+        while r < res // 2:
+            r *= 2
+            h = self.blocks[str(r)](h)
+        if res == 4:
+            return self.to_rgb["4"](h)
+        new = self.to_rgb[str(res)](self.blocks[str(res)](h))
+        if alpha >= 1.0:
+            return new
+        return fade(upsample2x(self.to_rgb[str(res // 2)](h)), new, alpha)
+
+
+class _FromRGB(nn.Module):
+    def __init__(self, out_ch: int):
+        super().__init__()
+        self.conv = EqualizedConv2d(3, out_ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return lrelu(self.conv(x))
+
+
+class _EncoderBlock(nn.Module):
+    """conv3x3, lrelu, conv3x3 (to the next lower resolution's width), lrelu, avgpool 2x."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv0 = EqualizedConv2d(in_ch, in_ch, 3)
+        self.conv1 = EqualizedConv2d(in_ch, out_ch, 3)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return downsample2x(lrelu(self.conv1(lrelu(self.conv0(h)))))
+
+
+def minibatch_stddev(h: Tensor, group: int) -> Tensor:
+    """Append one channel: the mean over features of the stddev across each group of images."""
+    n, _, height, width = h.shape
+    g = min(group, n)
+    if n % g:
+        raise ValueError(f"batch size {n} is not a multiple of the minibatch-stddev group {g}")
+    y = h.float().reshape(g, -1, *h.shape[1:])
+    std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
+    std = std.to(h.dtype).repeat(g)[:, None, None, None].expand(n, 1, height, width)
+    return torch.cat([h, std], dim=1)
+
+
+class _EncoderLast(nn.Module):
+    """4x4 features -> [mbstd], conv3x3, lrelu, flatten, dense, lrelu, dense (gain 1)."""
+
+    def __init__(self, ch: int, out_features: int, mbstd_group: int):
+        super().__init__()
+        self.mbstd_group = mbstd_group
+        self.conv = EqualizedConv2d(ch + (1 if mbstd_group else 0), ch, 3)
+        self.dense0 = EqualizedLinear(ch * 16, ch)
+        self.dense1 = EqualizedLinear(ch, out_features, gain=1.0)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.mbstd_group:
+            h = minibatch_stddev(h, self.mbstd_group)
+        h = lrelu(self.conv(h)).flatten(1)
+        return self.dense1(lrelu(self.dense0(h)))
+
+
+class _Encoder(nn.Module):
+    """Shared trunk of the energy and inference models: image (N, 3, r, r) -> (N, out_features)."""
+
+    def __init__(self, max_res: int, out_features: int, fmap_base: int = 16384,
+                 fmap_max: int = 512, mbstd_group: int = 0):
+        super().__init__()
+        self.max_res = max_res
+        ch = lambda r: channels(r, fmap_base, fmap_max)  # noqa: E731
+        self.blocks = nn.ModuleDict()
+        self.from_rgb = nn.ModuleDict()
+        for r in stage_resolutions(max_res):
+            self.from_rgb[str(r)] = _FromRGB(ch(r))
+            self.blocks[str(r)] = (_EncoderLast(ch(4), out_features, mbstd_group) if r == 4
+                                   else _EncoderBlock(ch(r), ch(r // 2)))
+
+    def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
+        res = x.shape[-1]
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2] != res:
+            raise ValueError(f"expected images of shape (N, 3, res, res), got {tuple(x.shape)}")
+        check_res(res, self.max_res)
+        h = self.blocks[str(res)](self.from_rgb[str(res)](x))
+        if res > 4 and alpha < 1.0:
+            h = fade(self.from_rgb[str(res // 2)](downsample2x(x)), h, alpha)
+        r = res // 2
+        while r >= 4:
+            h = self.blocks[str(r)](h)
+            r //= 2
+        return h
+
+
+class Energy(nn.Module):
+    """Image (N, 3, res, res) -> energy (N,), fp32, raw (low energy = data-like)."""
+
+    def __init__(self, max_res: int, fmap_base: int = 16384, fmap_max: int = 512,
+                 mbstd_group: int = 0):
+        super().__init__()
+        self.max_res = max_res
+        self.trunk = _Encoder(max_res, 1, fmap_base, fmap_max, mbstd_group)
+
+    def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
+        return self.trunk(x, alpha)[:, 0].float()
+
+
+def soft_clamp(x: Tensor, lo: float, hi: float) -> Tensor:
+    """Smoothly keep x within (lo, hi): about x well inside, never a zero gradient."""
+    return hi - F.softplus(hi - (lo + F.softplus(x - lo)))
+
+
+class Inference(nn.Module):
+    """Image (N, 3, res, res) -> (mu, logvar) of q(z|x), each (N, latent), fp32.
+
+    logvar is soft-clamped to (-12, 8) so exp(logvar) and 1 / exp(logvar) stay finite.
+    """
+
+    def __init__(self, max_res: int, latent: int = 512, fmap_base: int = 16384,
+                 fmap_max: int = 512):
+        super().__init__()
+        self.max_res, self.latent = max_res, latent
+        self.trunk = _Encoder(max_res, 2 * latent, fmap_base, fmap_max)
+
+    def forward(self, x: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.trunk(x, alpha).float().chunk(2, dim=1)
+        return mu, soft_clamp(logvar, LOGVAR_MIN, LOGVAR_MAX)
