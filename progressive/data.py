@@ -1,0 +1,235 @@
+"""Reading LMDB datasets: an image Dataset, a resumable infinite sampler, and a DataLoader maker.
+
+The dataset format is defined in `progressive.dataset_format`. Shards are opened lazily in
+whichever process reads them (a DataLoader worker, a rank), never inherited across a fork.
+"""
+
+from __future__ import annotations
+
+import bisect
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lmdb
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+
+from progressive.dataset_format import image_key, read_meta
+from progressive.errors import UserError
+
+# With lock=False LMDB does not track readers, but the limit still applies to open transactions.
+_MAX_READERS = 1024
+
+# torchvision 0.29 warns on every decode call that its decoders will move to another package.
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
+
+# LMDB refuses to open one environment twice in a process, so shards are shared by every
+# dataset object of the process (one per resolution, say), keyed by path. Each entry remembers
+# the pid that opened it (a forked DataLoader worker inherits the handle and the "already open"
+# mark, and must close and reopen it; with lock=False closing touches nothing shared) and the
+# data file's identity (a dataset re-created in place must be reopened).
+_ENVS: dict[str, tuple[int, tuple[int, int], lmdb.Environment]] = {}
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    try:
+        st = os.stat(path / "data.mdb")
+    except OSError:
+        return (-1, -1)
+    return (st.st_ino, st.st_mtime_ns)
+
+
+def _open_shard(path: Path, identity: tuple[int, int]) -> lmdb.Environment:
+    key = str(path)
+    cached = _ENVS.get(key)
+    if cached is not None:
+        pid, ident, env = cached
+        if pid == os.getpid() and ident == identity:
+            return env
+        env.close()  # in a forked child this unmaps the child's copy only
+        del _ENVS[key]
+    try:
+        env = lmdb.open(
+            key, readonly=True, lock=False, readahead=False, meminit=False,
+            max_readers=_MAX_READERS, subdir=True,
+        )
+    except lmdb.Error as e:
+        raise UserError(
+            f"cannot open shard {path} ({str(e).splitlines()[0]}); "
+            "re-create the dataset with tools/make_lmdb.py"
+        ) from None
+    _ENVS[key] = (os.getpid(), identity, env)
+    return env
+
+
+class ImageDataset(Dataset):
+    """The images of the dataset at `root` at resolution `res`, as uint8 tensors (3, res, res)."""
+
+    def __init__(self, root: str | os.PathLike, res: int):
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        self.resolutions: list[int] = self.meta["resolutions"]
+        self.max_res: int = int(self.meta["max_res"])
+        if res not in self.resolutions:
+            have = f"{min(self.resolutions)}..{max(self.resolutions)}"
+            raise UserError(
+                f"dataset {self.root} has resolutions {have}; --res {res} is not among them"
+            )
+        self.res = int(res)
+        self.encoding: str = self.meta["encoding"][self.res]
+        self.channels = int(self.meta["channels"])
+        if self.channels not in (1, 3):
+            raise UserError(f"{self.root}/meta.json: channels {self.channels} is not 1 or 3")
+        self.shards: list[dict] = self.meta["shards"]
+        self._firsts = [s["first"] for s in self.shards]
+        self._paths = [self.root / s["path"] for s in self.shards]
+        self._identities = [_file_identity(p) for p in self._paths]
+
+    def __len__(self) -> int:
+        return self.meta["count"]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        shard = bisect.bisect_right(self._firsts, index) - 1
+        key = image_key(self.res, index)
+        env = _open_shard(self._paths[shard], self._identities[shard])
+        with env.begin(buffers=False) as txn:
+            value = txn.get(key)
+        if value is None:
+            raise UserError(
+                f"shard {self._paths[shard]}, key {key.decode()} is missing; "
+                "re-create the dataset with tools/make_lmdb.py"
+            )
+        return self._decode(value, lambda: f"shard {self._paths[shard]}, key {key.decode()}")
+
+    def _decode(self, value: bytes, where: Callable[[], str]) -> torch.Tensor:
+        """Decode one stored value; `where()` names it in errors."""
+        res, c = self.res, self.channels
+        # bytearray: a writable copy, so torch.frombuffer does not warn and owns its memory
+        data = torch.frombuffer(bytearray(value), dtype=torch.uint8)
+        if self.encoding == "raw":
+            if data.numel() != res * res * c:
+                raise UserError(
+                    f"{where()} is corrupt: {data.numel()} bytes, expected {res}x{res}x{c}"
+                )
+            image = data.view(res, res, c).permute(2, 0, 1)
+            if c == 1:
+                image = image.expand(3, res, res)
+            return image.contiguous()
+        try:
+            decode = decode_png if self.encoding == "png" else decode_jpeg
+            image = decode(data, mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else "decode failed"
+            raise UserError(f"{where()} is corrupt ({reason})") from None
+        if image.shape != (3, res, res):
+            raise UserError(
+                f"{where()} is corrupt: decoded {tuple(image.shape)}, expected (3, {res}, {res})"
+            )
+        return image
+
+
+class InfiniteSampler(Sampler[int]):
+    """An endless, seeded stream of indices, each epoch split evenly over `world_size` ranks.
+
+    Epoch `e` is a permutation of range(size) drawn from a generator seeded with (seed, e);
+    rank `r` takes positions r, r + W, r + 2W, ... of its first (size // W) * W entries, so all
+    ranks have the same epoch length and never share an index within an epoch. `position` is
+    the number of indices this rank has drawn; a sampler built with `start=k` continues exactly
+    as an uninterrupted one would after k indices. Iterating advances `position`.
+    """
+
+    def __init__(
+        self, size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+        shuffle: bool = True, start: int = 0,
+    ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is not in 0..{world_size - 1}")
+        if size < world_size:
+            raise UserError(
+                f"the dataset has {size} images, fewer than the {world_size} processes; "
+                "use a larger dataset or fewer processes"
+            )
+        if start < 0:
+            raise UserError(f"sampler start {start} is negative")
+        self.size, self.rank, self.world_size = int(size), int(rank), int(world_size)
+        self.seed, self.shuffle, self.position = int(seed), bool(shuffle), int(start)
+        self.epoch_length = self.size // self.world_size
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's indices in `epoch`, in order."""
+        used = self.epoch_length * self.world_size
+        if self.shuffle:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (1 << 63))
+            order = torch.randperm(self.size, generator=g)
+        else:
+            order = torch.arange(self.size)
+        return order[self.rank : used : self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.position, self.epoch_length)
+        while True:
+            for index in self.epoch_indices(epoch)[offset:]:
+                self.position += 1
+                yield index
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:
+        # DataLoader asks for a length; the stream is endless, so report the largest int.
+        return 2**62
+
+    def state_dict(self) -> dict:
+        return {
+            "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+            "position": self.position,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the position; refuses a state from another seed or process layout."""
+        mine = self.state_dict()
+        for k in ("seed", "rank", "world_size"):
+            if int(state[k]) != mine[k]:
+                raise UserError(
+                    f"sampler state has {k}={state[k]} but this run has {k}={mine[k]}"
+                )
+        self.position = int(state["position"])
+
+
+def _worker_init(_: int) -> None:
+    # Workers decode one image at a time; intra-op threads only contend with each other.
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+    start: int = 0, workers: int = 0, drop_last: bool = True, pin_memory: bool = False,
+    prefetch_factor: int = 4,
+) -> DataLoader:
+    """An endless DataLoader of uint8 batches (N, 3, res, res) for one rank.
+
+    `start` is the number of images this rank has already consumed (not batches): the stream
+    continues exactly where an uninterrupted run would be. Build a new loader at every stage
+    change rather than relying on iterator state, since workers prefetch ahead.
+    """
+    sampler = InfiniteSampler(
+        len(dataset), rank=rank, world_size=world_size, seed=seed, shuffle=True, start=start
+    )
+    extra: dict = {}
+    if workers > 0:
+        # fork starts workers in ~0.05 s against seconds for spawn; shards are reopened per pid
+        if "fork" in multiprocessing.get_all_start_methods():
+            extra["multiprocessing_context"] = "fork"
+        extra.update(prefetch_factor=prefetch_factor, worker_init_fn=_worker_init)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        drop_last=drop_last, pin_memory=pin_memory, persistent_workers=False, **extra,
+    )

@@ -1,0 +1,277 @@
+"""The LMDB reader, the resumable sampler and the DataLoader maker, on tiny hand-made datasets."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import lmdb
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from progressive.data import ImageDataset, InfiniteSampler, make_loader
+from progressive.dataset_format import (
+    FORMAT,
+    VERSION,
+    image_key,
+    resolutions_up_to,
+    shard_name,
+    write_json_atomic,
+)
+from progressive.errors import UserError
+
+# torchvision 0.29 announces on every decode that its decoders are moving elsewhere
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+
+
+def _encode(image: torch.Tensor, encoding: str) -> bytes:
+    """Encode a uint8 CHW image as the format stores it."""
+    hwc = image.permute(1, 2, 0).contiguous()
+    if encoding == "raw":
+        return hwc.numpy().tobytes()
+    buf = io.BytesIO()
+    fmt = "PNG" if encoding == "png" else "JPEG"
+    Image.fromarray(hwc.numpy()).save(buf, format=fmt, quality=95)
+    return buf.getvalue()
+
+
+def write_dataset(
+    root: Path, count: int = 10, max_res: int = 16, encoding: dict[int, str] | None = None,
+    shard_counts: list[int] | None = None, seed: int = 0, extra_meta: dict | None = None,
+) -> dict[int, torch.Tensor]:
+    """Write a dataset as DESIGN.md section 3 describes; return the images stored per resolution.
+
+    Images are smooth random fields (so JPEG stays close); lower resolutions are 2x2 box averages.
+    """
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 4, 4, generator=g)
+    top = F.interpolate(coarse, size=(max_res, max_res), mode="bilinear", align_corners=False)
+    top = (top * 255).round().clamp(0, 255)
+    resolutions = resolutions_up_to(max_res)
+    images = {max_res: top.to(torch.uint8)}
+    level = top
+    for res in reversed(resolutions[:-1]):
+        level = F.avg_pool2d(level, 2)
+        images[res] = level.round().to(torch.uint8)
+    encoding = encoding or {r: "raw" for r in resolutions}
+    shard_counts = shard_counts or [count]
+    assert sum(shard_counts) == count
+    root.mkdir(parents=True, exist_ok=True)
+    shards, first = [], 0
+    for i, n in enumerate(shard_counts):
+        env = lmdb.open(str(root / shard_name(i)), map_size=64 << 20)
+        with env.begin(write=True) as txn:
+            for index in range(first, first + n):
+                for res in resolutions:
+                    txn.put(image_key(res, index), _encode(images[res][index], encoding[res]))
+        env.close()
+        shards.append({"path": shard_name(i), "first": first, "count": n})
+        first += n
+    meta = {
+        "format": FORMAT, "version": VERSION, "count": count, "max_res": max_res,
+        "resolutions": resolutions, "encoding": {str(r): e for r, e in encoding.items()},
+        "channels": 3, "crop": "center", "resize": "lanczos, then 2x2 box average",
+        "source": {"kind": "folder", "input": "/nowhere/images"}, "shards": shards,
+        "created": "2024-01-01T00:00:00Z",
+    }
+    meta.update(extra_meta or {})
+    write_json_atomic(root / "meta.json", meta)
+    return images
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def test_raw_and_png_round_trip_exactly(tmp_path):
+    enc = {4: "raw", 8: "png", 16: "raw", 32: "png"}
+    images = write_dataset(tmp_path / "d", count=5, max_res=32, encoding=enc)
+    for res in enc:
+        ds = ImageDataset(tmp_path / "d", res)
+        assert len(ds) == 5 and ds.max_res == 32 and ds.meta["count"] == 5
+        for i in range(5):
+            got = ds[i]
+            assert got.dtype == torch.uint8 and got.shape == (3, res, res)
+            assert torch.equal(got, images[res][i]), (res, i)
+
+
+def test_jpeg_decodes_close(tmp_path):
+    enc = {4: "raw", 8: "jpeg", 16: "jpeg"}
+    images = write_dataset(tmp_path / "d", count=3, max_res=16, encoding=enc)
+    ds = ImageDataset(tmp_path / "d", 16)
+    for i in range(3):
+        got = ds[i]
+        assert got.shape == (3, 16, 16) and got.dtype == torch.uint8
+        err = (got.float() - images[16][i].float()).abs().mean().item()
+        assert err < 6, err
+
+
+def test_three_shards_map_indices(tmp_path):
+    images = write_dataset(tmp_path / "d", count=10, max_res=8, shard_counts=[4, 1, 5])
+    ds = ImageDataset(tmp_path / "d", 8)
+    assert [s["count"] for s in ds.meta["shards"]] == [4, 1, 5]
+    for i in range(10):
+        assert torch.equal(ds[i], images[8][i]), i
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+def test_missing_resolution_is_one_line_error(tmp_path):
+    write_dataset(tmp_path / "d", count=2, max_res=16)
+    with pytest.raises(UserError) as e:
+        ImageDataset(tmp_path / "d", 128)
+    msg = str(e.value)
+    assert "4..16" in msg and "--res 128" in msg and "\n" not in msg
+
+
+def test_missing_meta(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a dataset"):
+        ImageDataset(tmp_path / "empty", 4)
+    with pytest.raises(UserError, match="does not exist"):
+        ImageDataset(tmp_path / "nowhere", 4)
+
+
+def test_shards_without_meta_says_rerun(tmp_path):
+    write_dataset(tmp_path / "d", count=2, max_res=8)
+    (tmp_path / "d" / "meta.json").unlink()
+    with pytest.raises(UserError) as e:
+        ImageDataset(tmp_path / "d", 8)
+    assert "re-run" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_meta_and_unknown_version(tmp_path):
+    write_dataset(tmp_path / "d", count=2, max_res=8)
+    meta_path = tmp_path / "d" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        ImageDataset(tmp_path / "d", 8)
+    meta_path.write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(UserError, match="version 99"):
+        ImageDataset(tmp_path / "d", 8)
+    meta_path.write_text(json.dumps({**meta, "shards": [{"path": "shard-00000.lmdb"}]}))
+    with pytest.raises(UserError, match="malformed"):
+        ImageDataset(tmp_path / "d", 8)
+
+
+def test_missing_key_and_corrupt_value_name_shard_and_key(tmp_path):
+    enc = {4: "raw", 8: "png"}
+    write_dataset(tmp_path / "d", count=4, max_res=8, encoding=enc, shard_counts=[2, 2])
+    env = lmdb.open(str(tmp_path / "d" / shard_name(1)))
+    with env.begin(write=True) as txn:
+        txn.delete(image_key(8, 3))
+        txn.put(image_key(8, 2), b"\x89PNG garbage")
+        txn.put(image_key(4, 2), b"short")
+    env.close()
+    for res, index, what in ((8, 3, "missing"), (8, 2, "corrupt"), (4, 2, "corrupt")):
+        with pytest.raises(UserError) as e:
+            ImageDataset(tmp_path / "d", res)[index]
+        msg = str(e.value)
+        assert what in msg and "shard-00001.lmdb" in msg and f"{res}/{index:08d}" in msg
+        assert "\n" not in msg
+
+
+def test_missing_shard_directory(tmp_path):
+    write_dataset(tmp_path / "d", count=4, max_res=4, shard_counts=[2, 2])
+    import shutil
+
+    shutil.rmtree(tmp_path / "d" / shard_name(1))
+    ds = ImageDataset(tmp_path / "d", 4)
+    ds[0]
+    with pytest.raises(UserError, match="shard-00001.lmdb"):
+        ds[3]
+
+
+def test_pickles_after_reading(tmp_path):
+    import pickle
+
+    images = write_dataset(tmp_path / "d", count=3, max_res=4)
+    ds = ImageDataset(tmp_path / "d", 4)
+    ds[0]  # opens a shard
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[2], images[4][2])
+
+
+# --- sampler --------------------------------------------------------------------------------
+
+
+def _take(sampler: InfiniteSampler, n: int) -> list[int]:
+    it = iter(sampler)
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("size,world", [(10, 1), (10, 3), (11, 4), (7, 7)])
+def test_sampler_splits_each_epoch_across_ranks(size, world):
+    per = size // world
+    ranks = [_take(InfiniteSampler(size, r, world, seed=5), 3 * per) for r in range(world)]
+    epochs = []
+    for e in range(3):
+        parts = [set(r[e * per : (e + 1) * per]) for r in ranks]
+        assert all(len(p) == per for p in parts)  # same length, no repeats within a rank
+        union = set().union(*parts)
+        assert len(union) == per * world  # disjoint across ranks, covers (size//W)*W indices
+        assert union <= set(range(size))
+        epochs.append([x for r in ranks for x in r[e * per : (e + 1) * per]])
+    if size >= 10:
+        assert epochs[0] != epochs[1] != epochs[2]  # a new permutation every epoch
+
+
+def test_sampler_is_deterministic_per_seed():
+    assert _take(InfiniteSampler(50, seed=1), 120) == _take(InfiniteSampler(50, seed=1), 120)
+    assert _take(InfiniteSampler(50, seed=1), 50) != _take(InfiniteSampler(50, seed=2), 50)
+    assert _take(InfiniteSampler(50, shuffle=False), 60) == list(range(50)) + list(range(10))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_sampler_resumes_exactly(world):
+    size = 13
+    for rank in range(world):
+        full = _take(InfiniteSampler(size, rank, world, seed=7), 40)
+        per = size // world
+        for k in (0, 1, per - 1, per, per + 1, 2 * per + 3, 25):
+            s = InfiniteSampler(size, rank, world, seed=7, start=k)
+            assert _take(s, 40 - k) == full[k:], (world, rank, k)
+            assert s.state_dict()["position"] == 40
+
+
+def test_sampler_state_dict_round_trip():
+    a = InfiniteSampler(20, rank=1, world_size=2, seed=3)
+    _take(a, 17)
+    state = a.state_dict()
+    assert state == {"seed": 3, "rank": 1, "world_size": 2, "position": 17}
+    b = InfiniteSampler(20, rank=1, world_size=2, seed=3)
+    b.load_state_dict(state)
+    assert _take(b, 9) == _take(a, 9)
+    with pytest.raises(UserError, match="seed"):
+        InfiniteSampler(20, rank=1, world_size=2, seed=4).load_state_dict(state)
+
+
+def test_sampler_refuses_too_small_dataset():
+    with pytest.raises(UserError, match="fewer than"):
+        InfiniteSampler(3, rank=0, world_size=4)
+
+
+# --- loader ---------------------------------------------------------------------------------
+
+
+def test_loader_same_batches_with_0_and_2_workers(tmp_path):
+    enc = {4: "raw", 8: "png"}
+    write_dataset(tmp_path / "d", count=12, max_res=8, encoding=enc, shard_counts=[5, 7])
+    ds = ImageDataset(tmp_path / "d", 8)
+    ds[0]  # an open shard in the parent must not leak into forked workers
+
+    def batches(workers: int, start: int) -> list[torch.Tensor]:
+        loader = make_loader(ds, 4, rank=1, world_size=2, seed=3, start=start, workers=workers)
+        it = iter(loader)
+        return [next(it) for _ in range(5)]
+
+    b0, b2 = batches(0, 2), batches(2, 2)
+    assert all(b.shape == (4, 3, 8, 8) and b.dtype == torch.uint8 for b in b0)
+    assert all(torch.equal(x, y) for x, y in zip(b0, b2, strict=True))
+    # the batches are the sampler's images, in its order
+    order = _take(InfiniteSampler(12, 1, 2, seed=3, start=2), 20)
+    expected = torch.stack([ds[i] for i in order])
+    assert torch.equal(torch.cat(b0), expected)
