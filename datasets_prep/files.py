@@ -1,0 +1,127 @@
+"""Sources made of image files: a folder (recursive), a zip, and CelebA-HQ (either, in numeric
+order of the file names)."""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from progressive.errors import UserError
+
+from .base import Source
+from .image import Reject, open_image
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+_zips: dict[tuple[int, str], zipfile.ZipFile] = {}
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    """One ZipFile per process: a handle inherited across fork shares the file offset."""
+    key = (os.getpid(), path)
+    if key not in _zips:
+        _zips[key] = zipfile.ZipFile(path)
+    return _zips[key]
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(EXTENSIONS) and not Path(name).name.startswith(".")
+
+
+def _numeric_key(name: str) -> tuple[int, int, str]:
+    """Sort by the last integer in the file stem; names without one go last."""
+    digits = re.findall(r"\d+", Path(name).stem)
+    return (0, int(digits[-1]), name) if digits else (1, 0, name)
+
+
+class FolderSource(Source):
+    """Every image file under a folder, recursively, in sorted path order."""
+
+    kind = "folder"
+    numeric = False
+
+    def __init__(self, input: str, **options):
+        super().__init__(input, **options)
+        root = Path(input)
+        if not root.is_dir():
+            raise UserError(f"{input} is not a folder; pass a folder of images")
+        self.root = root
+        names = [
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if _is_image_name(p.name) and p.is_file()
+        ]
+        self.names = sorted(names, key=_numeric_key if self.numeric else None)
+        if not self.names:
+            raise UserError(f"{input} holds no images ({', '.join(EXTENSIONS)})")
+
+    def items(self) -> Iterator[str]:
+        yield from self.names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, item: str):
+        path = self.root / item
+        if path.stat().st_size == 0:
+            raise Reject("empty file")
+        return item, open_image(str(path))
+
+
+class ZipSource(Source):
+    """Every image member of a zip file, in sorted member-name order."""
+
+    kind = "zip"
+    numeric = False
+
+    def __init__(self, input: str, **options):
+        super().__init__(input, **options)
+        if not Path(input).is_file():
+            raise UserError(f"{input} is not a file; pass a .zip of images")
+        try:
+            with zipfile.ZipFile(input) as z:
+                names = [i.filename for i in z.infolist() if not i.is_dir()]
+        except (zipfile.BadZipFile, OSError) as e:
+            raise UserError(f"{input} is not a readable zip file ({e})") from None
+        names = [n for n in names if _is_image_name(n)]
+        self.names = sorted(names, key=_numeric_key if self.numeric else None)
+        if not self.names:
+            raise UserError(f"{input} holds no images ({', '.join(EXTENSIONS)})")
+
+    def items(self) -> Iterator[str]:
+        yield from self.names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, item: str):
+        try:
+            data = _open_zip(str(self.input)).read(item)
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise Reject(f"cannot read zip member: {e}") from None
+        if not data:
+            raise Reject("empty file")
+        return item, open_image(data)
+
+
+class _CelebAHQFolder(FolderSource):
+    kind = "celebahq"
+    numeric = True
+
+
+class _CelebAHQZip(ZipSource):
+    kind = "celebahq"
+    numeric = True
+
+
+def celebahq(input: str, **options) -> Source:
+    """CelebA-HQ's 30,000 1024x1024 images from a folder or a zip, sorted by the integer in
+    each file name (imgHQ00000.png, 00000.jpg, ...)."""
+    if Path(input).is_dir():
+        return _CelebAHQFolder(input, **options)
+    if Path(input).is_file():
+        return _CelebAHQZip(input, **options)
+    raise UserError(f"{input} does not exist; pass the CelebA-HQ folder or zip")

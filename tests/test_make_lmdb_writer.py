@@ -1,0 +1,214 @@
+"""The dataset writer: bad input, --strict, interrupted runs, output directory rules,
+sharding, parallel workers, and the command line."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from datasets_prep import make_source, write_dataset, writer
+from datasets_prep.readback import iter_images, shard_keys
+from progressive.dataset_format import image_key, read_meta
+from progressive.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = ROOT / "tools" / "make_lmdb.py"
+
+
+def _good(path: Path, seed: int, size=(20, 20), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+
+
+def _messy(folder: Path) -> dict[str, str]:
+    """Good images in every odd mode plus every kind of bad file; returns the bad ones with a
+    word expected in their reason."""
+    _good(folder / "00_rgb.png", 0)
+    _good(folder / "01_gray.png", 1, mode="L")
+    _good(folder / "02_palette.png", 2, mode="P")
+    _good(folder / "03_rgba.png", 3, mode="RGBA")
+    _good(folder / "04_cmyk.jpg", 4, mode="CMYK")
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(folder / "05_sixteen.png")
+    (folder / "10_empty.jpg").write_bytes(b"")
+    _good(folder / "full.jpg", 5)
+    data = (folder / "full.jpg").read_bytes()
+    (folder / "11_truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "full.jpg").unlink()
+    (folder / "12_text.jpg").write_text("this is not a picture")
+    _good(folder / "13_small.png", 6, size=(12, 30))
+    _good(folder / "14_bomb.png", 7, size=(64, 64))  # over twice the limit: Pillow's error
+    _good(folder / "15_bomb.png", 9, size=(36, 36))  # over the limit: Pillow only warns
+    _good(folder / "99_rgb.png", 8)
+    return {"10_empty.jpg": "empty", "11_truncated.jpg": "decode", "12_text.jpg": "not an image",
+            "13_small.png": "smaller than 16x16 after crop: 12x30", "14_bomb.png": "bomb",
+            "15_bomb.png": "bomb"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_inputs_are_rejected_and_odd_modes_accepted(tmp_path, monkeypatch, workers):
+    bad = _messy(tmp_path / "in")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30 * 30)  # 64x64 is now over the limit
+    meta = write_dataset(make_source("folder", str(tmp_path / "in")), tmp_path / "out", 16,
+                         workers=workers, progress=False)
+    assert meta["count"] == 7 and meta["rejected"] == len(bad)
+    lines = (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()
+    reasons = {d["path"]: d["reason"] for d in map(json.loads, lines)}
+    assert set(reasons) == set(bad)
+    for name, word in bad.items():
+        assert word in reasons[name], (name, reasons[name])
+    # Accepted images keep contiguous indices in source order; every one is RGB.
+    images = list(iter_images(tmp_path / "out"))
+    assert sorted({i for i, _, _ in images}) == list(range(7))
+    assert all(x.shape == (r, r, 3) for _, r, x in images)
+    sixteen = [x for i, r, x in images if i == 5 and r == 16][0]
+    assert (sixteen == round(40000 / 257)).all()  # scaled to 8 bits, not clipped at 255
+
+
+def test_strict_stops_at_first_bad(tmp_path):
+    _messy(tmp_path / "in")
+    with pytest.raises(UserError, match="10_empty.jpg: empty file"):
+        write_dataset(make_source("folder", str(tmp_path / "in")), tmp_path / "out", 16,
+                      workers=0, strict=True, progress=False)
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_interrupted_run_leaves_no_meta_and_is_reused(tmp_path, monkeypatch):
+    src = make_source("synthetic", "40")
+    calls = {"n": 0}
+    real_flush = writer._ShardWriter._flush
+
+    def flaky_flush(self):
+        real_flush(self)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Boom("killed")
+
+    monkeypatch.setattr(writer, "COMMIT_EVERY", 4)
+    monkeypatch.setattr(writer._ShardWriter, "_flush", flaky_flush)
+    with pytest.raises(_Boom):
+        write_dataset(src, tmp_path / "out", 8, shard_size=6, workers=0, progress=False)
+    out = tmp_path / "out"
+    assert not (out / "meta.json").exists() and any(out.glob("shard-*.lmdb"))
+    with pytest.raises(UserError, match="did not finish.*re-run"):
+        read_meta(out)
+    monkeypatch.setattr(writer._ShardWriter, "_flush", real_flush)
+    # The leftovers are cleaned and the directory reused without --overwrite.
+    meta = write_dataset(src, out, 8, shard_size=6, workers=0, progress=False)
+    assert read_meta(out)["count"] == meta["count"] == 40
+
+
+def test_killed_process_leaves_no_meta(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(TOOL), "synthetic", "100000", str(out), "--max-res", "8",
+         "--workers", "1", "--shard-size", "100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):  # wait until a few shards exist
+            if len(list(out.glob("shard-*.lmdb"))) >= 2 or proc.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.05"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(list(out.glob("shard-*.lmdb"))) >= 2
+    assert not (out / "meta.json").exists()
+    with pytest.raises(UserError, match="re-run"):
+        read_meta(out)
+
+
+def test_existing_dataset_needs_overwrite_and_foreign_dirs_are_refused(tmp_path):
+    out = tmp_path / "out"
+    write_dataset(make_source("synthetic", "3"), out, 8, workers=0, progress=False)
+    with pytest.raises(UserError, match="already holds a dataset.*--overwrite"):
+        write_dataset(make_source("synthetic", "5"), out, 8, workers=0, progress=False)
+    assert read_meta(out)["count"] == 3
+    meta = write_dataset(make_source("synthetic", "5"), out, 8, shard_size=2, workers=0,
+                         overwrite=True, progress=False)
+    assert meta["count"] == 5 and len(list(out.glob("shard-*.lmdb"))) == 3
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="not empty"):
+            write_dataset(make_source("synthetic", "3"), foreign, 8, workers=0,
+                          overwrite=overwrite, progress=False)
+    assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_sharding_by_size_and_count(tmp_path):
+    for kwargs, counts in (({"shard_size": 4}, [4, 4, 2]), ({"shards": 3}, [4, 4, 2]),
+                           ({"shards": 2}, [5, 5]), ({"shard_size": 20}, [10])):
+        out = tmp_path / str(sorted(kwargs.items()))
+        write_dataset(make_source("synthetic", "10"), out, 8, workers=0, progress=False,
+                      **kwargs)
+        meta = read_meta(out)
+        assert [s["count"] for s in meta["shards"]] == counts
+        keys = shard_keys(out)
+        for s in meta["shards"]:
+            want = {image_key(r, i) for r in (4, 8) for i in range(s["first"],
+                                                                 s["first"] + s["count"])}
+            assert keys[s["path"]] == want
+
+
+def test_parallel_matches_in_process_and_max_images(tmp_path):
+    for w in (0, 2):
+        write_dataset(make_source("synthetic", "30"), tmp_path / f"w{w}", 16, workers=w,
+                      shard_size=7, max_images=25, progress=False)
+    a = list(iter_images(tmp_path / "w0"))
+    b = list(iter_images(tmp_path / "w2"))
+    assert len(a) == 25 * 3 and len(a) == len(b)
+    for (i, r, x), (j, s, y) in zip(a, b, strict=True):
+        assert i == j and r == s and (x == y).all()
+
+
+def test_map_grows_when_full(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer, "INITIAL_MAP", 64 << 10)  # far too small for 20 64x64 images
+    meta = write_dataset(make_source("synthetic", "20"), tmp_path / "out", 64, workers=0,
+                         progress=False)
+    assert meta["count"] == 20 and len(list(iter_images(tmp_path / "out"))) == 20 * 5
+
+
+def test_cli_summary_and_one_line_errors(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_lmdb", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main = module.main
+    runner = CliRunner()
+    res = runner.invoke(main, ["synthetic", "4", str(tmp_path / "o"), "--max-res", "8",
+                               "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 4 images, rejected 0" in res.output and "images/s" in res.output
+    for args, msg in (
+        (["folder", str(tmp_path / "missing"), str(tmp_path / "o2"), "--max-res", "8"],
+         "is not a folder"),
+        (["synthetic", "4", str(tmp_path / "o3"), "--max-res", "12"], "not a power of two"),
+        (["synthetic", "4", str(tmp_path / "o"), "--max-res", "8"], "already holds a dataset"),
+        (["folder", str(tmp_path), str(tmp_path / "o4"), "--max-res", "8", "--split", "train"],
+         "--split applies"),
+    ):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 1 and res.output.startswith("Error: "), res.output
+        assert msg in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_cli_subprocess_error_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), "lsun", str(tmp_path / "nope"), str(tmp_path / "o"),
+         "--max-res", "8"], capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("Error: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
