@@ -37,8 +37,8 @@ from . import image as im
 from .base import Source
 
 LABELS_NAME = "labels.json"
-COMMIT_EVERY = 256
-CHUNK = 8  # items per worker task
+COMMIT_EVERY = 256  # images per LMDB transaction, or
+COMMIT_BYTES = 64 << 20  # whichever comes first: keeps 1024x1024 batches small in memory
 INITIAL_MAP = 256 << 20
 _OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+)")
 
@@ -103,8 +103,10 @@ def _results(source: Source, workers: int, labels: deque | None) -> Iterator[tup
     items = source.items()
     if labels is not None:
         items = _with_labels(source, items, labels)
+    # Few images per task at high resolution, so the in-flight window stays small in memory.
+    chunk_size = 16 if _job["max_res"] <= 128 else 8 if _job["max_res"] <= 256 else 2
     if workers <= 1:
-        for chunk in _chunks(items, CHUNK):
+        for chunk in _chunks(items, chunk_size):
             yield from _process_chunk(chunk)
         return
     ctx = mp.get_context("fork")
@@ -112,10 +114,9 @@ def _results(source: Source, workers: int, labels: deque | None) -> Iterator[tup
     pool = ctx.Pool(workers, initializer=_init_worker, initargs=args)
     try:
         window: deque = deque()
-        chunks = _chunks(items, CHUNK)
-        for chunk in chunks:
+        for chunk in _chunks(items, chunk_size):
             window.append(pool.apply_async(_process_chunk, (chunk,)))
-            if len(window) >= 4 * workers:
+            if len(window) >= 2 * workers + 2:
                 yield from window.popleft().get()
         while window:
             yield from window.popleft().get()
@@ -180,6 +181,7 @@ class _ShardWriter:
         self.shards: list[dict] = []
         self.env: lmdb.Environment | None = None
         self.pending: list[tuple[bytes, bytes]] = []
+        self.pending_bytes = 0
         self.count = 0
 
     def add(self, index: int, encoded: dict[int, bytes]) -> None:
@@ -188,9 +190,10 @@ class _ShardWriter:
             self._open(len(self.shards))
             self.shards.append({"path": shard_name(len(self.shards)), "first": index, "count": 0})
         self.pending.extend((image_key(r, index), v) for r, v in encoded.items())
+        self.pending_bytes += sum(len(v) for v in encoded.values())
         self.shards[-1]["count"] += 1
         self.count += 1
-        if self.count % COMMIT_EVERY == 0:
+        if self.count % COMMIT_EVERY == 0 or self.pending_bytes >= COMMIT_BYTES:
             self._flush()
 
     def _open(self, i: int) -> None:
@@ -213,6 +216,7 @@ class _ShardWriter:
             except lmdb.MapFullError:  # the aborted batch is retried with a doubled map
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
         self.pending.clear()
+        self.pending_bytes = 0
 
     def close(self) -> None:
         self._flush()
