@@ -257,10 +257,11 @@ def test_sampler_refuses_too_small_dataset():
 # --- loader ---------------------------------------------------------------------------------
 
 
-def test_loader_same_batches_with_0_and_2_workers(tmp_path):
+@pytest.mark.parametrize("res", [4, 8])
+def test_loader_same_batches_with_0_and_2_workers(tmp_path, res):
     enc = {4: "raw", 8: "png"}
     write_dataset(tmp_path / "d", count=12, max_res=8, encoding=enc, shard_counts=[5, 7])
-    ds = ImageDataset(tmp_path / "d", 8)
+    ds = ImageDataset(tmp_path / "d", res)
     ds[0]  # an open shard in the parent must not leak into forked workers
 
     def batches(workers: int, start: int) -> list[torch.Tensor]:
@@ -269,7 +270,7 @@ def test_loader_same_batches_with_0_and_2_workers(tmp_path):
         return [next(it) for _ in range(5)]
 
     b0, b2 = batches(0, 2), batches(2, 2)
-    assert all(b.shape == (4, 3, 8, 8) and b.dtype == torch.uint8 for b in b0)
+    assert all(b.shape == (4, 3, res, res) and b.dtype == torch.uint8 for b in b0)
     assert all(torch.equal(x, y) for x, y in zip(b0, b2, strict=True))
     # the batches are the sampler's images, in its order
     order = _take(InfiniteSampler(12, 1, 2, seed=3, start=2), 20)
