@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import multiprocessing.pool
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from .base import Source
 LABELS_NAME = "labels.json"
 COMMIT_EVERY = 256  # images per LMDB transaction, or
 COMMIT_BYTES = 64 << 20  # whichever comes first: keeps 1024x1024 batches small in memory
+TASK_TIMEOUT = 600  # seconds: a task this late means its worker died (a decoder crash)
 INITIAL_MAP = 256 << 20
 _OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+)")
 
@@ -117,13 +119,23 @@ def _results(source: Source, workers: int, labels: deque | None) -> Iterator[tup
         for chunk in _chunks(items, chunk_size):
             window.append(pool.apply_async(_process_chunk, (chunk,)))
             if len(window) >= 2 * workers + 2:
-                yield from window.popleft().get()
+                yield from _get(window.popleft())
         while window:
-            yield from window.popleft().get()
+            yield from _get(window.popleft())
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+
+
+def _get(task: mp.pool.AsyncResult) -> list:
+    try:
+        return task.get(TASK_TIMEOUT)
+    except mp.TimeoutError:
+        raise UserError(
+            f"a worker process gave no answer for {TASK_TIMEOUT} s (it may have crashed on a "
+            "file); re-run with --workers 0 to find the input that causes it"
+        ) from None
 
 
 def _with_labels(source: Source, items: Iterator, labels: deque) -> Iterator:

@@ -3,6 +3,7 @@ sharding, parallel workers, and the command line."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,18 @@ def test_cli_subprocess_error_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("Error: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_crashed_worker_is_a_one_line_error(tmp_path, monkeypatch):
+    from datasets_prep.synthetic import SyntheticSource
+
+    class Crashing(SyntheticSource):
+        def load(self, item):
+            if item == 3:
+                os._exit(1)  # what a decoder segfault looks like from the parent
+            return super().load(item)
+
+    monkeypatch.setattr(writer, "TASK_TIMEOUT", 2)
+    with pytest.raises(UserError, match="--workers 0"):
+        write_dataset(Crashing("40"), tmp_path / "out", 8, workers=2, progress=False)
+    assert not (tmp_path / "out" / "meta.json").exists()
