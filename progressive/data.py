@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import decode_jpeg, decode_png
@@ -109,9 +110,10 @@ class ImageDataset(Dataset):
         for v, where in values:
             if len(v) != res * res * c:
                 raise UserError(f"{where()} is corrupt: {len(v)} bytes, expected {res}x{res}x{c}")
-        # bytearray: one writable copy of the whole batch, owned by the tensor
-        data = torch.frombuffer(bytearray().join(v for v, _ in values), dtype=torch.uint8)
-        batch = data.view(len(values), res, res, c).permute(0, 3, 1, 2)
+        hwc = np.frombuffer(b"".join(v for v, _ in values), dtype=np.uint8)
+        hwc = hwc.reshape(len(values), res, res, c)
+        # numpy's HWC -> CHW copy of uint8 is ~5x faster than torch's permute().contiguous()
+        batch = torch.from_numpy(np.ascontiguousarray(hwc.transpose(0, 3, 1, 2)))
         if c == 1:
             batch = batch.expand(-1, 3, -1, -1)
         return list(batch.unbind(0))  # views; collation copies them into the batch tensor
