@@ -91,5 +91,71 @@ def _short(value: object, limit: int = 200) -> str:
 
 
 def checkpoint_summary(path: Path) -> str:
-    """A human-readable summary of a run folder or snapshot."""
-    raise NotImplementedError
+    """A human-readable summary of a run folder or snapshot: where training stands (stage,
+    resolution, alpha, images shown), the configuration, parameter counts and recorded metrics.
+
+    Reads only `state.json` and the safetensors headers, so it is quick at any model size.
+    """
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    from progressive.checkpoint import WEIGHTS, list_snapshots, read_state, resolve_snapshot
+    from progressive.errors import UserError
+    from progressive.schedule import Schedule
+
+    snapshot = resolve_snapshot(path)
+    state = read_state(snapshot)
+    cfg, shown = state["config"], state["images_shown"]
+    schedule = Schedule.from_config(cfg)
+    phase = schedule.at(shown)
+    counts = {}
+    for name in WEIGHTS:
+        file = snapshot / f"{name}.safetensors"
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                counts[name] = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+        except (OSError, SafetensorError) as e:
+            raise UserError(f"{file} cannot be read ({e}); use another snapshot") from None
+    run_dir = snapshot.parent
+    snaps = list_snapshots(run_dir)
+    stages = len(schedule.resolutions)
+    kind = "fade-in" if phase.fading else "stable"
+    lines = [
+        f"checkpoint {snapshot}",
+        f"  run folder     {run_dir} ({len(snaps)} snapshot(s))",
+        f"  images shown   {shown:,} ({shown / 1000:g} kimg)",
+        f"  stage          {phase.stage + 1} of {stages}, {kind}",
+        f"  resolution     {phase.res}x{phase.res} (max {cfg['max_res']})",
+        f"  alpha          {phase.alpha:.4g}",
+        f"  trained        {', '.join(str(r) for r in schedule.resolutions if r <= phase.res)}",
+        "  parameters",
+        *(f"    {name:14s} {counts[name]:,}" for name in WEIGHTS),
+        "  configuration",
+    ]
+    for key, value in cfg.items():
+        if key in ("batch", "lr"):
+            value = _per_res(value, schedule.resolutions)
+        lines.append(f"    {key:22s} {_short(value)}")
+    for metric_file in sorted(run_dir.glob("metric-*.jsonl")):
+        try:
+            last = json.loads(metric_file.read_text().strip().splitlines()[-1])
+            lines.append(f"  {metric_file.stem:15s}{last['value']:.5g} at {last['res']}px, "
+                         f"{last['images_shown']:,} images shown")
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            lines.append(f"  {metric_file.stem:15s}unreadable")
+    return "\n".join(lines)
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _per_res(table: dict, resolutions: list[int]) -> dict:
+    """A per-resolution table (or a table of them) cut to the run's resolutions."""
+    if all(isinstance(v, dict) for v in table.values()):
+        return {k: _per_res(v, resolutions) for k, v in table.items()}
+    return {r: table[r] for r in resolutions if r in table}

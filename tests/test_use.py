@@ -1,0 +1,395 @@
+"""interpolate, sample, reconstruct, energy, evaluate and `info CKPT` on a tiny trained run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from progressive import metrics, use
+from progressive.checkpoint import build_networks, load_run
+from progressive.cli import main
+from progressive.networks import num_parameters
+
+RES = 16
+PAD = use.GRID_PADDING
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A run trained for 56 images: stages 4 and 8 done, 16 half faded in (alpha 0.5)."""
+    from progressive.presets import make_config
+    from progressive.training import train
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = make_config(
+        "demo",
+        max_res=RES,
+        synthetic_count=32,
+        fade_kimg=0.016,
+        stable_kimg=0.016,
+        total_kimg=0.056,
+        batch=8,
+        latent=8,
+        fmap_base=64,
+        fmap_max=16,
+        mixed_precision="no",
+        tick_kimg=0.016,
+        snapshot_kimg=1,
+        grid_size=2,
+        workers=0,
+    )
+    train(cfg, root / "run", progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def model(run_dir):
+    return use.load_model(run_dir, device="cpu")
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def cells(path, res=RES):
+    """A saved grid split back into its cells: (rows, cols, res, res, 3) uint8."""
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    rows = (grid.shape[0] - PAD) // (res + PAD)
+    cols = (grid.shape[1] - PAD) // (res + PAD)
+    return np.stack(
+        [
+            np.stack(
+                [
+                    grid[
+                        PAD + r * (res + PAD) : PAD + r * (res + PAD) + res,
+                        PAD + c * (res + PAD) : PAD + c * (res + PAD) + res,
+                    ]
+                    for c in range(cols)
+                ]
+            )
+            for r in range(rows)
+        ]
+    )
+
+
+def as_hwc(images):
+    return metrics.to_uint8(images).permute(0, 2, 3, 1).numpy().astype(int)
+
+
+def write_photo(path, w, h, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def test_snapshot_stands_mid_fade(model):
+    assert (model.res, model.alpha) == (RES, 0.5)
+    assert model.generator is model.run.generator_ema
+
+
+def test_sample_grid_and_outdir(run_dir, model, tmp_path):
+    out = tmp_path / "grid.png"
+    r = invoke("sample", "--ckpt", run_dir, "--n", 5, "--nrow", 3, "--seed", 4, "--out", out)
+    assert r.exit_code == 0, r.output
+    # 3 columns and 2 rows of 16px images with 2px padding around each.
+    assert Image.open(out).size == (3 * (RES + PAD) + PAD, 2 * (RES + PAD) + PAD)
+    expected = as_hwc(use.sample(model.generator, 5, 4, model.latent, RES, 0.5))
+    got = cells(out).reshape(-1, RES, RES, 3)[:5]
+    assert np.abs(got - expected).max() <= 1
+    r = invoke(
+        "sample", "--ckpt", run_dir, "--n", 3, "--outdir", tmp_path / "many", "--truncation", 0.0
+    )
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "many").glob("*.png"))
+    assert len(files) == 3 and all(Image.open(f).size == (RES, RES) for f in files)
+    # psi = 0 puts every latent at the mean: all samples are the same image.
+    assert len({Image.open(f).tobytes() for f in files}) == 1
+
+
+def test_interpolate_png_rows_start_and_end_at_the_seeds(run_dir, model, tmp_path):
+    out = tmp_path / "walk.png"
+    r = invoke("interpolate", "--ckpt", run_dir, "--seeds", "3,7,9", "--steps", 5, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == (5 * (RES + PAD) + PAD, 2 * (RES + PAD) + PAD)
+    grid = cells(out)
+    ends = as_hwc(
+        use.generate(model.generator, use.seed_latents([3, 7, 9], model.latent), RES, 0.5)
+    )
+    assert np.abs(grid[0, 0] - ends[0]).max() <= 1
+    assert np.abs(grid[0, -1] - ends[1]).max() <= 1
+    assert np.abs(grid[1, 0] - ends[1]).max() <= 1
+    assert np.abs(grid[1, -1] - ends[2]).max() <= 1
+    assert np.abs(grid[0, 2] - ends[0]).max() > 1  # the middle is somewhere else
+
+
+def test_interpolate_gif_has_one_frame_per_step(run_dir, model, tmp_path):
+    out = tmp_path / "walk.gif"
+    r = invoke(
+        "interpolate",
+        "--ckpt",
+        run_dir,
+        "--seeds",
+        "1,2",
+        "--steps",
+        4,
+        "--slerp",
+        "--out",
+        out,
+        "--res",
+        8,
+    )
+    assert r.exit_code == 0, r.output
+    frames = imageio.mimread(out)
+    assert len(frames) == 4 and frames[0].shape[:2] == (8, 8)
+    # Two walks share their middle endpoint, shown once: 2 * (4 - 1) + 1 frames.
+    r = invoke(
+        "interpolate", "--ckpt", run_dir, "--seeds", "1,2,3", "--steps", 4, "--out", out, "--res", 8
+    )
+    assert r.exit_code == 0, r.output
+    frames = imageio.mimread(out)
+    assert len(frames) == 7
+    ends = as_hwc(use.generate(model.generator, use.seed_latents([1, 2, 3], model.latent), 8, 1.0))
+    assert np.abs(frames[3][..., :3].astype(int) - ends[1]).max() <= 1
+    assert np.abs(frames[6][..., :3].astype(int) - ends[2]).max() <= 1
+
+
+def test_slerp_keeps_norms_between_the_endpoints():
+    z0 = torch.randn(16, generator=torch.Generator().manual_seed(0)) * 0.5
+    z1 = torch.randn(16, generator=torch.Generator().manual_seed(1)) * 2.0
+    walk = use.walk_latents(torch.stack([z0, z1]), 9, spherical=True)[0]
+    norms = walk.norm(dim=1)
+    assert torch.allclose(walk[0], z0, atol=1e-5) and torch.allclose(walk[-1], z1, atol=1e-5)
+    lo, hi = min(z0.norm(), z1.norm()), max(z0.norm(), z1.norm())
+    assert torch.all(norms >= lo - 1e-5) and torch.all(norms <= hi + 1e-5)
+    # Linear interpolation of two near-orthogonal latents dips below both norms in the middle.
+    lin = use.walk_latents(torch.stack([z0 / z0.norm(), z1 / z1.norm()]), 9)[0]
+    assert lin[4].norm() < 0.9
+
+
+def test_walk_between_two_real_images_starts_and_ends_at_their_reconstructions(
+    run_dir, model, tmp_path
+):
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    write_photo(a, 40, 30, seed=0)
+    write_photo(b, 64, 64, seed=1)
+    out = tmp_path / "ab.png"
+    r = invoke("interpolate", "--ckpt", run_dir, "--from", a, "--to", b, "--steps", 4, "--out", out)
+    assert r.exit_code == 0, r.output
+    real = torch.stack([use.load_image_file(p, RES, RES) for p in (a, b)])
+    recon = as_hwc(use.reconstruct(model.generator, model.inference, real, RES, 0.5))
+    grid = cells(out)
+    assert grid.shape[:2] == (1, 4)
+    assert np.abs(grid[0, 0] - recon[0]).max() <= 1
+    assert np.abs(grid[0, -1] - recon[1]).max() <= 1
+
+
+def test_smooth_video(run_dir, tmp_path):
+    out = tmp_path / "v.mp4"
+    r = invoke("interpolate", "--ckpt", run_dir, "--smooth-video", 1, "--fps", 6, "--out", out)
+    assert r.exit_code == 0, r.output
+    reader = imageio.get_reader(out)
+    assert reader.count_frames() == 6 and reader.get_meta_data()["size"] == (RES, RES)
+    z = use.smooth_latents(200, 32, sigma_frames=5, seed=0)
+    assert z.pow(2).mean().item() == pytest.approx(1.0, rel=1e-5)
+    # Neighbouring frames are close, distant ones are not.
+    assert (z[1] - z[0]).norm() < 0.3 * (z[100] - z[0]).norm()
+
+
+def test_reconstruct_prints_mse(run_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        write_photo(folder / f"{i}.png", 20 + 10 * i, 24, seed=i)
+    out = tmp_path / "rec.png"
+    r = invoke("reconstruct", "--ckpt", run_dir, "--images", folder, "--out", out)
+    assert r.exit_code == 0, r.output
+    # Three pairs in one row: 6 cells.
+    assert Image.open(out).size == (6 * (RES + PAD) + PAD, RES + 2 * PAD)
+    assert "MSE per image" in r.output and "median" in r.output
+
+
+def test_energy_csv_matches_the_energy_model(run_dir, model, tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    sizes = [(50, 40), (16, 16), (33, 70)]
+    names = ["x.png", "sub/y.png", "z.jpg"]
+    for i, (name, (w, h)) in enumerate(zip(names, sizes, strict=True)):
+        write_photo(folder / name, w, h, seed=10 + i)
+    out = tmp_path / "scores.csv"
+    r = invoke("energy", "--ckpt", run_dir, "--images", folder, "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["image", "energy"] and len(rows) == 4
+    values = [float(v) for _, v in rows[1:]]
+    assert values == sorted(values)
+    loaded_names, images = use.load_images(folder, RES, RES)
+    assert sorted(loaded_names) == sorted(names)
+    expected = dict(
+        zip(loaded_names, model.energy(use.prepare_real(images, 0.5), 0.5).tolist(), strict=True)
+    )
+    for name, value in rows[1:]:
+        assert float(value) == pytest.approx(expected[name], rel=1e-4, abs=1e-6)
+    # Preprocessing is the dataset tool's: crop + Lanczos to a power of two, then 2x2 boxes.
+    from datasets_prep.image import box_down, crop_resize
+
+    big = crop_resize(Image.open(folder / "z.jpg"), 32)
+    assert np.array_equal(
+        use.load_image_file(folder / "z.jpg", RES, RES * 2).permute(1, 2, 0).numpy(), box_down(big)
+    )
+
+
+def test_energy_of_a_dataset(run_dir, model, tmp_path):
+    data = model.run.config["data"]
+    out = tmp_path / "e.csv"
+    r = invoke("energy", "--ckpt", run_dir, "--images", data, "--n", 5, "--out", out, "--res", 8)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.reader(out.open()))[1:]
+    assert sorted(int(i) for i, _ in rows) == [0, 1, 2, 3, 4]
+
+
+def test_evaluate_appends_metrics_and_skips_fid_without_weights(run_dir, model, tmp_path):
+    data = model.run.config["data"]
+    args = [
+        "evaluate",
+        "--ckpt",
+        run_dir,
+        "--data",
+        data,
+        "--metrics",
+        "swd,recon,fid,kid",
+        "--n",
+        16,
+    ]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert "FID/KID skipped" in r.output
+    r = invoke(*args[:5], "--metrics", "swd", "--n", 16)
+    assert r.exit_code == 0, r.output
+    swd = [json.loads(line) for line in (run_dir / "metric-swd.jsonl").read_text().splitlines()]
+    recon = [json.loads(line) for line in (run_dir / "metric-recon.jsonl").read_text().splitlines()]
+    assert len(swd) == 2 and len(recon) == 1
+    assert not (run_dir / "metric-fid.jsonl").exists()
+    for rec in swd + recon:
+        assert rec["images_shown"] == 56 and rec["res"] == RES and rec["alpha"] == 0.5
+        assert rec["n"] == 16 and rec["time"] > 0 and rec["value"] > 0
+    assert swd[0]["value"] == swd[1]["value"]  # same seed, same number
+    assert swd[0]["levels"] == [16]
+    assert recon[0]["mean_image_baseline"] > 0
+
+
+def test_evaluate_fid_kid_with_stand_in_weights(run_dir, model, tmp_path, monkeypatch):
+    class StandIn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 6, 3)
+
+        def forward(self, x):
+            return (torch.tanh(self.conv(x.float() / 128 - 1)).mean(dim=(2, 3)),)
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"stand-in")
+    monkeypatch.setattr(metrics, "load_inception", lambda path, device: StandIn())
+    data = model.run.config["data"]
+    r = invoke(
+        "evaluate",
+        "--ckpt",
+        run_dir,
+        "--data",
+        data,
+        "--metrics",
+        "fid,kid",
+        "--n",
+        12,
+        "--inception-weights",
+        weights,
+    )
+    assert r.exit_code == 0, r.output
+    fid = json.loads((run_dir / "metric-fid.jsonl").read_text().splitlines()[-1])
+    kid = json.loads((run_dir / "metric-kid.jsonl").read_text().splitlines()[-1])
+    assert fid["value"] > 0 and np.isfinite(kid["value"])
+    assert len(list((run_dir / "metric-cache").glob("*.npz"))) == 1
+
+
+def test_info_checkpoint(run_dir):
+    r = invoke("info", run_dir)
+    assert r.exit_code == 0, r.output
+    run = load_run(run_dir)
+    nets = build_networks(run.config)
+    lines = {line.split()[0]: line for line in r.output.splitlines() if line.strip()}
+    assert lines["resolution"].split()[1] == "16x16"
+    assert lines["alpha"].split()[1] == "0.5"
+    assert "56" in lines["images"] and "fade-in" in lines["stage"]
+    for name in ("generator", "energy", "inference"):
+        assert lines[name].split()[1] == f"{num_parameters(nets[name]):,}"
+
+
+def _one_line_error(result, *words):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    for w in words:
+        assert w in lines[0]
+
+
+def test_bad_inputs(run_dir, tmp_path):
+    out = tmp_path / "o.png"
+    _one_line_error(invoke("sample", "--ckpt", tmp_path / "nope", "--out", out), "does not exist")
+    _one_line_error(invoke("sample", "--ckpt", run_dir, "--res", 32, "--out", out), "--res 32")
+    _one_line_error(
+        invoke("interpolate", "--ckpt", run_dir, "--seeds", "3", "--out", out), "two endpoints"
+    )
+    _one_line_error(
+        invoke("interpolate", "--ckpt", run_dir, "--seeds", "1,2", "--out", tmp_path / "o.txt"),
+        "extension",
+    )
+    # A damaged copy of the newest snapshot, and one of an unknown version.
+    snap = sorted(run_dir.glob("snapshot-*"))[-1]
+    broken = tmp_path / "broken"
+    shutil.copytree(snap, broken)
+    (broken / "generator_ema.safetensors").write_bytes(b"garbage")
+    _one_line_error(invoke("sample", "--ckpt", broken, "--out", out), "generator_ema")
+    _one_line_error(invoke("info", broken), "generator_ema")
+    future = tmp_path / "future"
+    shutil.copytree(snap, future)
+    state = json.loads((future / "state.json").read_text())
+    (future / "state.json").write_text(json.dumps({**state, "version": 99}))
+    _one_line_error(invoke("sample", "--ckpt", future, "--out", out), "version")
+    # Image folders: empty, and one with an unreadable image.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(
+        invoke("energy", "--ckpt", run_dir, "--images", empty, "--out", tmp_path / "e.csv"),
+        "no images",
+    )
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_photo(bad / "good.png", 20, 20, seed=0)
+    (bad / "broken.jpg").write_bytes(b"not a jpeg")
+    _one_line_error(
+        invoke("energy", "--ckpt", run_dir, "--images", bad, "--out", tmp_path / "e.csv"),
+        "broken.jpg",
+    )
+    _one_line_error(
+        invoke("reconstruct", "--ckpt", run_dir, "--images", tmp_path / "none", "--out", out),
+        "does not exist",
+    )
+    small = tmp_path / "small"
+    small.mkdir()
+    write_photo(small / "tiny.png", 8, 8, seed=0)
+    _one_line_error(
+        invoke("energy", "--ckpt", run_dir, "--images", small, "--out", tmp_path / "e.csv"),
+        "tiny.png",
+    )
+    _one_line_error(invoke("evaluate", "--ckpt", run_dir, "--data", tmp_path / "none"))
+    _one_line_error(
+        invoke("evaluate", "--ckpt", run_dir, "--data", run_dir, "--metrics", "foo"), "foo"
+    )
