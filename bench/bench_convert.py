@@ -39,7 +39,7 @@ from progressive.dataset_format import image_key  # noqa: E402
 
 def baseline(paths: list[Path], out: Path, max_res: int) -> int:
     """The plain loop: same pixels and bytes as the writer, no processes, no robustness."""
-    env = lmdb.open(str(out), map_size=1 << 30)
+    env = lmdb.open(str(out), map_size=1 << 30, sync=False, metasync=False)  # as the writer
     txn = env.begin(write=True)
     for i, p in enumerate(paths):
         levels = im.pyramid(im.crop_resize(im.open_image(str(p)), max_res))
@@ -49,6 +49,7 @@ def baseline(paths: list[Path], out: Path, max_res: int) -> int:
             txn.commit()
             txn = env.begin(write=True)
     txn.commit()
+    env.sync(True)
     env.close()
     return len(paths)
 

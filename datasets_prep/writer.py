@@ -210,10 +210,13 @@ class _ShardWriter:
 
     def _open(self, i: int) -> None:
         if self.env is not None:
+            self.env.sync(True)
             self.env.close()
+        # No fsync per commit: a crash mid-way loses the run anyway (no meta.json); `close`
+        # syncs each shard once before meta.json is written.
         self.env = lmdb.open(
             str(self.output / shard_name(i)), map_size=INITIAL_MAP, readahead=False,
-            meminit=False, max_dbs=0,
+            meminit=False, max_dbs=0, sync=False, metasync=False,
         )
 
     def _flush(self) -> None:
