@@ -1,0 +1,202 @@
+"""Run folders and snapshots.
+
+A snapshot `snapshot-<images_shown:09d>/` holds the weights of the three networks and the
+generator average (safetensors), the optimizer states (`torch.load(weights_only=True)`), and
+`state.json` (format version, images shown, configuration, sampler position). It is written
+under a temporary name and renamed, so a crash never leaves a half snapshot as the newest.
+Random numbers are derived from (seed, rank, images shown), so no generator state is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from progressive.errors import UserError
+from progressive.networks import Energy, Generator, Inference
+from progressive.presets import normalize
+from progressive.schedule import Schedule
+
+SNAPSHOT_VERSION = 1
+STATE_NAME = "state.json"
+WEIGHTS = ("generator", "generator_ema", "energy", "inference")
+_SNAPSHOT_RE = re.compile(r"^snapshot-(\d{9})$")
+
+
+def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+    """The three networks and the generator average, at full size, from a configuration."""
+    widths = {"fmap_base": cfg["fmap_base"], "fmap_max": cfg["fmap_max"]}
+    generator = Generator(cfg["max_res"], cfg["latent"], **widths)
+    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths)
+    generator_ema.load_state_dict(generator.state_dict())
+    generator_ema.requires_grad_(False)
+    return {
+        "generator": generator,
+        "generator_ema": generator_ema,
+        "energy": Energy(cfg["max_res"], mbstd_group=cfg["mbstd_group"], **widths),
+        "inference": Inference(cfg["max_res"], cfg["latent"], **widths),
+    }
+
+
+def snapshot_dir(run_dir: Path, images_shown: int) -> Path:
+    return Path(run_dir) / f"snapshot-{images_shown:09d}"
+
+
+def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete snapshots of a run, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [
+        p for p in run_dir.iterdir() if _SNAPSHOT_RE.match(p.name) and (p / STATE_NAME).is_file()
+    ]
+    return sorted(found, key=lambda p: p.name)
+
+
+def save_snapshot(
+    run_dir: str | os.PathLike,
+    images_shown: int,
+    cfg: dict,
+    networks: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    extra: dict | None = None,
+) -> Path:
+    """Write a complete snapshot atomically and return its path."""
+    final = snapshot_dir(Path(run_dir), images_shown)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in WEIGHTS:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in networks[name].state_dict().items()}
+        save_file(tensors, tmp / f"{name}.safetensors")
+    torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizers.pt")
+    state = {
+        "version": SNAPSHOT_VERSION,
+        "images_shown": images_shown,
+        "config": cfg,
+        **(extra or {}),
+    }
+    with open(tmp / STATE_NAME, "w") as f:
+        json.dump(state, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():  # the same point saved twice (e.g. a stage end that is also periodic)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def resolve_snapshot(path: str | os.PathLike) -> Path:
+    """A snapshot folder from a run folder (its newest snapshot) or a snapshot folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; pass a run folder or a snapshot")
+    if (path / STATE_NAME).is_file():
+        return path
+    snapshots = list_snapshots(path)
+    if not snapshots:
+        raise UserError(f"{path} holds no complete snapshot; pass a run folder with snapshots")
+    return snapshots[-1]
+
+
+def read_state(snapshot: Path) -> dict:
+    """The validated `state.json` of a snapshot."""
+    try:
+        state = json.loads((snapshot / STATE_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(
+            f"{snapshot / STATE_NAME} is unreadable ({e}); use another snapshot"
+        ) from None
+    if not isinstance(state, dict) or state.get("version") != SNAPSHOT_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise UserError(
+            f"{snapshot} has snapshot version {version!r}; this release reads "
+            f"version {SNAPSHOT_VERSION}"
+        )
+    try:
+        state["config"] = normalize(state["config"])
+        state["images_shown"] = int(state["images_shown"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(
+            f"{snapshot / STATE_NAME} is malformed ({e}); use another snapshot"
+        ) from None
+    return state
+
+
+def load_weights(snapshot: Path, networks: dict[str, torch.nn.Module]) -> None:
+    """Load the four weight files of `snapshot` into `networks` (strict)."""
+    for name in WEIGHTS:
+        file = snapshot / f"{name}.safetensors"
+        try:
+            networks[name].load_state_dict(load_file(file))
+        except (OSError, SafetensorError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{file} cannot be loaded ({first}); use another snapshot") from None
+
+
+def load_optimizers(snapshot: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """Load optimizer states saved by `save_snapshot` (no arbitrary unpickling)."""
+    file = snapshot / "optimizers.pt"
+    try:
+        states = torch.load(file, map_location="cpu", weights_only=True)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(states[name])
+    except Exception as e:  # any failure here means a damaged snapshot
+        raise UserError(
+            f"{file} cannot be loaded ({type(e).__name__}); use another snapshot"
+        ) from None
+
+
+@dataclass
+class LoadedRun:
+    """A snapshot's networks (eval mode) and where training stood."""
+
+    config: dict
+    generator: Generator
+    generator_ema: Generator
+    energy: Energy
+    inference: Inference
+    images_shown: int
+    res: int
+    alpha: float
+    run_dir: Path
+    snapshot: Path
+
+    def at_resolution(self, res: int | None) -> tuple[int, float]:
+        """`(res, alpha)` to work at: the snapshot's own, or a completed stage's with alpha 1."""
+        if res is None or res == self.res:
+            return (self.res, self.alpha) if res is None else (res, self.alpha)
+        done = [r for r in Schedule.from_config(self.config).resolutions if r < self.res]
+        if res not in done:
+            trained = ", ".join(str(r) for r in done + [self.res])
+            raise UserError(f"--res {res} is not a resolution this run has trained ({trained})")
+        return res, 1.0
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load a run folder's newest snapshot, or one snapshot, for use."""
+    snapshot = resolve_snapshot(path)
+    state = read_state(snapshot)
+    cfg = state["config"]
+    networks = build_networks(cfg)
+    load_weights(snapshot, networks)
+    for net in networks.values():
+        net.to(device).eval().requires_grad_(False)
+    phase = Schedule.from_config(cfg).at(state["images_shown"])
+    return LoadedRun(
+        config=cfg,
+        images_shown=state["images_shown"],
+        res=phase.res,
+        alpha=phase.alpha,
+        run_dir=snapshot.parent,
+        snapshot=snapshot,
+        **networks,
+    )

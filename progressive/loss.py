@@ -1,0 +1,91 @@
+"""The divergence triangle as per-network losses (Han et al. 2019, arXiv 1812.10907).
+
+min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(Q||Pi) gives:
+- energy:  mean E(x) - mean E(stopgrad g(z))                         (contrastive divergence)
+- joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
+           + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
+The joint loss's gradient w.r.t. the inference model is its loss and w.r.t. the generator the
+generator's loss, so one backward pass serves both.
+
+Weighting across resolutions: the reconstruction error summed over pixels grows 4x per stage
+while the energy term does not. With `rec_scaling="fixed"` the summed error is multiplied by
+(rec_ref_res / res)^2, so the term has the magnitude of a `rec_ref_res` image at every stage and
+equals the reference at `rec_ref_res`; `rec_scaling="sum"` is the reference's plain sum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rec_scale(res: int, weights: dict) -> float:
+    """Multiplier of the per-image summed squared error at resolution `res`."""
+    scale = weights["rec"]
+    if weights["rec_scaling"] == "fixed":
+        scale *= (weights["rec_ref_res"] / res) ** 2
+    return scale
+
+
+def reconstruction(x: Tensor, x_rec: Tensor) -> Tensor:
+    """Squared error summed over pixels and channels, averaged over the batch."""
+    return (x.float() - x_rec.float()).square().flatten(1).sum(1).mean()
+
+
+def kl_to_prior(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), averaged over batch and latent dimensions."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).mean()
+
+
+def latent_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """-log q(z|x) up to a constant: sum_j (logvar_j + (z_j - mu_j)^2 / var_j) / 2, batch mean."""
+    z, mu, logvar = z.float(), mu.float(), logvar.float()
+    return 0.5 * (logvar + (z - mu).square() * torch.exp(-logvar)).sum(1).mean()
+
+
+def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tuple[Tensor, dict]:
+    """The energy model's loss: lower energy on data, higher on generated images."""
+    e_real, e_fake = energy_real.float(), energy_fake.float()
+    loss = e_real.mean() - e_fake.mean()
+    if weights["energy_drift"]:
+        loss = loss + weights["energy_drift"] * e_real.square().mean()
+    stats = {
+        "energy_real": e_real.mean().detach(),
+        "energy_fake": e_fake.mean().detach(),
+        "loss_energy": loss.detach(),
+    }
+    return loss, stats
+
+
+def joint_loss(
+    x: Tensor,
+    x_rec: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    z: Tensor,
+    mu_fake: Tensor,
+    logvar_fake: Tensor,
+    energy_fake: Tensor,
+    res: int,
+    weights: dict,
+) -> tuple[Tensor, dict]:
+    """The generator's and inference model's loss, every term reported unweighted."""
+    rec = reconstruction(x, x_rec)
+    kl = kl_to_prior(mu, logvar)
+    nll = latent_nll(z, mu_fake, logvar_fake)
+    e_fake = energy_fake.float().mean()
+    loss = (
+        rec_scale(res, weights) * rec
+        + weights["kl"] * kl
+        + weights["latent_nll"] * nll
+        + weights["energy"] * e_fake
+    )
+    stats = {
+        "rec": rec.detach(),
+        "rec_per_pixel": rec.detach() / x[0].numel(),
+        "kl": kl.detach(),
+        "latent_nll": nll.detach(),
+        "loss_joint": loss.detach(),
+    }
+    return loss, stats

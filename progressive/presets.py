@@ -1,0 +1,187 @@
+"""Training configurations: one preset per experiment of the paper, plus `demo`.
+
+A configuration is a plain JSON-able dict. `make_config` starts from a preset and applies
+overrides; per-resolution tables (batch, learning rates) are keyed by resolution.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from progressive.dataset_format import check_resolution
+from progressive.errors import UserError
+
+ALL_RES = [4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+# Everything a run needs; presets override parts of it.
+BASE: dict = {
+    "preset": None,
+    "data": None,  # dataset directory; None: the built-in synthetic dataset
+    "synthetic_count": 20000,  # images in the built-in dataset
+    "max_res": 32,
+    "start_res": 4,
+    "fade_kimg": 600.0,
+    "stable_kimg": 600.0,
+    "total_kimg": None,  # None: the end of the last stage
+    "batch": {r: 16 for r in ALL_RES},
+    "lr": {
+        "generator": {r: 1e-3 for r in ALL_RES},
+        "energy": {r: 1e-3 for r in ALL_RES},
+        "inference": {r: 1e-3 for r in ALL_RES},
+    },
+    "betas": [0.0, 0.99],
+    "weight_decay_generator": 0.0,
+    "grad_clip": 100.0,
+    "reset_optimizers": False,  # fresh Adam state at each stage change
+    "ema_kimg": 10.0,  # half-life of the generator average, thousands of images
+    "latent": 512,
+    "fmap_base": 16384,
+    "fmap_max": 512,
+    "mbstd_group": 0,  # minibatch-stddev layer in the energy model; 0 = none
+    "loss": {
+        "rec": 1.0,  # weight of the reconstruction term
+        "rec_scaling": "fixed",  # "fixed": summed error times (rec_ref_res/res)^2; "sum": plain sum
+        "rec_ref_res": 32,
+        "kl": 1.0,
+        "latent_nll": 0.1,  # lambda_lat on generated pairs
+        "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
+        "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
+    },
+    "seed": 0,
+    "mixed_precision": "no",
+    "workers": 2,
+    "snapshot_kimg": 100.0,
+    "tick_kimg": 4.0,  # stats and progress-bar granularity
+    "grid_size": 8,  # samples per row/column in grids
+}
+
+
+def _table(values: dict[int, float], default: float) -> dict[int, float]:
+    return {r: values.get(r, default) for r in ALL_RES}
+
+
+def _lrs(generator: dict | float, energy: dict | float, inference: dict | float) -> dict:
+    def t(v: dict | float) -> dict[int, float]:
+        return _table(v, 0.0) if isinstance(v, dict) else {r: v for r in ALL_RES}
+
+    return {"generator": t(generator), "energy": t(energy), "inference": t(inference)}
+
+
+# Progressive-GAN's per-resolution tables (single-machine CelebA-HQ): large batches at low
+# resolution, learning rate raised from 128 up.
+_PGGAN_BATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
+_PGGAN_LR = {
+    4: 1e-3,
+    8: 1e-3,
+    16: 1e-3,
+    32: 1e-3,
+    64: 1e-3,
+    128: 1.5e-3,
+    256: 2e-3,
+    512: 3e-3,
+    1024: 3e-3,
+}
+
+# The authors' CIFAR-10 code: Adam(0.5, 0.999), E 1e-4, G and I 3e-4, G weight decay 5e-4,
+# batch 100, latent 100, clip 100, summed reconstruction error, energy used raw.
+_PAPER = {
+    "batch": {r: 100 for r in ALL_RES},
+    "lr": _lrs(3e-4, 1e-4, 3e-4),
+    "betas": [0.5, 0.999],
+    "weight_decay_generator": 5e-4,
+    "grad_clip": 100.0,
+    "latent": 100,
+    "loss": {"rec_scaling": "sum", "energy_drift": 0.0},
+}
+
+PRESETS: dict[str, dict] = {
+    "demo": {
+        "max_res": 32,
+        "synthetic_count": 6000,
+        "fade_kimg": 8.0,
+        "stable_kimg": 8.0,
+        "batch": {r: 32 for r in ALL_RES},
+        "lr": _lrs(2e-3, 2e-3, 2e-3),
+        "latent": 64,
+        "fmap_base": 1024,
+        "fmap_max": 128,
+        "ema_kimg": 2.0,
+        "mixed_precision": "bf16",
+        "workers": 0,
+        "snapshot_kimg": 20.0,
+        "tick_kimg": 1.0,
+    },
+    "cifar10": {"max_res": 32, "fade_kimg": 300.0, "stable_kimg": 300.0, **_PAPER},
+    "celeba64": {"max_res": 64, "fade_kimg": 300.0, "stable_kimg": 300.0, **_PAPER},
+    "imagenet32": {"max_res": 32, "fade_kimg": 600.0, "stable_kimg": 600.0, **_PAPER},
+    "lsun64": {
+        "max_res": 64,
+        "fade_kimg": 600.0,
+        "stable_kimg": 600.0,
+        "latent": 512,
+        "batch": _table(_PGGAN_BATCH, 32),
+        "lr": _lrs(_PGGAN_LR, _PGGAN_LR, _PGGAN_LR),
+    },
+    "celebahq1024": {
+        "max_res": 1024,
+        "fade_kimg": 600.0,
+        "stable_kimg": 600.0,
+        "latent": 512,
+        "batch": _table(_PGGAN_BATCH, 4),
+        "lr": _lrs(_PGGAN_LR, _PGGAN_LR, _PGGAN_LR),
+        "total_kimg": 12000.0,
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("batch",):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def make_config(preset: str = "demo", **overrides) -> dict:
+    """Resolve a configuration: BASE, then the preset, then `overrides` (None means unset).
+
+    `batch` may be an int (every resolution) or a table; `lr` may be a float (every network and
+    resolution); `loss` a partial dict of loss weights.
+    """
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+    cfg = _merge(_merge(BASE, PRESETS[preset]), {"preset": preset})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in cfg:
+            raise UserError(f"unknown configuration key {key!r}")
+        if key == "batch" and not isinstance(value, dict):
+            value = {r: int(value) for r in ALL_RES}
+        if key == "lr" and not isinstance(value, dict):
+            value = _lrs(float(value), float(value), float(value))
+        cfg = _merge(cfg, {key: value})
+    return normalize(cfg)
+
+
+def normalize(cfg: dict) -> dict:
+    """Validate and make per-resolution tables int-keyed (JSON turns them into strings)."""
+    cfg = copy.deepcopy(cfg)
+    cfg["batch"] = {int(r): int(b) for r, b in cfg["batch"].items()}
+    cfg["lr"] = {n: {int(r): float(v) for r, v in t.items()} for n, t in cfg["lr"].items()}
+    check_resolution(cfg["max_res"], "--max-res")
+    check_resolution(cfg["start_res"], "--start-res")
+    if cfg["start_res"] > cfg["max_res"]:
+        raise UserError(f"--start-res {cfg['start_res']} is above --max-res {cfg['max_res']}")
+    if cfg["loss"]["rec_scaling"] not in ("fixed", "sum"):
+        raise UserError("loss rec_scaling must be 'fixed' or 'sum'")
+    if cfg["mixed_precision"] not in ("no", "bf16", "fp16"):
+        raise UserError("--mixed-precision must be no, bf16 or fp16")
+    for name in ("fade_kimg", "stable_kimg"):
+        if cfg[name] < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    if cfg["stable_kimg"] <= 0 and cfg["fade_kimg"] <= 0:
+        raise UserError("--fade-kimg and --stable-kimg cannot both be 0")
+    return cfg

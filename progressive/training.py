@@ -1,0 +1,435 @@
+"""The training loop: three networks, one schedule, accelerate for devices and processes.
+
+Per step: the inference model encodes real images, the generator decodes posterior and prior
+latents in one pass, the energy model takes its contrastive step on real vs generated images,
+then one backward pass of the joint loss updates generator and inference model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from progressive import checkpoint as ckpt
+from progressive import loss as triangle
+from progressive.data import ImageDataset, make_loader
+from progressive.dataset_format import read_meta
+from progressive.errors import UserError
+from progressive.networks import num_parameters
+from progressive.schedule import NETWORKS, Phase, Schedule
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float in [-1, 1]."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def fade_real(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Real images blended like generated ones during fade-in: lerp(up(down(x)), x, alpha)."""
+    if alpha >= 1.0:
+        return x
+    coarse = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+    return torch.lerp(coarse, x, alpha)
+
+
+def step_generator(
+    seed: int, rank: int, images_shown: int, device: torch.device
+) -> torch.Generator:
+    """Noise for one step, derived from (seed, rank, images shown) so a resumed run repeats it."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + rank * 10_007 + images_shown) % (2**63))
+    return g
+
+
+@dataclass
+class Trainer:
+    """Networks (possibly DDP-wrapped), optimizers and the accelerator of one run."""
+
+    cfg: dict
+    accelerator: Accelerator
+    generator: torch.nn.Module
+    energy: torch.nn.Module
+    inference: torch.nn.Module
+    generator_ema: torch.nn.Module
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    @classmethod
+    def create(cls, cfg: dict, accelerator: Accelerator | None = None) -> Trainer:
+        """Build networks and Adam optimizers at full size and hand them to accelerate."""
+        accelerator = accelerator or Accelerator(mixed_precision=cfg["mixed_precision"])
+        torch.manual_seed(cfg["seed"])
+        nets = ckpt.build_networks(cfg)
+        opts = {}
+        for name in NETWORKS:
+            wd = cfg["weight_decay_generator"] if name == "generator" else 0.0
+            opts[name] = torch.optim.Adam(
+                nets[name].parameters(),
+                lr=cfg["lr"][name][cfg["start_res"]],
+                betas=tuple(cfg["betas"]),
+                eps=1e-8,
+                weight_decay=wd,
+            )
+        g, e, i, og, oe, oi = accelerator.prepare(
+            nets["generator"],
+            nets["energy"],
+            nets["inference"],
+            opts["generator"],
+            opts["energy"],
+            opts["inference"],
+        )
+        return cls(
+            cfg,
+            accelerator,
+            g,
+            e,
+            i,
+            nets["generator_ema"].to(accelerator.device),
+            {"generator": og, "energy": oe, "inference": oi},
+        )
+
+    def unwrapped(self) -> dict[str, torch.nn.Module]:
+        u = self.accelerator.unwrap_model
+        return {
+            "generator": u(self.generator),
+            "generator_ema": self.generator_ema,
+            "energy": u(self.energy),
+            "inference": u(self.inference),
+        }
+
+    def set_lr(self, phase: Phase) -> None:
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = phase.lr[name]
+
+    def reset_optimizers(self) -> None:
+        for opt in self.optimizers.values():
+            opt.state.clear()
+
+    def step(self, real: torch.Tensor, phase: Phase, images_shown: int) -> dict[str, torch.Tensor]:
+        """One training step on a batch of uint8 real images; returns detached loss terms."""
+        acc, cfg, w = self.accelerator, self.cfg, self.cfg["loss"]
+        res, alpha = phase.res, phase.alpha
+        x = fade_real(to_float(real.to(acc.device, non_blocking=True)), alpha)
+        n = x.shape[0]
+        gen = step_generator(cfg["seed"], acc.process_index, images_shown, acc.device)
+        z = torch.randn(n, cfg["latent"], device=acc.device, generator=gen)
+        eps = torch.randn(n, cfg["latent"], device=acc.device, generator=gen)
+
+        with acc.autocast():
+            mu, logvar = self.inference(x, alpha)
+            z_post = mu + torch.exp(0.5 * logvar.float()) * eps
+            x_rec, x_fake = self.generator(torch.cat([z_post, z]), res, alpha).split(n)
+
+        # Energy: contrastive step on real vs (detached) generated images.
+        with acc.autocast():
+            energies = self.energy(torch.cat([x, x_fake.detach()]), alpha)
+            loss_e, stats = triangle.energy_loss(energies[:n], energies[n:], w)
+        opt_e = self.optimizers["energy"]
+        opt_e.zero_grad(set_to_none=True)
+        acc.backward(loss_e)
+        stats["grad_norm_energy"] = acc.clip_grad_norm_(self.energy.parameters(), cfg["grad_clip"])
+        opt_e.step()
+
+        # Generator and inference: one backward through the joint loss; the energy model is
+        # evaluated unwrapped with frozen weights so only its input receives gradients.
+        energy_frozen = acc.unwrap_model(self.energy).requires_grad_(False)
+        with acc.autocast():
+            mu_fake, logvar_fake = self.inference(x_fake, alpha)
+            e_fake = energy_frozen(x_fake, alpha)
+            loss_j, joint = triangle.joint_loss(
+                x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w
+            )
+        stats.update(joint)
+        opt_g, opt_i = self.optimizers["generator"], self.optimizers["inference"]
+        opt_g.zero_grad(set_to_none=True)
+        opt_i.zero_grad(set_to_none=True)
+        acc.backward(loss_j)
+        energy_frozen.requires_grad_(True)
+        stats["grad_norm_generator"] = acc.clip_grad_norm_(
+            self.generator.parameters(), cfg["grad_clip"]
+        )
+        stats["grad_norm_inference"] = acc.clip_grad_norm_(
+            self.inference.parameters(), cfg["grad_clip"]
+        )
+        opt_g.step()
+        opt_i.step()
+        self.update_ema(phase.batch)
+        return {k: v.detach().float() for k, v in stats.items()}
+
+    @torch.no_grad()
+    def update_ema(self, batch: int) -> None:
+        beta = 0.5 ** (batch / max(self.cfg["ema_kimg"] * 1000, 1e-8))
+        src = list(self.accelerator.unwrap_model(self.generator).parameters())
+        torch._foreach_lerp_(list(self.generator_ema.parameters()), src, 1.0 - beta)
+
+
+def run_name(cfg: dict) -> str:
+    """Default run name: the preset, plus the dataset's folder name when there is one."""
+    if cfg["data"]:
+        return f"{cfg['preset']}-{Path(cfg['data']).name}"
+    return f"{cfg['preset']}"
+
+
+def builtin_dataset(out: Path, max_res: int, count: int, workers: int | None) -> Path:
+    """The built-in synthetic dataset at `max_res`, rendered once under `out` and reused."""
+    from datasets_prep import make_source, write_dataset
+
+    path = out / "_builtin" / f"synthetic-{max_res}px-{count}"
+    if not (path / "meta.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_dataset(
+            make_source("synthetic", str(count)),
+            str(path),
+            max_res,
+            workers=workers,
+            overwrite=True,
+            progress=True,
+        )
+    return path
+
+
+def check_dataset(path: str | os.PathLike, max_res: int) -> dict:
+    """Validate that the dataset exists and has every resolution training needs."""
+    meta = read_meta(path)
+    if meta["max_res"] < max_res:
+        raise UserError(
+            f"--max-res {max_res} is above the dataset's max_res {meta['max_res']} "
+            f"({path}); lower --max-res or rebuild the dataset"
+        )
+    return meta
+
+
+def dry_run_summary(cfg: dict) -> dict:
+    """The resolved configuration, the stage table and each network's parameter count."""
+    nets = ckpt.build_networks(cfg)
+    return {
+        "config": cfg,
+        "stages": Schedule.from_config(cfg).stage_table(),
+        "parameters": {n: num_parameters(nets[n]) for n in NETWORKS},
+    }
+
+
+def _save_grids(
+    trainer: Trainer, run_dir: Path, fixed: dict, phase: Phase, images_shown: int
+) -> None:
+    g = trainer.generator_ema
+    inference = trainer.accelerator.unwrap_model(trainer.inference)
+    res, alpha = phase.res, phase.alpha
+    tag = f"{res:04d}px-{images_shown // 1000:06d}kimg"
+    with torch.no_grad():
+        samples = g(fixed["z"], res, alpha)
+        real = fade_real(to_float(fixed["real"][res]), alpha)
+        recon = g(inference(real, alpha)[0], res, alpha)
+    n = trainer.cfg["grid_size"]
+    save_image(
+        samples.float(), run_dir / f"samples-{tag}.png", nrow=n, normalize=True, value_range=(-1, 1)
+    )
+    # Real images in even columns, their reconstructions beside them.
+    pairs = torch.stack([real, recon.float()], 1).flatten(0, 1)
+    save_image(
+        pairs, run_dir / f"reconstructions-{tag}.png", nrow=n, normalize=True, value_range=(-1, 1)
+    )
+
+
+def train(
+    cfg: dict,
+    run_dir: str | os.PathLike,
+    snapshot: str | os.PathLike | None = None,
+    progress: bool = True,
+    accelerator: Accelerator | None = None,
+) -> Path:
+    """Train (or continue from `snapshot`) until `total_kimg`; returns the final snapshot."""
+    run_dir = Path(run_dir)
+    schedule = Schedule.from_config(cfg)
+    total = round(cfg["total_kimg"] * 1000) if cfg["total_kimg"] else schedule.end_of_last_stage
+    trainer = Trainer.create(cfg, accelerator)
+    acc = trainer.accelerator
+    world, rank = acc.num_processes, acc.process_index
+    for res in schedule.resolutions:
+        if cfg["batch"][res] % world:
+            raise UserError(
+                f"batch {cfg['batch'][res]} at {res}px does not divide over {world} processes"
+            )
+
+    images_shown = 0
+    if snapshot is not None:
+        snapshot = ckpt.resolve_snapshot(snapshot)
+        images_shown = ckpt.read_state(snapshot)["images_shown"]
+        nets = trainer.unwrapped()
+        ckpt.load_weights(snapshot, nets)
+        ckpt.load_optimizers(snapshot, trainer.optimizers)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    if cfg["data"] is None:
+        path = builtin_dataset(run_dir.parent, cfg["max_res"], cfg["synthetic_count"], None)
+        if acc.is_main_process:
+            builtin_dataset(run_dir.parent, cfg["max_res"], cfg["synthetic_count"], None)
+        acc.wait_for_everyone()
+        cfg = {**cfg, "data": str(path)}
+    data_path = cfg["data"]
+    dataset_meta = check_dataset(data_path, cfg["max_res"])
+    grid = cfg["grid_size"]
+    fixed_gen = torch.Generator().manual_seed(cfg["seed"])
+    fixed = {
+        "z": torch.randn(grid * grid, cfg["latent"], generator=fixed_gen).to(acc.device),
+        "real": {},
+    }
+    for res in schedule.resolutions:
+        ds = ImageDataset(data_path, res)
+        count = min(grid * grid // 2, len(ds))
+        fixed["real"][res] = torch.stack([ds[i] for i in range(count)]).to(acc.device)
+
+    # The stage of the last completed step: a resumed run knows whether it just changed stage.
+    last_stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else -1
+    loader_iter, loader_stage = None, None
+    tick_every = max(1, round(cfg["tick_kimg"] * 1000))
+    snap_every = max(1, round(cfg["snapshot_kimg"] * 1000))
+    sums: dict[str, torch.Tensor] = {}
+    steps_in_tick, tick_start, tick_images = 0, time.perf_counter(), images_shown
+    bar = tqdm(
+        total=total,
+        initial=images_shown,
+        unit="img",
+        unit_scale=True,
+        dynamic_ncols=True,
+        disable=not (progress and acc.is_local_main_process),
+    )
+    stats_file = run_dir / "stats.jsonl"
+    final = None
+    acc.print(
+        f"training on {dataset_meta['count']} images from {data_path}, {world} process(es), "
+        f"{acc.device}, mixed precision {acc.mixed_precision}; run folder {run_dir}"
+    )
+    while images_shown < total:
+        phase = schedule.at(images_shown)
+        if phase.stage != loader_stage:
+            per_rank = phase.batch // world
+            loader = make_loader(
+                ImageDataset(data_path, phase.res),
+                per_rank,
+                rank=rank,
+                world_size=world,
+                seed=cfg["seed"],
+                start=images_shown // world,
+                workers=cfg["workers"],
+            )
+            loader_iter, loader_stage = iter(loader), phase.stage
+            reals = run_dir / f"reals-{phase.res:04d}px.png"
+            if acc.is_main_process and not reals.exists():
+                save_image(
+                    to_float(fixed["real"][phase.res]),
+                    reals,
+                    nrow=grid,
+                    normalize=True,
+                    value_range=(-1, 1),
+                )
+        if phase.stage != last_stage and last_stage >= 0 and cfg["reset_optimizers"]:
+            trainer.reset_optimizers()
+        last_stage = phase.stage
+        trainer.set_lr(phase)
+        stats = trainer.step(next(loader_iter), phase, images_shown)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+        steps_in_tick += 1
+        before, images_shown = images_shown, images_shown + phase.batch
+        bar.update(phase.batch)
+
+        stage_done = phase.stage_end is not None and images_shown >= phase.stage_end
+        done = images_shown >= total
+        if images_shown // tick_every != before // tick_every or stage_done or done:
+            means = {k: (acc.reduce(v, "mean") / steps_in_tick).item() for k, v in sums.items()}
+            elapsed = time.perf_counter() - tick_start
+            record = {
+                "images_shown": images_shown,
+                "kimg": images_shown / 1000,
+                "stage": phase.stage,
+                "res": phase.res,
+                "alpha": round(phase.alpha, 6),
+                "batch": phase.batch,
+                "images_per_s": (images_shown - tick_images) / max(elapsed, 1e-9),
+                "sec_per_kimg": elapsed * 1000 / max(images_shown - tick_images, 1),
+                **means,
+                "time": time.time(),
+            }
+            if acc.is_main_process:
+                with open(stats_file, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.set_postfix_str(
+                f"{phase.res}px a={phase.alpha:.2f} rec/px={means['rec_per_pixel']:.3f} "
+                f"E+={means['energy_real']:.2f} E-={means['energy_fake']:.2f} "
+                f"{record['images_per_s']:.0f} img/s"
+            )
+            if not all(math.isfinite(v) for v in means.values()):
+                raise UserError(
+                    f"training diverged at {images_shown} images (non-finite losses); "
+                    f"see {stats_file}; resume from an earlier snapshot with lower --lr"
+                )
+            sums, steps_in_tick, tick_start, tick_images = {}, 0, time.perf_counter(), images_shown
+        if acc.is_main_process and (stage_done or done):
+            _save_grids(trainer, run_dir, fixed, phase, images_shown)
+        if images_shown // snap_every != before // snap_every or stage_done or done:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                final = ckpt.save_snapshot(
+                    run_dir,
+                    images_shown,
+                    cfg,
+                    trainer.unwrapped(),
+                    trainer.optimizers,
+                    {
+                        "sampler": {
+                            "seed": cfg["seed"],
+                            "world_size": world,
+                            "position_per_rank": images_shown // world,
+                        },
+                        "rng": "derived from (seed, rank, images_shown)",
+                    },
+                )
+    bar.close()
+    acc.wait_for_everyone()
+    return final or ckpt.snapshot_dir(run_dir, images_shown)
+
+
+def resolve_run(
+    cfg: dict, overrides: dict, out: Path, name: str | None, resume: str | None
+) -> tuple[dict, Path, Path | None]:
+    """Pick the run folder and the snapshot to continue from.
+
+    A resumed run keeps its saved configuration, with only the options given explicitly now
+    (`overrides` that are not None) applied on top, e.g. a larger `total_kimg`.
+    """
+    from progressive.presets import make_config
+
+    if cfg["data"] is not None:
+        check_dataset(cfg["data"], cfg["max_res"])
+    snapshot = None
+    if resume not in (None, "auto"):
+        snapshot = ckpt.resolve_snapshot(resume)
+        run_dir = snapshot.parent
+    else:
+        run_dir = out / (name or run_name(cfg))
+        existing = ckpt.list_snapshots(run_dir)
+        if existing and resume is None:
+            raise UserError(
+                f"run {run_dir} already has snapshots; pass --resume auto to continue "
+                "it, or --name to start another run"
+            )
+        snapshot = existing[-1] if existing else None
+    if snapshot is not None:
+        saved = ckpt.read_state(snapshot)["config"]
+        given = {k: v for k, v in overrides.items() if v is not None}
+        merged = {k: v for k, v in saved.items() if k != "preset"} | given
+        cfg = make_config(saved["preset"], **merged)
+    return cfg, run_dir, snapshot
