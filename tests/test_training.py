@@ -1,0 +1,241 @@
+"""The training loop: two stages end to end, exact resume, gradient routing, command errors."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from progressive import checkpoint as ckpt
+from progressive.cli import main
+from progressive.presets import make_config
+from progressive.schedule import Schedule
+from progressive.training import Trainer, resolve_run, train
+
+TINY = dict(
+    max_res=8,
+    latent=8,
+    fmap_base=64,
+    fmap_max=16,
+    batch=4,
+    fade_kimg=0.032,
+    stable_kimg=0.016,
+    mixed_precision="no",
+    workers=0,
+    snapshot_kimg=1.0,
+    tick_kimg=0.016,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from datasets_prep import make_source, write_dataset
+
+    path = tmp_path_factory.mktemp("data") / "synthetic"
+    write_dataset(make_source("synthetic", "40"), path, 16, workers=0, progress=False)
+    return path
+
+
+def tiny(dataset, **kw):
+    return make_config("demo", **(TINY | {"data": str(dataset)} | kw))
+
+
+def weights(snapshot):
+    return {n: load_file(snapshot / f"{n}.safetensors") for n in ckpt.WEIGHTS}
+
+
+def test_two_stages_end_to_end(dataset, tmp_path):
+    cfg = tiny(dataset)
+    final = train(cfg, tmp_path / "run", progress=False)
+    total = Schedule.from_config(cfg).end_of_last_stage
+    assert final.name == f"snapshot-{total:09d}"
+    stats = [
+        json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()
+    ]
+    assert {s["res"] for s in stats} == {4, 8}
+    assert any(0 < s["alpha"] < 1 for s in stats)
+    for key in ("rec", "kl", "latent_nll", "energy_real", "energy_fake", "images_per_s"):
+        assert all(key in s for s in stats)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"samples-0004px-000000kimg.png", "samples-0008px-000000kimg.png"} <= files
+    assert any(f.startswith("reconstructions-0008px") for f in files)
+    assert "config.json" in files
+    # Stage ends are snapshots too.
+    assert len(ckpt.list_snapshots(tmp_path / "run")) == 2
+    run = ckpt.load_run(tmp_path / "run")
+    assert (run.res, run.alpha, run.images_shown) == (8, 1.0, total)
+
+
+def test_resume_mid_fade_matches_uninterrupted_run(dataset, tmp_path):
+    full = train(tiny(dataset), tmp_path / "full", progress=False)
+    # Stop 8 images into the 32-image fade-in (alpha 0.25), then continue.
+    half = train(tiny(dataset, total_kimg=0.024), tmp_path / "parts", progress=False)
+    state = ckpt.read_state(half)
+    phase = Schedule.from_config(state["config"]).at(state["images_shown"])
+    assert phase.fading and phase.alpha == pytest.approx(0.25)
+    cfg, run_dir, snapshot = resolve_run(
+        tiny(dataset), {"total_kimg": 0.064}, tmp_path, "parts", "auto"
+    )
+    assert snapshot == half and run_dir == tmp_path / "parts"
+    resumed = train(cfg, run_dir, snapshot, progress=False)
+    assert resumed.name == full.name
+    a, b = weights(full), weights(resumed)
+    for net in ckpt.WEIGHTS:
+        for key in a[net]:
+            torch.testing.assert_close(a[net][key], b[net][key], atol=1e-6, rtol=0)
+    opt_a = torch.load(full / "optimizers.pt", weights_only=True)
+    opt_b = torch.load(resumed / "optimizers.pt", weights_only=True)
+    for net in opt_a:
+        for idx, st in opt_a[net]["state"].items():
+            torch.testing.assert_close(
+                st["exp_avg"], opt_b[net]["state"][idx]["exp_avg"], atol=1e-6, rtol=0
+            )
+
+
+def test_gradients_reach_the_right_networks(dataset):
+    cfg = tiny(dataset, max_res=16)
+    trainer = Trainer.create(cfg)
+    nets = {
+        "generator": trainer.generator,
+        "energy": trainer.energy,
+        "inference": trainer.inference,
+    }
+    seen = {}
+
+    def grads():
+        return {
+            n: [None if p.grad is None else p.grad.clone() for p in m.parameters()]
+            for n, m in nets.items()
+        }
+
+    for name, opt in trainer.optimizers.items():
+        original = opt.step
+
+        def step(*a, _name=name, _orig=original, **k):
+            seen[_name] = grads()
+            return _orig(*a, **k)
+
+        opt.step = step
+    phase = Schedule.from_config(cfg).at(16)  # fading into 8x8
+    real = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    trainer.step(real, phase, 16)
+
+    def nonzero(gs):
+        return any(g is not None and g.abs().sum() > 0 for g in gs)
+
+    # Energy step: only the energy model has gradients.
+    assert nonzero(seen["energy"]["energy"])
+    assert not nonzero(seen["energy"]["generator"]) and not nonzero(seen["energy"]["inference"])
+    # Joint step: generator and inference receive gradients; the energy model's are untouched.
+    assert nonzero(seen["generator"]["generator"]) and nonzero(seen["generator"]["inference"])
+    for before, after in zip(seen["energy"]["energy"], seen["generator"]["energy"], strict=True):
+        assert (before is None and after is None) or torch.equal(before, after)
+    # Blocks above the current resolution never receive gradients.
+    g = trainer.accelerator.unwrap_model(trainer.generator)
+    top = [p for n, p in g.named_parameters() if n.split(".")[1] == "16"]
+    assert top and all(p.grad is None or p.grad.abs().sum() == 0 for p in top)
+
+
+def test_snapshot_without_state_is_not_the_latest(dataset, tmp_path):
+    final = train(tiny(dataset, total_kimg=0.016), tmp_path / "run", progress=False)
+    partial = tmp_path / "run" / "snapshot-000000999"
+    partial.mkdir()
+    (partial / "generator.safetensors").write_bytes(b"half")
+    assert ckpt.list_snapshots(tmp_path / "run")[-1] == final
+    assert ckpt.resolve_snapshot(tmp_path / "run") == final
+
+
+def test_dry_run_1024_lists_nine_stages_with_default_widths():
+    result = CliRunner().invoke(
+        main, ["train", "--dry-run", "--max-res", "1024", "--preset", "celebahq1024"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [s["res"] for s in out["stages"]] == [4 << i for i in range(9)]
+    assert out["config"]["fmap_base"] == 16384 and out["config"]["fmap_max"] == 512
+    for stage in out["stages"]:
+        assert set(stage) == {"res", "fade_kimg", "stable_kimg", "batch", "lr"}
+        assert set(stage["lr"]) == {"generator", "energy", "inference"}
+    # Progressive GAN's generator at 1024 with these widths has about 23 million parameters.
+    assert 20e6 < out["parameters"]["generator"] < 26e6
+    assert set(out["parameters"]) == {"generator", "energy", "inference"}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--max-res", "48"], "power of two"),
+        (["--max-res", "2048"], "power of two"),
+        (["--data", "/nonexistent/dataset"], "does not exist"),
+    ],
+)
+def test_bad_options_are_one_line_errors(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path), *args])
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_max_res_above_dataset_is_refused(dataset, tmp_path):
+    result = CliRunner().invoke(
+        main, ["train", "--data", str(dataset), "--max-res", "32", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1 and "above the dataset's max_res 16" in result.output
+
+
+def test_existing_run_needs_resume(dataset, tmp_path):
+    args = [
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "r",
+        "--max-res",
+        "4",
+        "--stable-kimg",
+        "0.008",
+        "--latent",
+        "8",
+        "--fmap-base",
+        "64",
+        "--fmap-max",
+        "16",
+        "--batch",
+        "4",
+        "--mixed-precision",
+        "no",
+        "--workers",
+        "0",
+    ]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "--resume auto" in again.output
+    longer = CliRunner().invoke(main, [*args, "--resume", "auto", "--total-kimg", "0.016"])
+    assert longer.exit_code == 0, longer.output
+    assert ckpt.list_snapshots(tmp_path / "r")[-1].name == "snapshot-000000016"
+
+
+def test_full_loss_at_1024_is_finite_in_all_three_networks():
+    from progressive.loss import energy_loss, joint_loss
+
+    cfg = make_config("celebahq1024", fmap_base=1024, fmap_max=32, latent=32)
+    nets = ckpt.build_networks(cfg)
+    g, e, i = nets["generator"], nets["energy"], nets["inference"]
+    x = torch.rand(1, 3, 1024, 1024) * 2 - 1
+    z, eps = torch.randn(1, 32), torch.randn(1, 32)
+    mu, logvar = i(x, 0.5)
+    x_rec, x_fake = g(torch.cat([mu + (0.5 * logvar).exp() * eps, z]), 1024, 0.5).split(1)
+    loss_e, _ = energy_loss(e(x, 0.5), e(x_fake.detach(), 0.5), cfg["loss"])
+    mu_f, logvar_f = i(x_fake, 0.5)
+    loss_j, _ = joint_loss(
+        x, x_rec, mu, logvar, z, mu_f, logvar_f, e(x_fake, 0.5), 1024, cfg["loss"]
+    )
+    (loss_e + loss_j).backward()
+    assert torch.isfinite(loss_e) and torch.isfinite(loss_j)
+    for net in (g, e, i):
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(gr).all() for gr in grads)
+        assert sum(gr.abs().sum() for gr in grads) > 0
