@@ -96,20 +96,19 @@ def seed_latents(seeds: list[int], latent: int) -> Tensor:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'3,7,10-12' -> [3, 7, 10, 11, 12]."""
+    """'3,7,10-12' -> [3, 7, 10, 11, 12] (seeds are non-negative)."""
     seeds: list[int] = []
     try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+        for part in (p.strip() for p in text.split(",")):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
                 seeds.extend(range(int(lo), int(hi) + 1))
             elif part:
                 seeds.append(int(part))
     except ValueError:
         raise UserError(f"--seeds {text!r} is not a list like 3,7,10-12") from None
     if not seeds:
-        raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 3,7")
+        raise UserError("--seeds is empty; give at least two seeds, e.g. --seeds 3,7")
     return seeds
 
 

@@ -138,6 +138,7 @@ def test_frechet_distance_random_spd_against_symmetric_form():
     assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_inception_weights_missing_or_bad(tmp_path):
     with pytest.raises(metrics.InceptionUnavailable, match="--inception-weights"):
         metrics.load_inception(None)

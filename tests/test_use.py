@@ -351,6 +351,10 @@ def test_bad_inputs(run_dir, tmp_path):
         invoke("interpolate", "--ckpt", run_dir, "--seeds", "1,2", "--out", tmp_path / "o.txt"),
         "extension",
     )
+    _one_line_error(
+        invoke("interpolate", "--ckpt", run_dir, "--seeds", "3,x", "--out", out), "--seeds"
+    )
+    assert use.parse_seeds("3, 7,10-12") == [3, 7, 10, 11, 12]
     # A damaged copy of the newest snapshot, and one of an unknown version.
     snap = sorted(run_dir.glob("snapshot-*"))[-1]
     broken = tmp_path / "broken"
