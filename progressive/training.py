@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from torchvision.utils import save_image
 from tqdm import tqdm
 
@@ -51,22 +51,46 @@ def step_generator(
     return g
 
 
+def make_accelerator(cfg: dict) -> Accelerator:
+    """The accelerator for a run: its mixed precision; DDP told that blocks above the current
+    resolution (and the faded-out RGB adapter) are legitimately unused."""
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=cfg["mixed_precision"], kwargs_handlers=[ddp])
+
+
+class GeneratorInference(torch.nn.Module):
+    """Generator and inference model as one module, so DDP sees one forward per backward.
+
+    Encodes real images, decodes posterior and prior latents in one generator pass, and encodes
+    the generated images again (the sleep phase)."""
+
+    def __init__(self, generator: torch.nn.Module, inference: torch.nn.Module):
+        super().__init__()
+        self.generator, self.inference = generator, inference
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, res: int, alpha: float):
+        mu, logvar = self.inference(x, alpha)
+        z_post = mu + torch.exp(0.5 * logvar.float()) * eps
+        x_rec, x_fake = self.generator(torch.cat([z_post, z]), res, alpha).split(x.shape[0])
+        mu_fake, logvar_fake = self.inference(x_fake, alpha)
+        return mu, logvar, x_rec, x_fake, mu_fake, logvar_fake
+
+
 @dataclass
 class Trainer:
     """Networks (possibly DDP-wrapped), optimizers and the accelerator of one run."""
 
     cfg: dict
     accelerator: Accelerator
-    generator: torch.nn.Module
+    pair: torch.nn.Module  # GeneratorInference, as prepared by accelerate
     energy: torch.nn.Module
-    inference: torch.nn.Module
     generator_ema: torch.nn.Module
     optimizers: dict[str, torch.optim.Optimizer]
 
     @classmethod
     def create(cls, cfg: dict, accelerator: Accelerator | None = None) -> Trainer:
         """Build networks and Adam optimizers at full size and hand them to accelerate."""
-        accelerator = accelerator or Accelerator(mixed_precision=cfg["mixed_precision"])
+        accelerator = accelerator or make_accelerator(cfg)
         torch.manual_seed(cfg["seed"])
         nets = ckpt.build_networks(cfg)
         opts = {}
@@ -79,31 +103,29 @@ class Trainer:
                 eps=1e-8,
                 weight_decay=wd,
             )
-        g, e, i, og, oe, oi = accelerator.prepare(
-            nets["generator"],
-            nets["energy"],
-            nets["inference"],
-            opts["generator"],
-            opts["energy"],
-            opts["inference"],
+        pair = GeneratorInference(nets["generator"], nets["inference"])
+        pair, energy, og, oe, oi = accelerator.prepare(
+            pair, nets["energy"], opts["generator"], opts["energy"], opts["inference"]
         )
+        ema = nets["generator_ema"].to(accelerator.device)
         return cls(
-            cfg,
-            accelerator,
-            g,
-            e,
-            i,
-            nets["generator_ema"].to(accelerator.device),
-            {"generator": og, "energy": oe, "inference": oi},
+            cfg, accelerator, pair, energy, ema, {"generator": og, "energy": oe, "inference": oi}
         )
 
+    @property
+    def generator(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.pair).generator
+
+    @property
+    def inference(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.pair).inference
+
     def unwrapped(self) -> dict[str, torch.nn.Module]:
-        u = self.accelerator.unwrap_model
         return {
-            "generator": u(self.generator),
+            "generator": self.generator,
             "generator_ema": self.generator_ema,
-            "energy": u(self.energy),
-            "inference": u(self.inference),
+            "energy": self.accelerator.unwrap_model(self.energy),
+            "inference": self.inference,
         }
 
     def set_lr(self, phase: Phase) -> None:
@@ -126,9 +148,7 @@ class Trainer:
         eps = torch.randn(n, cfg["latent"], device=acc.device, generator=gen)
 
         with acc.autocast():
-            mu, logvar = self.inference(x, alpha)
-            z_post = mu + torch.exp(0.5 * logvar.float()) * eps
-            x_rec, x_fake = self.generator(torch.cat([z_post, z]), res, alpha).split(n)
+            mu, logvar, x_rec, x_fake, mu_fake, logvar_fake = self.pair(x, z, eps, res, alpha)
 
         # Energy: contrastive step on real vs (detached) generated images.
         with acc.autocast():
@@ -144,7 +164,6 @@ class Trainer:
         # evaluated unwrapped with frozen weights so only its input receives gradients.
         energy_frozen = acc.unwrap_model(self.energy).requires_grad_(False)
         with acc.autocast():
-            mu_fake, logvar_fake = self.inference(x_fake, alpha)
             e_fake = energy_frozen(x_fake, alpha)
             loss_j, joint = triangle.joint_loss(
                 x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w
@@ -155,12 +174,9 @@ class Trainer:
         opt_i.zero_grad(set_to_none=True)
         acc.backward(loss_j)
         energy_frozen.requires_grad_(True)
-        stats["grad_norm_generator"] = acc.clip_grad_norm_(
-            self.generator.parameters(), cfg["grad_clip"]
-        )
-        stats["grad_norm_inference"] = acc.clip_grad_norm_(
-            self.inference.parameters(), cfg["grad_clip"]
-        )
+        clip = cfg["grad_clip"]
+        stats["grad_norm_generator"] = acc.clip_grad_norm_(self.generator.parameters(), clip)
+        stats["grad_norm_inference"] = acc.clip_grad_norm_(self.inference.parameters(), clip)
         opt_g.step()
         opt_i.step()
         self.update_ema(phase.batch)
@@ -169,7 +185,7 @@ class Trainer:
     @torch.no_grad()
     def update_ema(self, batch: int) -> None:
         beta = 0.5 ** (batch / max(self.cfg["ema_kimg"] * 1000, 1e-8))
-        src = list(self.accelerator.unwrap_model(self.generator).parameters())
+        src = list(self.generator.parameters())
         torch._foreach_lerp_(list(self.generator_ema.parameters()), src, 1.0 - beta)
 
 
@@ -223,7 +239,7 @@ def _save_grids(
     trainer: Trainer, run_dir: Path, fixed: dict, phase: Phase, images_shown: int
 ) -> None:
     g = trainer.generator_ema
-    inference = trainer.accelerator.unwrap_model(trainer.inference)
+    inference = trainer.inference
     res, alpha = phase.res, phase.alpha
     tag = f"{res:04d}px-{images_shown // 1000:06d}kimg"
     with torch.no_grad():

@@ -132,7 +132,7 @@ def test_gradients_reach_the_right_networks(dataset):
     for before, after in zip(seen["energy"]["energy"], seen["generator"]["energy"], strict=True):
         assert (before is None and after is None) or torch.equal(before, after)
     # Blocks above the current resolution never receive gradients.
-    g = trainer.accelerator.unwrap_model(trainer.generator)
+    g = trainer.generator
     top = [p for n, p in g.named_parameters() if n.split(".")[1] == "16"]
     assert top and all(p.grad is None or p.grad.abs().sum() == 0 for p in top)
 
