@@ -103,7 +103,9 @@ class _GeneratorFirst(nn.Module):
         self.conv = EqualizedConv2d(ch, ch, 3)
 
     def forward(self, z: Tensor) -> Tensor:
-        h = lrelu(self.dense(z).view(-1, self.ch, 4, 4))
+        # channels_last from here on: oneDNN (CPU) and tensor-core (GPU) convs run faster in it.
+        h = self.dense(z).view(-1, self.ch, 4, 4).contiguous(memory_format=torch.channels_last)
+        h = lrelu(h)
         h = pixel_norm(h) if self.pn else h
         h = lrelu(self.conv(h))
         return pixel_norm(h) if self.pn else h
@@ -226,6 +228,7 @@ class _Encoder(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2] != res:
             raise ValueError(f"expected images of shape (N, 3, res, res), got {tuple(x.shape)}")
         check_res(res, self.max_res)
+        x = x.contiguous(memory_format=torch.channels_last)
         h = self.blocks[str(res)](self.from_rgb[str(res)](x))
         if res > 4 and alpha < 1.0:
             h = fade(self.from_rgb[str(res // 2)](downsample2x(x)), h, alpha)
