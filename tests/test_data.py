@@ -114,6 +114,8 @@ def test_three_shards_map_indices(tmp_path):
     assert [s["count"] for s in ds.meta["shards"]] == [4, 1, 5]
     for i in range(10):
         assert torch.equal(ds[i], images[8][i]), i
+    order = [9, 0, 4, 3, 5]  # a batch across all three shards, out of order
+    assert torch.equal(ds[order], images[8][order])
     with pytest.raises(IndexError):
         ds[10]
 
