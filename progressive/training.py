@@ -196,22 +196,18 @@ def run_name(cfg: dict) -> str:
     return f"{cfg['preset']}"
 
 
-def builtin_dataset(out: Path, max_res: int, count: int, workers: int | None) -> Path:
-    """The built-in synthetic dataset at `max_res`, rendered once under `out` and reused."""
+def builtin_dataset_path(out: Path, max_res: int, count: int) -> Path:
+    """Where the built-in synthetic dataset for `max_res` lives under the runs folder `out`."""
+    return Path(out) / "_builtin" / f"synthetic-{max_res}px-{count}"
+
+
+def render_builtin_dataset(path: Path, max_res: int, count: int) -> None:
+    """Render the built-in synthetic dataset once; later runs reuse it."""
     from datasets_prep import make_source, write_dataset
 
-    path = out / "_builtin" / f"synthetic-{max_res}px-{count}"
     if not (path / "meta.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_dataset(
-            make_source("synthetic", str(count)),
-            str(path),
-            max_res,
-            workers=workers,
-            overwrite=True,
-            progress=True,
-        )
-    return path
+        write_dataset(make_source("synthetic", str(count)), str(path), max_res, overwrite=True)
 
 
 def check_dataset(path: str | os.PathLike, max_res: int) -> dict:
@@ -289,9 +285,9 @@ def train(
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     if cfg["data"] is None:
-        path = builtin_dataset(run_dir.parent, cfg["max_res"], cfg["synthetic_count"], None)
+        path = builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
         if acc.is_main_process:
-            builtin_dataset(run_dir.parent, cfg["max_res"], cfg["synthetic_count"], None)
+            render_builtin_dataset(path, cfg["max_res"], cfg["synthetic_count"])
         acc.wait_for_everyone()
         cfg = {**cfg, "data": str(path)}
     data_path = cfg["data"]
@@ -323,7 +319,33 @@ def train(
         disable=not (progress and acc.is_local_main_process),
     )
     stats_file = run_dir / "stats.jsonl"
+
+    def save() -> Path:
+        acc.wait_for_everyone()
+        path = ckpt.snapshot_dir(run_dir, images_shown)
+        if acc.is_main_process:
+            sampler = {
+                "seed": cfg["seed"],
+                "world_size": world,
+                "position_per_rank": images_shown // world,
+            }
+            rng = "derived from (seed, rank, images_shown)"
+            ckpt.save_snapshot(
+                run_dir,
+                images_shown,
+                cfg,
+                trainer.unwrapped(),
+                trainer.optimizers,
+                {"sampler": sampler, "rng": rng},
+            )
+        return path
+
     final = None
+    if images_shown == 0:
+        # The starting point, for metrics against initialization.
+        final = save()
+        if acc.is_main_process:
+            _save_grids(trainer, run_dir, fixed, schedule.at(0), 0)
     acc.print(
         f"training on {dataset_meta['count']} images from {data_path}, {world} process(es), "
         f"{acc.device}, mixed precision {acc.mixed_precision}; run folder {run_dir}"
@@ -396,23 +418,7 @@ def train(
         if acc.is_main_process and (stage_done or done):
             _save_grids(trainer, run_dir, fixed, phase, images_shown)
         if images_shown // snap_every != before // snap_every or stage_done or done:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                final = ckpt.save_snapshot(
-                    run_dir,
-                    images_shown,
-                    cfg,
-                    trainer.unwrapped(),
-                    trainer.optimizers,
-                    {
-                        "sampler": {
-                            "seed": cfg["seed"],
-                            "world_size": world,
-                            "position_per_rank": images_shown // world,
-                        },
-                        "rng": "derived from (seed, rank, images_shown)",
-                    },
-                )
+            final = save()
     bar.close()
     acc.wait_for_everyone()
     return final or ckpt.snapshot_dir(run_dir, images_shown)

@@ -61,8 +61,8 @@ def test_two_stages_end_to_end(dataset, tmp_path):
     assert {"samples-0004px-000000kimg.png", "samples-0008px-000000kimg.png"} <= files
     assert any(f.startswith("reconstructions-0008px") for f in files)
     assert "config.json" in files
-    # Stage ends are snapshots too.
-    assert len(ckpt.list_snapshots(tmp_path / "run")) == 2
+    # The starting point and both stage ends are snapshots.
+    assert len(ckpt.list_snapshots(tmp_path / "run")) == 3
     run = ckpt.load_run(tmp_path / "run")
     assert (run.res, run.alpha, run.images_shown) == (8, 1.0, total)
 
