@@ -1,0 +1,5 @@
+"""`python -m progressive` runs the command line (also under `accelerate launch -m`)."""
+
+from progressive.cli import main
+
+main()
