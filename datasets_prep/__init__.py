@@ -17,7 +17,7 @@ SOURCES = ("folder", "zip", "celebahq", "lsun", "celeba", "cifar10", "imagenet32
 
 
 def make_source(kind: str, input: str, **options: Any) -> Source:
-    """Build a source by name. Options: `split` (celeba, cifar10, imagenet32), `seed` and
+    """Build a source by name. Options: `split` (celeba, cifar10, imagenet32, synthetic), `seed` and
     `split_sizes` (celeba). For synthetic, `input` is the image count."""
     options = {k: v for k, v in options.items() if v is not None}
     if kind == "folder":
@@ -38,8 +38,8 @@ def make_source(kind: str, input: str, **options: Any) -> Source:
         from .synthetic import SyntheticSource as cls
     else:
         raise UserError(f"unknown SOURCE {kind!r}; choose one of {', '.join(SOURCES)}")
-    if "split" in options and kind not in ("celeba", "cifar10", "imagenet32"):
-        raise UserError(f"--split applies to celeba, cifar10 and imagenet32, not {kind}")
+    if "split" in options and kind not in ("celeba", "cifar10", "imagenet32", "synthetic"):
+        raise UserError(f"--split applies to celeba, cifar10, imagenet32 and synthetic, not {kind}")
     return cls(input, **options)
 
 

@@ -79,8 +79,13 @@ def render(index: int, res: int) -> np.ndarray:
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
+# Held-out images are rendered from indices no training set of a realistic size reaches.
+TEST_FIRST = 1_000_000_000
+
+
 class SyntheticSource(Source):
-    """INPUT is the number of images; image i is `render(i, max_res)`."""
+    """INPUT is the number of images; image i is `render(i, max_res)`. `split="test"` renders
+    a disjoint held-out set starting at index `TEST_FIRST`."""
 
     kind = "synthetic"
     crop = "none: rendered at max_res"
@@ -94,12 +99,13 @@ class SyntheticSource(Source):
         if self.count <= 0:
             raise UserError(f"synthetic INPUT must be a positive image count, not {input!r}")
         self.max_res = 1024
+        self.first = TEST_FIRST if options.get("split") == "test" else 0
 
     def prepare(self, max_res: int) -> None:
         self.max_res = max_res
 
     def items(self) -> Iterator[int]:
-        yield from range(self.count)
+        yield from range(self.first, self.first + self.count)
 
     def __len__(self) -> int:
         return self.count

@@ -247,3 +247,15 @@ def test_synthetic_source(tmp_path):
         assert (got[i][4] == im.pyramid(render(i, 32))[4]).all()
     with pytest.raises(UserError, match="image count"):
         make_source("synthetic", "many")
+
+
+def test_synthetic_test_split_is_disjoint_from_training_images(tmp_path):
+    from datasets_prep.synthetic import TEST_FIRST
+
+    meta = write_dataset(make_source("synthetic", "3", split="test"), tmp_path / "held", 16,
+                         workers=0, progress=False)
+    assert meta["count"] == 3
+    got = _read(tmp_path / "held")
+    for i in range(3):
+        assert (got[i][16] == render(TEST_FIRST + i, 16)).all()
+        assert not (got[i][16] == render(i, 16)).all()

@@ -36,7 +36,8 @@ from progressive.errors import UserError  # noqa: E402
               help="Split into this many shards instead (overrides --shard-size).")
 # Which images
 @click.option("--split", type=click.Choice(["train", "test"]), default=None,
-              help="celeba: the 9,000/1,000 split; cifar10, imagenet32: default train.")
+              help="celeba: the 9,000/1,000 split; cifar10, imagenet32: default train; "
+              "synthetic: test renders a disjoint held-out set.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the celeba split.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Stop after this many images written.")
