@@ -126,7 +126,8 @@ def build_lmdb(images: Path, out: Path, max_res: int) -> str:
     if done.returncode == 0:
         return "tools/make_lmdb.py"
     print(f"tools/make_lmdb.py refused: {done.stderr.strip().splitlines()[-1]}")
-    print("writing the dataset here instead: Lanczos (upsampling), box pyramid, raw <= 128, png")
+    print("writing the dataset here instead: Lanczos (upsampling), box pyramid, "
+          "raw <= 256 like the writer's auto encoding, png above")
     write_upsampled(images, out, max_res)
     return "bench_reader.py"
 
@@ -142,7 +143,7 @@ def _prepare(args: tuple[str, list[int]]) -> dict[int, bytes]:
             level = level.reshape(res, 2, res, 2, 3).mean(axis=(1, 3))
         pixels = np.clip(np.rint(level), 0, 255).astype(np.uint8)
         level = pixels.astype(np.float64)
-        if res <= 128:
+        if res <= 256:
             out[res] = pixels.tobytes()
         else:
             buf = io.BytesIO()
@@ -171,7 +172,7 @@ def write_upsampled(images: Path, out: Path, max_res: int) -> None:
     write_json_atomic(out / "meta.json", {
         "format": FORMAT, "version": VERSION, "count": len(files), "max_res": max_res,
         "resolutions": resolutions,
-        "encoding": {str(r): "raw" if r <= 128 else "png" for r in resolutions},
+        "encoding": {str(r): "raw" if r <= 256 else "png" for r in resolutions},
         "channels": 3, "crop": "center square", "resize": "lanczos (upsampling allowed)",
         "source": {"kind": "folder", "input": str(images)}, "written_by": "bench_reader.py",
         "shards": [{"path": shard_name(0), "first": 0, "count": len(files)}],

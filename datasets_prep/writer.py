@@ -46,12 +46,13 @@ _OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|
 
 
 def encodings_for(max_res: int, encoding: str) -> dict[int, str]:
-    """Encoding per resolution; "auto" is raw up to 128 (cheap to decode, small) and PNG above."""
+    """Encoding per resolution; "auto" is raw up to 256 (PNG decoding would dominate reading
+    there) and PNG above."""
     if encoding not in ("auto", "raw", "png", "jpeg"):
         raise UserError(f"--encoding {encoding!r} must be auto, png, jpeg or raw")
     res = resolutions_up_to(max_res)
     if encoding == "auto":
-        return {r: "raw" if r <= 128 else "png" for r in res}
+        return {r: "raw" if r <= 256 else "png" for r in res}
     return dict.fromkeys(res, encoding)
 
 

@@ -82,8 +82,8 @@ def test_png_encoding_exact_and_meta(tmp_path):
 def test_auto_encoding_raw_then_png():
     from datasets_prep.writer import encodings_for
 
-    assert encodings_for(256, "auto") == {4: "raw", 8: "raw", 16: "raw", 32: "raw", 64: "raw",
-                                          128: "raw", 256: "png"}
+    assert encodings_for(512, "auto") == {4: "raw", 8: "raw", 16: "raw", 32: "raw", 64: "raw",
+                                          128: "raw", 256: "raw", 512: "png"}
     assert set(encodings_for(8, "jpeg").values()) == {"jpeg"}
 
 

@@ -26,7 +26,7 @@ from progressive.errors import UserError  # noqa: E402
 @click.option("--max-res", type=int, required=True,
               help="Largest resolution (power of two, 4-1024).")
 @click.option("--encoding", type=click.Choice(["auto", "png", "jpeg", "raw"]), default="auto",
-              show_default=True, help="Image encoding; auto is raw up to 128, PNG above.")
+              show_default=True, help="Image encoding; auto is raw up to 256, PNG above.")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="JPEG quality when --encoding jpeg.")
 # How to shard
