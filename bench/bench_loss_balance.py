@@ -38,11 +38,15 @@ def synthetic_batch(n: int, res: int) -> torch.Tensor:
 
 
 @click.command()
-@click.option("--ckpt", type=str, default=None, help="Run folder or snapshot; default fresh networks.")
+@click.option(
+    "--ckpt", type=str, default=None, help="Run folder or snapshot; default fresh networks."
+)
 @click.option("--max-res", type=int, default=32, show_default=True)
 @click.option("--batch", type=int, default=32, show_default=True)
 @click.option("--repeats", type=int, default=3, show_default=True)
-@click.option("--out", type=click.Path(), default="bench/results/loss_balance.json", show_default=True)
+@click.option(
+    "--out", type=click.Path(), default="bench/results/loss_balance.json", show_default=True
+)
 def main(ckpt, max_res, batch, repeats, out):
     torch.manual_seed(0)
     if ckpt:
@@ -76,18 +80,28 @@ def main(ckpt, max_res, batch, repeats, out):
                 recs.append(n_rec)
                 energies.append(n_e)
                 ratios.append(n_rec / max(n_e, 1e-12))
-            rows.append({"res": res, "rec_scaling": scaling,
-                         "grad_rec": statistics.median(recs), "grad_energy": statistics.median(energies),
-                         "ratio": statistics.median(ratios)})
+            rows.append(
+                {
+                    "res": res,
+                    "rec_scaling": scaling,
+                    "grad_rec": statistics.median(recs),
+                    "grad_energy": statistics.median(energies),
+                    "ratio": statistics.median(ratios),
+                }
+            )
         res *= 2
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
     print(f"machine: {machine}; networks: {'from ' + ckpt if ckpt else 'fresh (demo widths)'}")
-    print(f"{'res':>5} {'scaling':>8} {'|grad rec|':>12} {'|grad E|':>10} {'rec/E':>10} {'vs 4px':>8}")
+    print(
+        f"{'res':>5} {'scaling':>8} {'|grad rec|':>12} {'|grad E|':>10} {'rec/E':>10} {'vs 4px':>8}"
+    )
     first = {r["rec_scaling"]: r["ratio"] for r in rows if r["res"] == 4}
     for r in rows:
         r["ratio_vs_4px"] = r["ratio"] / first[r["rec_scaling"]]
-        print(f"{r['res']:>5} {r['rec_scaling']:>8} {r['grad_rec']:>12.3f} {r['grad_energy']:>10.4f} "
-              f"{r['ratio']:>10.1f} {r['ratio_vs_4px']:>8.2f}")
+        print(
+            f"{r['res']:>5} {r['rec_scaling']:>8} {r['grad_rec']:>12.3f} {r['grad_energy']:>10.4f} "
+            f"{r['ratio']:>10.1f} {r['ratio_vs_4px']:>8.2f}"
+        )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"machine": machine, "ckpt": ckpt, "rows": rows}, indent=2))
 

@@ -288,7 +288,7 @@ def evaluate(ckpt, res, device, raw_generator, data, metric_names, n, inception_
                 + ", ".join(
                     f"{r}px {v:.4g}" for r, v in zip(rec["levels"], rec["per_level"], strict=True)
                 )
-                + ")"
+                + f"; at initialization {rec['at_init']:.4g})"
             )
         if name == "recon":
             extra = f"  (mean-image baseline {rec['mean_image_baseline']:.5g})"

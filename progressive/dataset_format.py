@@ -76,7 +76,9 @@ def read_meta(root: str | os.PathLike) -> dict:
                 f"dataset {root} has no {META_NAME}: its conversion did not finish; "
                 "re-run tools/make_lmdb.py with --overwrite"
             )
-        raise UserError(f"{root} is not a dataset (no {META_NAME}); create it with tools/make_lmdb.py")
+        raise UserError(
+            f"{root} is not a dataset (no {META_NAME}); create it with tools/make_lmdb.py"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -107,7 +109,9 @@ def read_meta(root: str | os.PathLike) -> dict:
     first = 0
     for s in shards:
         if s["first"] != first:
-            raise UserError(f"{meta_path}: shard {s['path']} starts at {s['first']}, expected {first}")
+            raise UserError(
+                f"{meta_path}: shard {s['path']} starts at {s['first']}, expected {first}"
+            )
         first += s["count"]
     if first != count:
         raise UserError(f"{meta_path}: shards hold {first} images but count is {count}")

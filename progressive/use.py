@@ -470,7 +470,14 @@ def evaluate(
             )
         else:
             swd = metrics.sliced_wasserstein(real_in, fake, seed=seed)
-            record("swd", swd["mean"], levels=swd["levels"], per_level=swd["swd"])
+            # The same measurement for the run's generator as initialised (same seed), the
+            # baseline that training should beat.
+            initial = _initial_generator(run.config).to(model.device)
+            fake0 = sample(initial, n, seed, model.latent, model.res, model.alpha)
+            swd0 = metrics.sliced_wasserstein(real_in, fake0, seed=seed)
+            record(
+                "swd", swd["mean"], levels=swd["levels"], per_level=swd["swd"], at_init=swd0["mean"]
+            )
     if "recon" in names:
         recon = reconstruct(model.generator, model.inference, real, model.res, model.alpha)
         err = metrics.reconstruction_error(real_in, recon)
@@ -506,6 +513,14 @@ def evaluate(
             if "kid" in wanted:
                 record("kid", scores["kid"], std=scores["kid_std"])
     return results
+
+
+def _initial_generator(cfg: dict) -> torch.nn.Module:
+    """The generator exactly as training started it (same seed, same construction)."""
+    from progressive.checkpoint import build_networks
+
+    torch.manual_seed(cfg["seed"])
+    return build_networks(cfg)["generator"].eval().requires_grad_(False)
 
 
 def _training_images(run, res: int, n: int) -> Tensor | None:

@@ -397,3 +397,29 @@ def test_bad_inputs(run_dir, tmp_path):
     _one_line_error(
         invoke("evaluate", "--ckpt", run_dir, "--data", run_dir, "--metrics", "foo"), "foo"
     )
+
+
+def test_swd_baseline_generator_is_the_one_training_started_from(run_dir, model):
+    from safetensors.torch import load_file
+
+    from progressive.use import _initial_generator
+
+    start = load_file(run_dir / "snapshot-000000000" / "generator.safetensors")
+    rebuilt = _initial_generator(model.run.config).state_dict()
+    assert start.keys() == rebuilt.keys()
+    for key, value in start.items():
+        assert torch.equal(value, rebuilt[key]), key
+    r = invoke(
+        "evaluate",
+        "--ckpt",
+        run_dir,
+        "--data",
+        model.run.config["data"],
+        "--metrics",
+        "swd",
+        "--n",
+        16,
+    )
+    assert r.exit_code == 0 and "at initialization" in r.output, r.output
+    last = json.loads((run_dir / "metric-swd.jsonl").read_text().splitlines()[-1])
+    assert last["at_init"] > 0 and last["at_init"] != last["value"]
