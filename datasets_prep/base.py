@@ -57,3 +57,22 @@ class Source:
     def describe(self) -> dict:
         """The `source` entry of meta.json."""
         return {"kind": self.kind, "input": str(self.input), "options": dict(self.options)}
+
+
+class PlanarRowSource(Source):
+    """A source whose items are `(name, row bytes, label)`, each row a square RGB image stored
+    channel-planar (CHW), as in the CIFAR-10 and downsampled-ImageNet batches."""
+
+    side = 32
+
+    def name(self, item: Any) -> str:
+        return item[0]
+
+    def label(self, item: Any) -> int:
+        return item[2]
+
+    def load(self, item: Any):
+        name, row, _ = item
+        s = self.side
+        hwc = np.frombuffer(row, np.uint8).reshape(3, s, s).transpose(1, 2, 0)
+        return name, Image.fromarray(np.ascontiguousarray(hwc), "RGB")

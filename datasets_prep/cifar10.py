@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from progressive.errors import UserError
 
-from .base import Source
+from .base import PlanarRowSource
 
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 TEST = ["test_batch"]
@@ -57,7 +56,7 @@ def load_batch(data: bytes, where: str) -> tuple[np.ndarray, list[int]]:
     return rows, labels
 
 
-class CIFAR10Source(Source):
+class CIFAR10Source(PlanarRowSource):
     kind = "cifar10"
     native_res = 32
 
@@ -110,14 +109,3 @@ class CIFAR10Source(Source):
         if not hasattr(self, "_count"):
             self._count = sum(len(labels) for _, _, labels in self._batches())
         return self._count
-
-    def name(self, item) -> str:
-        return item[0]
-
-    def label(self, item) -> int:
-        return item[2]
-
-    def load(self, item):
-        name, row, _ = item
-        hwc = np.frombuffer(row, np.uint8).reshape(3, 32, 32).transpose(1, 2, 0)
-        return name, Image.fromarray(np.ascontiguousarray(hwc), "RGB")

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from progressive.errors import UserError
 
-from .base import Source
+from .base import PlanarRowSource
 
 _ROWS = 4096
 
@@ -57,7 +56,7 @@ def _open_data(path: Path) -> tuple[zipfile.ZipFile, object, tuple[int, int]]:
     return z, f, shape
 
 
-class ImageNet32Source(Source):
+class ImageNet32Source(PlanarRowSource):
     kind = "imagenet32"
 
     def __init__(self, input: str, split: str | None = None, **options):
@@ -111,15 +110,3 @@ class ImageNet32Source(Source):
 
     def __len__(self) -> int:
         return sum(self.counts)
-
-    def name(self, item) -> str:
-        return item[0]
-
-    def label(self, item) -> int:
-        return item[2]
-
-    def load(self, item):
-        name, row, _ = item
-        s = self.side
-        hwc = np.frombuffer(row, np.uint8).reshape(3, s, s).transpose(1, 2, 0)
-        return name, Image.fromarray(np.ascontiguousarray(hwc), "RGB")
