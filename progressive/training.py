@@ -405,7 +405,8 @@ def train(
                 with open(stats_file, "a") as f:
                     f.write(json.dumps(record) + "\n")
             bar.set_postfix_str(
-                f"stage {phase.stage} {phase.res}px a={phase.alpha:.2f} rec/px={means['rec_per_pixel']:.3f} "
+                f"stage {phase.stage} {phase.res}px a={phase.alpha:.2f} "
+                f"rec/px={means['rec_per_pixel']:.3f} "
                 f"E+={means['energy_real']:.2f} E-={means['energy_fake']:.2f} "
                 f"{record['images_per_s']:.0f} img/s"
             )
