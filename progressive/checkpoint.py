@@ -173,7 +173,7 @@ class LoadedRun:
     def at_resolution(self, res: int | None) -> tuple[int, float]:
         """`(res, alpha)` to work at: the snapshot's own, or a completed stage's with alpha 1."""
         if res is None or res == self.res:
-            return (self.res, self.alpha) if res is None else (res, self.alpha)
+            return self.res, self.alpha
         done = [r for r in Schedule.from_config(self.config).resolutions if r < self.res]
         if res not in done:
             trained = ", ".join(str(r) for r in done + [self.res])

@@ -280,16 +280,16 @@ def train(
         nets = trainer.unwrapped()
         ckpt.load_weights(snapshot, nets)
         ckpt.load_optimizers(snapshot, trainer.optimizers)
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-
     if cfg["data"] is None:
         path = builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
         if acc.is_main_process:
             render_builtin_dataset(path, cfg["max_res"], cfg["synthetic_count"])
         acc.wait_for_everyone()
         cfg = {**cfg, "data": str(path)}
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
     data_path = cfg["data"]
     dataset_meta = check_dataset(data_path, cfg["max_res"])
     grid = cfg["grid_size"]
