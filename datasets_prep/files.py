@@ -37,11 +37,36 @@ def _numeric_key(name: str) -> tuple[int, int, str]:
     return (0, int(digits[-1]), name) if digits else (1, 0, name)
 
 
-class FolderSource(Source):
+class _NamedFiles(Source):
+    """A source of named image files, listed once in sorted order (numeric for CelebA-HQ)."""
+
+    numeric = False
+
+    def _set_names(self, names: list[str], input: str) -> None:
+        self.names = sorted(names, key=_numeric_key if self.numeric else None)
+        if not self.names:
+            raise UserError(f"{input} holds no images ({', '.join(EXTENSIONS)})")
+
+    def items(self) -> Iterator[str]:
+        yield from self.names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _read(self, item: str) -> bytes:
+        raise NotImplementedError
+
+    def load(self, item: str):
+        data = self._read(item)
+        if not data:
+            raise Reject("empty file")
+        return item, open_image(data)
+
+
+class FolderSource(_NamedFiles):
     """Every image file under a folder, recursively, in sorted path order."""
 
     kind = "folder"
-    numeric = False
 
     def __init__(self, input: str, **options):
         super().__init__(input, **options)
@@ -53,28 +78,16 @@ class FolderSource(Source):
         for folder, _, files in os.walk(root):  # faster than rglob: no stat per file
             rel = os.path.relpath(folder, root)
             names += [f if rel == "." else os.path.join(rel, f) for f in files if _is_image_name(f)]
-        self.names = sorted(names, key=_numeric_key if self.numeric else None)
-        if not self.names:
-            raise UserError(f"{input} holds no images ({', '.join(EXTENSIONS)})")
+        self._set_names(names, input)
 
-    def items(self) -> Iterator[str]:
-        yield from self.names
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def load(self, item: str):
-        data = (self.root / item).read_bytes()
-        if not data:
-            raise Reject("empty file")
-        return item, open_image(data)
+    def _read(self, item: str) -> bytes:
+        return (self.root / item).read_bytes()
 
 
-class ZipSource(Source):
+class ZipSource(_NamedFiles):
     """Every image member of a zip file, in sorted member-name order."""
 
     kind = "zip"
-    numeric = False
 
     def __init__(self, input: str, **options):
         super().__init__(input, **options)
@@ -85,25 +98,13 @@ class ZipSource(Source):
                 names = [i.filename for i in z.infolist() if not i.is_dir()]
         except (zipfile.BadZipFile, OSError) as e:
             raise UserError(f"{input} is not a readable zip file ({e})") from None
-        names = [n for n in names if _is_image_name(n)]
-        self.names = sorted(names, key=_numeric_key if self.numeric else None)
-        if not self.names:
-            raise UserError(f"{input} holds no images ({', '.join(EXTENSIONS)})")
+        self._set_names([n for n in names if _is_image_name(n)], input)
 
-    def items(self) -> Iterator[str]:
-        yield from self.names
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def load(self, item: str):
+    def _read(self, item: str) -> bytes:
         try:
-            data = _open_zip(str(self.input)).read(item)
+            return _open_zip(str(self.input)).read(item)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise Reject(f"cannot read zip member: {e}") from None
-        if not data:
-            raise Reject("empty file")
-        return item, open_image(data)
 
 
 class _CelebAHQFolder(FolderSource):
