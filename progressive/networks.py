@@ -65,6 +65,14 @@ def fade(old: Tensor, new: Tensor, alpha: float) -> Tensor:
     return old + (new - old) * alpha
 
 
+def fade_real(x: Tensor, alpha: float) -> Tensor:
+    """Real images blended like generated ones during fade-in: lerp(up(down(x)), x, alpha), so
+    the energy and inference models see real and generated images of one kind."""
+    if alpha >= 1.0:
+        return x
+    return fade(upsample2x(downsample2x(x)), x, alpha)
+
+
 class EqualizedConv2d(nn.Module):
     """Conv with weights ~ N(0, 1) scaled at runtime by gain / sqrt(fan_in) ("same" padding)."""
 
@@ -130,16 +138,25 @@ class _GeneratorBlock(nn.Module):
 class Generator(nn.Module):
     """z (N, latent) -> image (N, 3, res, res) in about [-1, 1] (linear output, no tanh)."""
 
-    def __init__(self, max_res: int, latent: int = 512, fmap_base: int = 16384,
-                 fmap_max: int = 512, pixel_norm: bool = True):
+    def __init__(
+        self,
+        max_res: int,
+        latent: int = 512,
+        fmap_base: int = 16384,
+        fmap_max: int = 512,
+        pixel_norm: bool = True,
+    ):
         super().__init__()
         self.max_res, self.latent, self.pixel_norm = max_res, latent, pixel_norm
         ch = lambda r: channels(r, fmap_base, fmap_max)  # noqa: E731
         self.blocks = nn.ModuleDict()
         self.to_rgb = nn.ModuleDict()
         for r in stage_resolutions(max_res):
-            self.blocks[str(r)] = (_GeneratorFirst(latent, ch(4), pixel_norm) if r == 4
-                                   else _GeneratorBlock(ch(r // 2), ch(r), pixel_norm))
+            self.blocks[str(r)] = (
+                _GeneratorFirst(latent, ch(4), pixel_norm)
+                if r == 4
+                else _GeneratorBlock(ch(r // 2), ch(r), pixel_norm)
+            )
             self.to_rgb[str(r)] = EqualizedConv2d(ch(r), 3, 1, gain=1.0)
 
     def forward(self, z: Tensor, res: int, alpha: float = 1.0) -> Tensor:
@@ -211,8 +228,14 @@ class _EncoderLast(nn.Module):
 class _Encoder(nn.Module):
     """Shared trunk of the energy and inference models: image (N, 3, r, r) -> (N, out_features)."""
 
-    def __init__(self, max_res: int, out_features: int, fmap_base: int = 16384,
-                 fmap_max: int = 512, mbstd_group: int = 0):
+    def __init__(
+        self,
+        max_res: int,
+        out_features: int,
+        fmap_base: int = 16384,
+        fmap_max: int = 512,
+        mbstd_group: int = 0,
+    ):
         super().__init__()
         self.max_res = max_res
         ch = lambda r: channels(r, fmap_base, fmap_max)  # noqa: E731
@@ -220,8 +243,11 @@ class _Encoder(nn.Module):
         self.from_rgb = nn.ModuleDict()
         for r in stage_resolutions(max_res):
             self.from_rgb[str(r)] = _FromRGB(ch(r))
-            self.blocks[str(r)] = (_EncoderLast(ch(4), out_features, mbstd_group) if r == 4
-                                   else _EncoderBlock(ch(r), ch(r // 2)))
+            self.blocks[str(r)] = (
+                _EncoderLast(ch(4), out_features, mbstd_group)
+                if r == 4
+                else _EncoderBlock(ch(r), ch(r // 2))
+            )
 
     def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
         res = x.shape[-1]
@@ -242,8 +268,9 @@ class _Encoder(nn.Module):
 class Energy(nn.Module):
     """Image (N, 3, res, res) -> energy (N,), fp32, raw (low energy = data-like)."""
 
-    def __init__(self, max_res: int, fmap_base: int = 16384, fmap_max: int = 512,
-                 mbstd_group: int = 0):
+    def __init__(
+        self, max_res: int, fmap_base: int = 16384, fmap_max: int = 512, mbstd_group: int = 0
+    ):
         super().__init__()
         self.max_res = max_res
         self.trunk = _Encoder(max_res, 1, fmap_base, fmap_max, mbstd_group)
@@ -263,8 +290,9 @@ class Inference(nn.Module):
     logvar is soft-clamped to (-12, 8) so exp(logvar) and 1 / exp(logvar) stay finite.
     """
 
-    def __init__(self, max_res: int, latent: int = 512, fmap_base: int = 16384,
-                 fmap_max: int = 512):
+    def __init__(
+        self, max_res: int, latent: int = 512, fmap_base: int = 16384, fmap_max: int = 512
+    ):
         super().__init__()
         self.max_res, self.latent = max_res, latent
         self.trunk = _Encoder(max_res, 2 * latent, fmap_base, fmap_max)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torchvision.utils import save_image
 from tqdm import tqdm
@@ -25,21 +24,9 @@ from progressive import loss as triangle
 from progressive.data import ImageDataset, make_loader
 from progressive.dataset_format import read_meta
 from progressive.errors import UserError
-from progressive.networks import num_parameters
+from progressive.metrics import to_float
+from progressive.networks import fade_real, num_parameters
 from progressive.schedule import NETWORKS, Phase, Schedule
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images to float in [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
-def fade_real(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Real images blended like generated ones during fade-in: lerp(up(down(x)), x, alpha)."""
-    if alpha >= 1.0:
-        return x
-    coarse = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
-    return torch.lerp(coarse, x, alpha)
 
 
 def step_generator(

@@ -25,6 +25,7 @@ from torchvision.utils import save_image
 
 from progressive import metrics
 from progressive.errors import UserError
+from progressive.networks import fade_real
 
 GRID_PADDING = 2  # torchvision's default padding between grid cells
 
@@ -172,8 +173,6 @@ def generate(
 
 def prepare_real(images: Tensor, alpha: float) -> Tensor:
     """uint8 real images to the float input the energy and inference models saw in training."""
-    from progressive.training import fade_real
-
     return fade_real(metrics.to_float(images), alpha)
 
 
