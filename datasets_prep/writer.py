@@ -1,18 +1,18 @@
 """Write a source into a progressive-lmdb dataset: workers decode, crop, resize, build the
-pyramid and encode; the parent writes LMDB shards in source order and meta.json last."""
+pyramid, encode and write the shards; the parent numbers the images in source order, lists
+the rejected ones and writes meta.json last."""
 
 from __future__ import annotations
 
 import json
 import math
 import multiprocessing as mp
-import multiprocessing.pool
 import os
+import queue
 import re
 import shutil
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,21 +27,20 @@ from progressive.dataset_format import (
     META_NAME,
     REJECTED_NAME,
     VERSION,
-    image_key,
     resolutions_up_to,
-    shard_name,
     write_json_atomic,
 )
 from progressive.errors import UserError
 
 from . import image as im
 from .base import Source
+from .shards import ShardStore, shard_table, sync_shards
 
 LABELS_NAME = "labels.json"
-COMMIT_EVERY = 256  # images per LMDB transaction, or
-COMMIT_BYTES = 64 << 20  # whichever comes first: keeps 1024x1024 batches small in memory
-TASK_TIMEOUT = 600  # seconds: a task this late means its worker died (a decoder crash)
-INITIAL_MAP = 256 << 20
+MAX_BATCH = 32  # images converted and written as one unit, at most
+BATCH_BYTES = 8 << 20  # and at most about this many raw pixel bytes
+MAX_HELD = 3  # batches a worker may hold converted but not yet written
+TASK_TIMEOUT = 600  # seconds without any answer from the workers: one is stuck on a file
 _OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+)")
 
 
@@ -56,16 +55,18 @@ def encodings_for(max_res: int, encoding: str) -> dict[int, str]:
     return dict.fromkeys(res, encoding)
 
 
-# ---- worker side -------------------------------------------------------------------------
+# ---- converting batches -------------------------------------------------------------------
+#
+# The source is cut into small batches of consecutive items. A worker converts a batch, keeps
+# the encoded images and tells the parent which items it rejected; the parent, taking batches
+# in source order, gives each its first global index and the number of images to keep, and
+# the worker writes them into the shards itself. Only item lists and short outcome lists
+# cross process boundaries, never pixels.
 
 _job: dict[str, Any] = {}
 
 
-def _init_worker(source: Source, max_res: int, enc: dict[int, str], quality: int) -> None:
-    _job.update(source=source, max_res=max_res, enc=enc, quality=quality)
-
-
-def _process(item: Any) -> tuple[str, dict[int, bytes] | str]:
+def _convert(item: Any) -> tuple[str, dict[int, bytes] | str]:
     """(name, {res: bytes}) or (name, reason) for one item; never raises for bad input."""
     source: Source = _job["source"]
     try:
@@ -85,8 +86,168 @@ def _process(item: Any) -> tuple[str, dict[int, bytes] | str]:
         return name, f"{type(e).__name__}: {e}".strip()
 
 
-def _process_chunk(items: list) -> list:
-    return [_process(it) for it in items]
+def _convert_batch(items: list) -> tuple[list, list[dict[int, bytes]]]:
+    """Outcomes per item (None if kept, else (name, reason)) and the kept images in order."""
+    outcomes, kept = [], []
+    for it in items:
+        name, out = _convert(it)
+        if isinstance(out, str):
+            outcomes.append((name, out))
+        else:
+            outcomes.append(None)
+            kept.append(out)
+    return outcomes, kept
+
+
+def batch_size(max_res: int) -> int:
+    """Images per batch: small enough that the last batches balance across workers and a
+    worker's held batches stay a few MiB, large enough that messages cost nothing."""
+    return max(1, min(MAX_BATCH, BATCH_BYTES // sum(3 * r * r for r in resolutions_up_to(max_res))))
+
+
+def _write(store: ShardStore, first: int, images: list[dict[int, bytes]]) -> None:
+    try:
+        store.put(first, images)
+    except (lmdb.Error, OSError) as e:  # disk full, permissions: the conversion ends
+        raise UserError(f"writing {_job['output']}: {type(e).__name__}: {e}") from None
+
+
+def _worker(inbox: Any, outbox: Any, parent: int) -> None:
+    """Loop of a worker process: ("convert", j, items) and ("write", j, first, n) messages."""
+    store = ShardStore(_job["output"], _job["shard_size"], _job["map_size"])
+    held: dict[int, list] = {}
+    try:
+        while True:
+            try:
+                msg = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent:  # the parent was killed: stop, write nothing
+                    return
+                continue
+            if msg is None:
+                return
+            if msg[0] == "convert":
+                _, j, items = msg
+                outcomes, held[j] = _convert_batch(items)
+                outbox.put(("converted", j, outcomes))
+            else:
+                _, j, first, n = msg
+                _write(store, first, held.pop(j)[:n])
+                outbox.put(("written", j, None))
+    except UserError as e:
+        outbox.put(("error", None, str(e)))
+    except Exception as e:
+        outbox.put(("error", None, f"a worker process failed: {type(e).__name__}: {e}"))
+    finally:
+        store.close()
+
+
+class _Workers:
+    """Forked worker processes, each with its own inbox and at most MAX_HELD batches not yet
+    written, so memory stays flat however large the input."""
+
+    def __init__(self, n: int):
+        ctx = mp.get_context("fork")
+        self.outbox = ctx.Queue()
+        self.inboxes = [ctx.Queue() for _ in range(n)]
+        self.procs = [ctx.Process(target=_worker, args=(q, self.outbox, os.getpid()), daemon=True)
+                      for q in self.inboxes]
+        for p in self.procs:
+            p.start()
+        self.held = [0] * n
+
+    def free(self) -> int | None:
+        """The least busy worker that can take another batch, or None."""
+        w = min(range(len(self.held)), key=self.held.__getitem__)
+        return w if self.held[w] < MAX_HELD else None
+
+    def send(self, w: int, msg: tuple) -> None:
+        if msg[0] == "convert":
+            self.held[w] += 1
+        self.inboxes[w].put(msg)
+
+    def receive(self) -> tuple:
+        waited = 0.0
+        while True:
+            try:
+                return self.outbox.get(timeout=1.0)
+            except queue.Empty:
+                waited += 1.0
+            dead = [p for p in self.procs if p.exitcode is not None]
+            if dead or waited >= TASK_TIMEOUT:
+                why = (f"a worker process died (exit code {dead[0].exitcode})" if dead else
+                       f"no worker process answered for {TASK_TIMEOUT} s")
+                raise UserError(f"{why}, perhaps crashing on a file; re-run with --workers 0 "
+                                "to find the input that causes it")
+
+    def close(self, finished: bool) -> None:
+        if finished:
+            for q in self.inboxes:
+                q.put(None)
+            for p in self.procs:
+                p.join(10)
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        for q in [*self.inboxes, self.outbox]:
+            q.cancel_join_thread()
+            q.close()
+
+
+def _convert_all(source: Source, workers: int, on_batch: Any) -> None:
+    """Convert the source batch by batch. `on_batch(items, outcomes)`, called in source order,
+    returns (first, n, last): the global index of the batch's first kept image, how many of its
+    kept images to write, and whether to stop after this batch."""
+    chunks = _chunks(source.items(), batch_size(_job["max_res"]))
+    if workers <= 1:
+        store = ShardStore(_job["output"], _job["shard_size"], _job["map_size"])
+        try:
+            for items in chunks:
+                outcomes, kept = _convert_batch(items)
+                first, n, last = on_batch(items, outcomes)
+                _write(store, first, kept[:n])
+                if last:
+                    return
+        finally:
+            store.close()
+        return
+    pool = _Workers(workers)
+    finished = False
+    try:
+        sent: dict[int, tuple[int, list]] = {}  # batch -> (worker, items), until written
+        converted: dict[int, list] = {}
+        n_sent = next_in_order = 0
+        exhausted = stopping = False
+        while True:
+            while not (exhausted or stopping) and (w := pool.free()) is not None:
+                items = next(chunks, None)
+                if items is None:
+                    exhausted = True
+                    break
+                pool.send(w, ("convert", n_sent, items))
+                sent[n_sent] = (w, items)
+                n_sent += 1
+            if not sent:
+                break
+            kind, j, payload = pool.receive()
+            if kind == "error":
+                raise UserError(payload)
+            if kind == "written":
+                pool.held[sent.pop(j)[0]] -= 1
+                continue
+            converted[j] = payload
+            while not stopping and next_in_order in converted:
+                j = next_in_order
+                first, n, stopping = on_batch(sent[j][1], converted.pop(j))
+                pool.send(sent[j][0], ("write", j, first, n))
+                next_in_order += 1
+            if stopping:  # batches after the last one are dropped unwritten
+                for later in [b for b in sent if b >= next_in_order]:
+                    del sent[later]
+        finished = True
+    finally:
+        pool.close(finished)
 
 
 def _chunks(items: Iterator, n: int) -> Iterator[list]:
@@ -98,52 +259,6 @@ def _chunks(items: Iterator, n: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _results(source: Source, workers: int, labels: deque | None) -> Iterator[tuple]:
-    """(name, encoded-or-reason, label) in source order, with at most a few chunks per worker
-    in flight, so memory stays flat however large the input."""
-    items = source.items()
-    if labels is not None:
-        items = _with_labels(source, items, labels)
-    # Few images per task at high resolution, so the in-flight window stays small in memory.
-    chunk_size = 16 if _job["max_res"] <= 128 else 8 if _job["max_res"] <= 256 else 2
-    if workers <= 1:
-        for chunk in _chunks(items, chunk_size):
-            yield from _process_chunk(chunk)
-        return
-    ctx = mp.get_context("fork")
-    args = (source, _job["max_res"], _job["enc"], _job["quality"])
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=args)
-    try:
-        window: deque = deque()
-        for chunk in _chunks(items, chunk_size):
-            window.append(pool.apply_async(_process_chunk, (chunk,)))
-            if len(window) >= 2 * workers + 2:
-                yield from _get(window.popleft())
-        while window:
-            yield from _get(window.popleft())
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _get(task: mp.pool.AsyncResult) -> list:
-    try:
-        return task.get(TASK_TIMEOUT)
-    except mp.TimeoutError:
-        raise UserError(
-            f"a worker process gave no answer for {TASK_TIMEOUT} s (it may have crashed on a "
-            "file); re-run with --workers 0 to find the input that causes it"
-        ) from None
-
-
-def _with_labels(source: Source, items: Iterator, labels: deque) -> Iterator:
-    # Labels travel in a parallel FIFO: the parent knows them cheaply, workers need not.
-    for it in items:
-        labels.append(source.label(it))
-        yield it
 
 
 # ---- output directory --------------------------------------------------------------------
@@ -186,60 +301,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class _ShardWriter:
-    """Writes images to consecutive shards, committing in batches and growing the map."""
-
-    def __init__(self, output: Path, shard_size: int):
-        self.output, self.shard_size = output, shard_size
-        self.shards: list[dict] = []
-        self.env: lmdb.Environment | None = None
-        self.pending: list[tuple[bytes, bytes]] = []
-        self.pending_bytes = 0
-        self.count = 0
-
-    def add(self, index: int, encoded: dict[int, bytes]) -> None:
-        if index % self.shard_size == 0:
-            self._flush()
-            self._open(len(self.shards))
-            self.shards.append({"path": shard_name(len(self.shards)), "first": index, "count": 0})
-        self.pending.extend((image_key(r, index), v) for r, v in encoded.items())
-        self.pending_bytes += sum(len(v) for v in encoded.values())
-        self.shards[-1]["count"] += 1
-        self.count += 1
-        if self.count % COMMIT_EVERY == 0 or self.pending_bytes >= COMMIT_BYTES:
-            self._flush()
-
-    def _open(self, i: int) -> None:
-        if self.env is not None:
-            self.env.sync(True)
-            self.env.close()
-        # No fsync per commit: a crash mid-way loses the run anyway (no meta.json); `close`
-        # syncs each shard once before meta.json is written.
-        self.env = lmdb.open(
-            str(self.output / shard_name(i)), map_size=INITIAL_MAP, readahead=False,
-            meminit=False, max_dbs=0, sync=False, metasync=False,
-        )
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for k, v in self.pending:
-                        txn.put(k, v)
-                break
-            except lmdb.MapFullError:  # the aborted batch is retried with a doubled map
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
-        self.pending.clear()
-        self.pending_bytes = 0
-
-    def close(self) -> None:
-        self._flush()
-        if self.env is not None:
-            self.env.sync(True)
-            self.env.close()
-            self.env = None
+def initial_map_size(max_res: int, shard_size: int) -> int:
+    """A shard's first LMDB map: room for its images stored raw. The map is address space,
+    not disk (the file grows with the data), and it doubles if an encoding needs more."""
+    raw = sum(3 * r * r for r in resolutions_up_to(max_res)) + 16 * len(resolutions_up_to(max_res))
+    return int(min(shard_size * raw * 1.1 + (16 << 20), 1 << 40))
 
 
 def _dir_size(path: Path) -> int:
@@ -297,38 +363,43 @@ def write_dataset(
     source.prepare(max_res)
     prepare_output(output, overwrite)
     _job.clear()
-    _init_worker(source, max_res, enc, jpeg_quality)
-    labels: deque | None = deque() if type(source).label is not Source.label else None
+    _job.update(source=source, max_res=max_res, enc=enc, quality=jpeg_quality, output=output,
+                shard_size=shard_size, map_size=initial_map_size(max_res, shard_size))
+    labelled = type(source).label is not Source.label
     kept_labels: list = []
-    writer = _ShardWriter(output, shard_size)
-    rejected = 0
+    count = rejected = 0
     start = time.perf_counter()
     bar = tqdm(total=total_hint, unit="img", disable=not progress, file=sys.stderr)
-    results = _results(source, workers, labels)
+
+    def on_batch(items: list, outcomes: list) -> tuple[int, int, bool]:
+        nonlocal count, rejected
+        first, last = count, False
+        for it, out in zip(items, outcomes, strict=True):
+            bar.update(1)
+            if out is not None:
+                if strict:
+                    raise UserError(f"{out[0]}: {out[1]} (stopped by --strict)")
+                rejected += 1
+                rej.write(json.dumps({"path": out[0], "reason": out[1]}) + "\n")
+                bar.set_postfix(rejected=rejected, refresh=False)
+                continue
+            if labelled:
+                kept_labels.append(source.label(it))
+            count += 1
+            if max_images is not None and count >= max_images:
+                last = True
+                break
+        return first, count - first, last
+
     with open(output / REJECTED_NAME, "w") as rej:
         try:
-            for name, out in results:
-                bar.update(1)
-                label = labels.popleft() if labels is not None else None
-                if isinstance(out, str):
-                    if strict:
-                        raise UserError(f"{name}: {out} (stopped by --strict)")
-                    rejected += 1
-                    rej.write(json.dumps({"path": name, "reason": out}) + "\n")
-                    bar.set_postfix(rejected=rejected, refresh=False)
-                    continue
-                if labels is not None:
-                    kept_labels.append(label)
-                writer.add(writer.count, out)
-                if max_images is not None and writer.count >= max_images:
-                    break
+            _convert_all(source, workers, on_batch)
         finally:
-            results.close()  # stops the workers now, also on --max-images and errors
             bar.close()
-            writer.close()
         rej.flush()
         os.fsync(rej.fileno())
-    if writer.count == 0:
+    sync_shards(output, len(shard_table(count, shard_size)))
+    if count == 0:
         raise UserError(
             f"no usable images in {source.input} ({rejected} rejected; see "
             f"{output / REJECTED_NAME})"
@@ -337,7 +408,7 @@ def write_dataset(
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "count": writer.count,
+        "count": count,
         "max_res": max_res,
         "resolutions": res_list,
         "encoding": {str(r): e for r, e in enc.items()},
@@ -353,7 +424,7 @@ def write_dataset(
         },
         "source": source.describe(),
         "split": source.split_info(),
-        "shards": writer.shards,
+        "shards": shard_table(count, shard_size),
         "rejected": rejected,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tool": {"name": "tools/make_lmdb.py", "version": __version__},
@@ -362,7 +433,7 @@ def write_dataset(
     if "jpeg" in enc.values():
         meta["jpeg_quality"] = jpeg_quality
         meta["jpeg_subsampling"] = im.JPEG_SUBSAMPLING
-    if labels is not None:
+    if labelled:
         write_json_atomic(output / LABELS_NAME, kept_labels)
         meta["labels"] = LABELS_NAME
     write_json_atomic(output / META_NAME, meta)

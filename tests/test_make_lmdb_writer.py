@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from datasets_prep import make_source, write_dataset, writer
+from datasets_prep import make_source, shards, write_dataset, writer
 from datasets_prep.readback import iter_images, shard_keys
 from progressive.dataset_format import image_key, read_meta
 from progressive.errors import UserError
@@ -84,36 +84,39 @@ class _Boom(Exception):
     pass
 
 
-def test_interrupted_run_leaves_no_meta_and_is_reused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_run_leaves_no_meta_and_is_reused(tmp_path, monkeypatch, workers):
     src = make_source("synthetic", "40")
     calls = {"n": 0}
-    real_flush = writer._ShardWriter._flush
+    real_put = shards.ShardStore.put
 
-    def flaky_flush(self):
-        real_flush(self)
+    def flaky_put(self, first, images):
+        real_put(self, first, images)
         calls["n"] += 1
         if calls["n"] == 3:
             raise _Boom("killed")
 
-    monkeypatch.setattr(writer, "COMMIT_EVERY", 4)
-    monkeypatch.setattr(writer._ShardWriter, "_flush", flaky_flush)
-    with pytest.raises(_Boom):
-        write_dataset(src, tmp_path / "out", 8, shard_size=6, workers=0, progress=False)
+    monkeypatch.setattr(writer, "MAX_BATCH", 4)
+    monkeypatch.setattr(shards.ShardStore, "put", flaky_put)
+    with pytest.raises(_Boom if workers == 0 else UserError, match="killed"):
+        write_dataset(src, tmp_path / "out", 8, shard_size=6, workers=workers, progress=False)
     out = tmp_path / "out"
     assert not (out / "meta.json").exists() and any(out.glob("shard-*.lmdb"))
     with pytest.raises(UserError, match="did not finish.*re-run"):
         read_meta(out)
-    monkeypatch.setattr(writer._ShardWriter, "_flush", real_flush)
+    monkeypatch.setattr(shards.ShardStore, "put", real_put)
     # The leftovers are cleaned and the directory reused without --overwrite.
-    meta = write_dataset(src, out, 8, shard_size=6, workers=0, progress=False)
+    meta = write_dataset(src, out, 8, shard_size=6, workers=workers, progress=False)
     assert read_meta(out)["count"] == meta["count"] == 40
+    assert len(list(iter_images(out))) == 40 * 2
 
 
-def test_killed_process_leaves_no_meta(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_process_leaves_no_meta_and_no_workers(tmp_path, workers):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, str(TOOL), "synthetic", "100000", str(out), "--max-res", "8",
-         "--workers", "1", "--shard-size", "100"],
+         "--workers", str(workers), "--shard-size", "100"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -121,6 +124,7 @@ def test_killed_process_leaves_no_meta(tmp_path):
             if len(list(out.glob("shard-*.lmdb"))) >= 2 or proc.poll() is not None:
                 break
             subprocess.run(["sleep", "0.05"])
+        children = _children(proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -128,6 +132,13 @@ def test_killed_process_leaves_no_meta(tmp_path):
     assert not (out / "meta.json").exists()
     with pytest.raises(UserError, match="re-run"):
         read_meta(out)
+    assert len(children) == (workers if workers > 1 else 0)
+    for _ in range(100):  # each worker notices its parent is gone within about a second
+        alive = [p for p in children if _running(p)]
+        if not alive:
+            break
+        subprocess.run(["sleep", "0.1"])
+    assert not alive
 
 
 def test_existing_dataset_needs_overwrite_and_foreign_dirs_are_refused(tmp_path):
@@ -175,11 +186,25 @@ def test_parallel_matches_in_process_and_max_images(tmp_path):
         assert i == j and r == s and (x == y).all()
 
 
-def test_map_grows_when_full(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer, "INITIAL_MAP", 64 << 10)  # far too small for 20 64x64 images
-    meta = write_dataset(make_source("synthetic", "20"), tmp_path / "out", 64, workers=0,
+@pytest.mark.parametrize("workers", [0, 2])
+def test_map_grows_when_full(tmp_path, monkeypatch, workers):
+    # Far too small for 20 64x64 images; with two workers both grow the same shard's map.
+    monkeypatch.setattr(writer, "initial_map_size", lambda max_res, shard_size: 64 << 10)
+    monkeypatch.setattr(writer, "MAX_BATCH", 2)
+    meta = write_dataset(make_source("synthetic", "20"), tmp_path / "out", 64, workers=workers,
                          progress=False)
-    assert meta["count"] == 20 and len(list(iter_images(tmp_path / "out"))) == 20 * 5
+    assert meta["count"] == 20
+    images = list(iter_images(tmp_path / "out"))
+    assert sorted({i for i, _, _ in images}) == list(range(20)) and len(images) == 20 * 5
+    want = list(iter_images(_reference(tmp_path, 20, 64)))
+    assert all(i == j and (x == y).all() for (i, _, x), (j, _, y) in zip(images, want,
+                                                                        strict=True))
+
+
+def _reference(tmp_path: Path, n: int, res: int) -> Path:
+    out = tmp_path / f"reference-{n}-{res}"
+    write_dataset(make_source("synthetic", str(n)), out, res, workers=0, progress=False)
+    return out
 
 
 def test_cli_summary_and_one_line_errors(tmp_path):
@@ -224,7 +249,39 @@ def test_crashed_worker_is_a_one_line_error(tmp_path, monkeypatch):
                 os._exit(1)  # what a decoder segfault looks like from the parent
             return super().load(item)
 
-    monkeypatch.setattr(writer, "TASK_TIMEOUT", 2)
-    with pytest.raises(UserError, match="--workers 0"):
+    with pytest.raises(UserError, match="died.*--workers 0"):
         write_dataset(Crashing("40"), tmp_path / "out", 8, workers=2, progress=False)
     assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_write_failure_is_a_one_line_error(tmp_path, monkeypatch, workers):
+    import lmdb
+
+    def full(self, first, images):
+        raise lmdb.Error("mdb_put: No space left on device")
+
+    monkeypatch.setattr(shards.ShardStore, "put", full)
+    with pytest.raises(UserError, match=r"writing .*out: Error: .*No space left on device"):
+        write_dataset(make_source("synthetic", "10"), tmp_path / "out", 8, workers=workers,
+                      progress=False)
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids

@@ -1,0 +1,77 @@
+"""Writing LMDB shards: consecutive global indices go to shard `index // shard_size`. Several
+processes may write the same shard at once; LMDB serialises their transactions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lmdb
+
+from progressive.dataset_format import image_key, shard_name
+
+
+def shard_table(count: int, shard_size: int) -> list[dict]:
+    """The `shards` entry of meta.json for `count` images."""
+    return [
+        {"path": shard_name(k), "first": k * shard_size,
+         "count": min(shard_size, count - k * shard_size)}
+        for k in range(math.ceil(count / shard_size))
+    ]
+
+
+class ShardStore:
+    """One process's handles on a dataset's shards, opened on first write."""
+
+    def __init__(self, output: Path, shard_size: int, map_size: int):
+        self.output, self.shard_size, self.map_size = Path(output), shard_size, map_size
+        self.envs: dict[int, lmdb.Environment] = {}
+
+    def _env(self, k: int) -> lmdb.Environment:
+        if k not in self.envs:
+            # No fsync per commit: a crash mid-way loses the run anyway (no meta.json);
+            # `sync_shards` syncs each shard once before meta.json is written.
+            self.envs[k] = lmdb.open(
+                str(self.output / shard_name(k)), map_size=self.map_size, readahead=False,
+                meminit=False, max_dbs=0, sync=False, metasync=False,
+            )
+        return self.envs[k]
+
+    def put(self, first: int, images: list[dict[int, bytes]]) -> None:
+        """Store `images[i]` ({res: encoded}) under global index `first + i`, one
+        transaction per shard touched."""
+        i = 0
+        while i < len(images):
+            k = (first + i) // self.shard_size
+            end = min(len(images), (k + 1) * self.shard_size - first)
+            self._put(k, [(image_key(r, first + j), v)
+                          for j in range(i, end) for r, v in images[j].items()])
+            i = end
+
+    def _put(self, k: int, pairs: list[tuple[bytes, bytes]]) -> None:
+        env = self._env(k)
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    for key, value in pairs:
+                        txn.put(key, value)
+                return
+            except lmdb.MapFullError:  # the aborted batch is retried with a doubled map
+                env.set_mapsize(env.info()["map_size"] * 2)
+            except lmdb.MapResizedError:  # another process grew it: adopt its size
+                env.set_mapsize(0)
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+        self.envs.clear()
+
+
+def sync_shards(output: Path, n_shards: int) -> None:
+    """Flush every shard of a finished conversion to disk (before meta.json is written)."""
+    for k in range(n_shards):
+        env = lmdb.open(str(Path(output) / shard_name(k)), readahead=False, max_dbs=0)
+        try:
+            env.sync(True)
+        finally:
+            env.close()
