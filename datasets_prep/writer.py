@@ -195,11 +195,11 @@ class _Workers:
             q.close()
 
 
-def _convert_all(source: Source, workers: int, on_batch: Any) -> None:
+def _convert_all(source: Source, workers: int, total: int | None, on_batch: Any) -> None:
     """Convert the source batch by batch. `on_batch(items, outcomes)`, called in source order,
     returns (first, n, last): the global index of the batch's first kept image, how many of its
     kept images to write, and whether to stop after this batch."""
-    chunks = _chunks(source.items(), batch_size(_job["max_res"]))
+    chunks = _chunks(source.items(), batch_size(_job["max_res"]), total, workers)
     if workers <= 1:
         store = ShardStore(_job["output"], _job["shard_size"], _job["map_size"])
         try:
@@ -250,13 +250,19 @@ def _convert_all(source: Source, workers: int, on_batch: Any) -> None:
         pool.close(finished)
 
 
-def _chunks(items: Iterator, n: int) -> Iterator[list]:
-    chunk = []
+def _chunks(items: Iterator, n: int, total: int | None, workers: int) -> Iterator[list]:
+    """Lists of up to `n` consecutive items, shrinking over the last few rounds (when `total`
+    is known) so that the workers finish together."""
+    chunk: list = []
+    size, seen = n, 0
     for it in items:
         chunk.append(it)
-        if len(chunk) == n:
+        if len(chunk) == size:
             yield chunk
+            seen += size
             chunk = []
+            if total is not None:
+                size = max(n // 8, 1, min(n, (total - seen) // (4 * max(workers, 1))))
     if chunk:
         yield chunk
 
@@ -393,7 +399,7 @@ def write_dataset(
 
     with open(output / REJECTED_NAME, "w") as rej:
         try:
-            _convert_all(source, workers, on_batch)
+            _convert_all(source, workers, total_hint, on_batch)
         finally:
             bar.close()
         rej.flush()
