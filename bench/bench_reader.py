@@ -5,29 +5,26 @@
 
 Both sides read the same JPEGs: the baseline decodes each with Pillow, center-crops it to a
 square and resizes it with Lanczos (what the writer does once, ahead of time); the reader
-decodes what tools/make_lmdb.py stored. Both go through the same sampler and DataLoader
-(batch 64, fork workers). images/s is the median over repeats of a fixed number of batches
-drawn after the first one; the time to the first batch (worker start-up) is reported apart,
-since a training run builds a loader only once per stage.
+decodes what the writer stored (the same crop and resize, upsampling allowed since the crops
+are about 200 px, then the writer's box pyramid and `auto` encoding). Both go through the
+same sampler and DataLoader (batch 64, fork workers). images/s is the median over repeats of
+a fixed number of batches drawn after the first one; the time to the first batch (worker
+start-up) is reported apart, since a training run builds a loader only once per stage.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
-import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import torch
 import torchvision
@@ -37,16 +34,15 @@ from torchvision.datasets import ImageFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_train import make_trainer  # noqa: E402
+
+from datasets_prep import write_dataset  # noqa: E402
+from datasets_prep.files import FolderSource  # noqa: E402
+from datasets_prep.image import to_rgb  # noqa: E402
+from datasets_prep.writer import encodings_for  # noqa: E402
 from progressive.data import ImageDataset, InfiniteSampler, _worker_init, make_loader  # noqa: E402
-from progressive.dataset_format import (  # noqa: E402
-    FORMAT,
-    VERSION,
-    image_key,
-    resolutions_up_to,
-    shard_name,
-    write_json_atomic,
-)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -113,91 +109,41 @@ def symlink_folder(images: Path, into: Path) -> Path:
     return into
 
 
-def build_lmdb(images: Path, out: Path, max_res: int) -> str:
-    """Make the dataset with tools/make_lmdb.py; if the tool refuses (it never upsamples, and
-    these crops are about 200 px), write it here the same way, upsampling. Returns who wrote it."""
+class UpsampledFolder(FolderSource):
+    """The folder source with every image first center-cropped and Lanczos-resized to max_res,
+    upsampling allowed (as the baseline does): the writer itself never upsamples, and these
+    crops are about 200 px. Everything else is the writer's own work."""
+
+    def prepare(self, max_res: int) -> None:
+        super().prepare(max_res)
+        self.res = max_res
+
+    def load(self, item: str):
+        name, img = super().load(item)
+        return name, CropResize(self.res)(to_rgb(img)).permute(1, 2, 0).numpy()
+
+
+def build_lmdb(images: Path, out: Path, max_res: int, encoding: str) -> None:
+    """Write the dataset with the writer (reusing one already there)."""
     if (out / "meta.json").exists():
         print(f"using the existing dataset {out}")
-        return json.loads((out / "meta.json").read_text()).get("written_by", "tools/make_lmdb.py")
-    cmd = [sys.executable, str(ROOT / "tools" / "make_lmdb.py"), "folder", str(images), str(out),
-           "--max-res", str(max_res), "--overwrite"]
-    print("building:", " ".join(cmd))
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode == 0:
-        return "tools/make_lmdb.py"
-    print(f"tools/make_lmdb.py refused: {done.stderr.strip().splitlines()[-1]}")
-    print("writing the dataset here instead: Lanczos (upsampling), box pyramid, "
-          "raw <= 256 like the writer's auto encoding, png above")
-    write_upsampled(images, out, max_res)
-    return "bench_reader.py"
-
-
-def _prepare(args: tuple[str, list[int]]) -> dict[int, bytes]:
-    path, resolutions = args
-    with Image.open(path) as img:
-        img = CropResize(resolutions[-1])(img.convert("RGB")).permute(1, 2, 0).numpy()
-    level = img.astype(np.float64)
-    out = {}
-    for res in reversed(resolutions):
-        if res != resolutions[-1]:  # 2x2 box average of the next higher resolution
-            level = level.reshape(res, 2, res, 2, 3).mean(axis=(1, 3))
-        pixels = np.clip(np.rint(level), 0, 255).astype(np.uint8)
-        level = pixels.astype(np.float64)
-        if res <= 256:
-            out[res] = pixels.tobytes()
-        else:
-            buf = io.BytesIO()
-            Image.fromarray(pixels).save(buf, format="PNG", compress_level=3)
-            out[res] = buf.getvalue()
-    return out
-
-
-def write_upsampled(images: Path, out: Path, max_res: int) -> None:
-    """A one-shard dataset in the format of progressive.dataset_format."""
-    files = sorted(str(p) for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    resolutions = resolutions_up_to(max_res)
-    out.mkdir(parents=True, exist_ok=True)
-    env = lmdb.open(str(out / shard_name(0)), map_size=1 << 36)
-    with multiprocessing.get_context("fork").Pool() as pool:
-        txn = env.begin(write=True)
-        jobs = ((f, resolutions) for f in files)
-        for index, encoded in enumerate(pool.imap(_prepare, jobs, chunksize=16)):
-            for res, value in encoded.items():
-                txn.put(image_key(res, index), value)
-            if index % 1000 == 999:
-                txn.commit()
-                txn = env.begin(write=True)
-        txn.commit()
-    env.close()
-    write_json_atomic(out / "meta.json", {
-        "format": FORMAT, "version": VERSION, "count": len(files), "max_res": max_res,
-        "resolutions": resolutions,
-        "encoding": {str(r): "raw" if r <= 256 else "png" for r in resolutions},
-        "channels": 3, "crop": "center square", "resize": "lanczos (upsampling allowed)",
-        "source": {"kind": "folder", "input": str(images)}, "written_by": "bench_reader.py",
-        "shards": [{"path": shard_name(0), "first": 0, "count": len(files)}],
-    })
-
-
-def raw_copy(src: Path, dst: Path) -> None:
-    """The dataset at `src` with every resolution stored raw (a larger, faster-to-read variant)."""
-    if (dst / "meta.json").exists():
         return
-    meta = json.loads((src / "meta.json").read_text())
-    dst.mkdir(parents=True, exist_ok=True)
-    for shard in meta["shards"]:
-        env = lmdb.open(str(dst / shard["path"]), map_size=1 << 36)
-        txn = env.begin(write=True)
-        for res in meta["resolutions"]:
-            dataset = ImageDataset(src, res)
-            for index in range(shard["first"], shard["first"] + shard["count"]):
-                txn.put(image_key(res, index), dataset[index].permute(1, 2, 0).numpy().tobytes())
-            txn.commit()
-            txn = env.begin(write=True)
-        txn.commit()
-        env.close()
-    meta["encoding"] = {str(r): "raw" for r in meta["resolutions"]}
-    write_json_atomic(dst / "meta.json", meta)
+    print(f"writing {out} (encoding {encoding})")
+    write_dataset(UpsampledFolder(str(images)), out, max_res, encoding=encoding, overwrite=True)
+
+
+def training_rate(res: int, batch: int = 32, steps: int = 3) -> float:
+    """Images/s that one full training step consumes at `res` with the `demo` preset's widths
+    (the fastest configuration this project trains on a CPU), median of `steps` steps."""
+    trainer, phase = make_trainer(res, batch, "no", widths="demo")
+    real = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
+    trainer.step(real, phase, 0)
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        trainer.step(real, phase, (i + 1) * batch)
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
 
 
 def machine() -> dict:
@@ -225,29 +171,35 @@ def main() -> None:
     ap.add_argument("images", nargs="?", default="/work/shared/data/celeba-crops", type=Path,
                     help="folder of JPEGs (default: %(default)s)")
     ap.add_argument("--lmdb", type=Path, default=None,
-                    help="dataset made by tools/make_lmdb.py from IMAGES (built if missing; "
-                         "default: a folder under the system temp dir)")
+                    help="dataset written from IMAGES (built if missing; default: a folder "
+                         "under the system temp dir)")
     ap.add_argument("--resolutions", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=40, help="batches per timed repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-rate", action="append", default=[], metavar="RES=IMAGES_PER_S",
-                    help="images/s training consumes at RES, for the 20x check (repeatable)")
+                    help="images/s training consumes at RES, for the 20x check (repeatable; "
+                         "default: measured here at every RES up to 128)")
     ap.add_argument("--no-raw-variant", dest="raw_variant", action="store_false",
-                    help="skip the all-raw copy read at resolutions the writer stores as PNG")
+                    help="skip the all-raw dataset read at resolutions `auto` stores as PNG")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     train_rate = {int(k): float(v) for k, v in (s.split("=") for s in args.train_rate)}
+    if not args.train_rate:
+        for res in (r for r in args.resolutions if r <= 128):
+            train_rate[res] = training_rate(res)
+            print(f"training consumes {train_rate[res]:.1f} images/s at {res} (demo widths, "
+                  "batch 32)", flush=True)
 
     max_res = max(args.resolutions)
     tmp = Path(tempfile.gettempdir())
     lmdb_dir = args.lmdb or tmp / f"bench-reader-{args.images.name}-{max_res}"
-    written_by = build_lmdb(args.images, lmdb_dir, max_res)
+    build_lmdb(args.images, lmdb_dir, max_res, "auto")
     raw_dir = lmdb_dir.with_name(lmdb_dir.name + "-raw")
-    if args.raw_variant:
-        print(f"raw variant (every resolution raw): {raw_dir}")
-        raw_copy(lmdb_dir, raw_dir)
+    has_png = "png" in encodings_for(max_res, "auto").values()
+    if args.raw_variant and has_png:
+        build_lmdb(args.images, raw_dir, max_res, "raw")
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
           f"load {info['load_avg_1min_at_start']}")
@@ -256,7 +208,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = symlink_folder(args.images, Path(tmp))
         cases = [(res, ImageDataset(lmdb_dir, res)) for res in args.resolutions]
-        if args.raw_variant:
+        if args.raw_variant and has_png:
             png = [d.res for _, d in cases if d.encoding != "raw"]
             cases += [(res, ImageDataset(raw_dir, res)) for res in png]
         for res, dataset in cases:
@@ -313,7 +265,7 @@ def main() -> None:
     out = args.out / f"reader-{time.strftime('%Y%m%d-%H%M%S')}.json"
     result = {
         "machine": info, "images": str(args.images), "lmdb": str(lmdb_dir),
-        "lmdb_written_by": written_by, "batch": args.batch,
+        "batch": args.batch,
         "batches": args.batches, "repeats": args.repeats, "rows": rows,
     }
     out.write_text(json.dumps(result, indent=2) + "\n")

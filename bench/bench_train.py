@@ -61,9 +61,12 @@ def matmul_peak(dtype: torch.dtype) -> float:
     return 2 * n**3 / best
 
 
-def make_trainer(res: int, batch: int, precision: str) -> tuple[Trainer, Phase]:
-    cfg = make_config("demo", max_res=max(res, 8), start_res=res, latent=512, fmap_base=16384,
-                      fmap_max=512, batch=batch, mixed_precision=precision, workers=0)
+def make_trainer(res: int, batch: int, precision: str,
+                 widths: str = "default") -> tuple[Trainer, Phase]:
+    """A trainer in the stable phase at `res`: default widths, or the `demo` preset's."""
+    sizes = {} if widths == "demo" else {"latent": 512, "fmap_base": 16384, "fmap_max": 512}
+    cfg = make_config("demo", max_res=max(res, 8), start_res=res, batch=batch,
+                      mixed_precision=precision, workers=0, **sizes)
     trainer = Trainer.create(cfg, Accelerator(cpu=True, mixed_precision=precision))
     lr = {name: cfg["lr"][name][res] for name in NETWORKS}
     phase = Phase(stage=0, res=res, alpha=1.0, fading=False, batch=batch, lr=lr,

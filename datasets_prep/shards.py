@@ -10,6 +10,8 @@ import lmdb
 
 from progressive.dataset_format import image_key, shard_name
 
+REOPEN_BYTES = 32 << 20
+
 
 def shard_table(count: int, shard_size: int) -> list[dict]:
     """The `shards` entry of meta.json for `count` images."""
@@ -26,6 +28,7 @@ class ShardStore:
     def __init__(self, output: Path, shard_size: int, map_size: int):
         self.output, self.shard_size, self.map_size = Path(output), shard_size, map_size
         self.envs: dict[int, lmdb.Environment] = {}
+        self.written = 0  # bytes since the handles were last reopened
 
     def _env(self, k: int) -> lmdb.Environment:
         if k not in self.envs:
@@ -44,9 +47,15 @@ class ShardStore:
         while i < len(images):
             k = (first + i) // self.shard_size
             end = min(len(images), (k + 1) * self.shard_size - first)
-            self._put(k, [(image_key(r, first + j), v)
-                          for j in range(i, end) for r, v in images[j].items()])
+            pairs = [(image_key(r, first + j), v) for j in range(i, end)
+                     for r, v in images[j].items()]
+            self._put(k, pairs)
+            self.written += sum(len(v) for _, v in pairs)
             i = end
+        if self.written >= REOPEN_BYTES:
+            # Every leaf page LMDB copies on write is read through its map and stays mapped:
+            # a writer's resident memory grows with the shard unless the map is dropped.
+            self.close()
 
     def _put(self, k: int, pairs: list[tuple[bytes, bytes]]) -> None:
         env = self._env(k)
@@ -65,6 +74,7 @@ class ShardStore:
         for env in self.envs.values():
             env.close()
         self.envs.clear()
+        self.written = 0
 
 
 def sync_shards(output: Path, n_shards: int) -> None:
