@@ -102,3 +102,13 @@ def test_synthetic_render_deterministic_and_varied():
     # Shapes make big, clear structure at 32x32: strong contrast across the image.
     x = render(3, 32).astype(int)
     assert x.std() > 20
+
+
+def test_pyramid_matches_box_down_on_extremes():
+    rng = np.random.default_rng(3)
+    for x in (rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+              rng.choice(np.array([0, 1, 254, 255], np.uint8), (64, 64, 3))):
+        levels, ref = im.pyramid(x), x
+        for r in (32, 16, 8, 4):
+            ref = im.box_down(ref)
+            assert levels[r].shape == (r, r, 3) and (levels[r] == ref).all()
