@@ -85,3 +85,4 @@ def sync_shards(output: Path, n_shards: int) -> None:
             env.sync(True)
         finally:
             env.close()
+

@@ -200,54 +200,64 @@ def _convert_all(source: Source, workers: int, total: int | None, on_batch: Any)
     returns (first, n, last): the global index of the batch's first kept image, how many of its
     kept images to write, and whether to stop after this batch."""
     chunks = _chunks(source.items(), batch_size(_job["max_res"]), total, workers)
-    if workers <= 1:
-        store = ShardStore(_job["output"], _job["shard_size"], _job["map_size"])
-        try:
-            for items in chunks:
-                outcomes, kept = _convert_batch(items)
-                first, n, last = on_batch(items, outcomes)
-                _write(store, first, kept[:n])
-                if last:
-                    return
-        finally:
-            store.close()
+    if workers > 1:
+        _convert_in_workers(chunks, workers, on_batch)
         return
+    store = ShardStore(_job["output"], _job["shard_size"], _job["map_size"])
+    try:
+        for items in chunks:
+            outcomes, kept = _convert_batch(items)
+            first, n, last = on_batch(items, outcomes)
+            _write(store, first, kept[:n])
+            if last:
+                return
+    finally:
+        store.close()
+
+
+def _convert_in_workers(chunks: Iterator[list], workers: int, on_batch: Any) -> None:
     pool = _Workers(workers)
     finished = False
     try:
-        sent: dict[int, tuple[int, list]] = {}  # batch -> (worker, items), until written
-        converted: dict[int, list] = {}
-        n_sent = next_in_order = 0
-        exhausted = stopping = False
-        while True:
-            while not (exhausted or stopping) and (w := pool.free()) is not None:
-                items = next(chunks, None)
-                if items is None:
-                    exhausted = True
-                    break
-                pool.send(w, ("convert", n_sent, items))
-                sent[n_sent] = (w, items)
-                n_sent += 1
-            if not sent:
-                break
-            kind, j, payload = pool.receive()
-            if kind == "error":
-                raise UserError(payload)
-            if kind == "written":
-                pool.held[sent.pop(j)[0]] -= 1
-                continue
-            converted[j] = payload
-            while not stopping and next_in_order in converted:
-                j = next_in_order
-                first, n, stopping = on_batch(sent[j][1], converted.pop(j))
-                pool.send(sent[j][0], ("write", j, first, n))
-                next_in_order += 1
-            if stopping:  # batches after the last one are dropped unwritten
-                for later in [b for b in sent if b >= next_in_order]:
-                    del sent[later]
+        _dispatch(pool, chunks, on_batch)
         finished = True
     finally:
         pool.close(finished)
+
+
+def _dispatch(pool: _Workers, chunks: Iterator[list], on_batch: Any) -> None:
+    """Keep every worker supplied with batches; number them in source order as they come
+    back, and tell each worker where to write its own."""
+    sent: dict[int, tuple[int, list]] = {}  # batch -> (worker, items), until written
+    converted: dict[int, list] = {}
+    n_sent = next_in_order = 0
+    exhausted = stopping = False
+    while True:
+        while not (exhausted or stopping) and (w := pool.free()) is not None:
+            items = next(chunks, None)
+            if items is None:
+                exhausted = True
+                break
+            pool.send(w, ("convert", n_sent, items))
+            sent[n_sent] = (w, items)
+            n_sent += 1
+        if not sent:
+            break
+        kind, j, payload = pool.receive()
+        if kind == "error":
+            raise UserError(payload)
+        if kind == "written":
+            pool.held[sent.pop(j)[0]] -= 1
+            continue
+        converted[j] = payload
+        while not stopping and next_in_order in converted:
+            j = next_in_order
+            first, n, stopping = on_batch(sent[j][1], converted.pop(j))
+            pool.send(sent[j][0], ("write", j, first, n))
+            next_in_order += 1
+        if stopping:  # batches after the last one are dropped unwritten
+            for later in [b for b in sent if b >= next_in_order]:
+                del sent[later]
 
 
 def _chunks(items: Iterator, n: int, total: int | None, workers: int) -> Iterator[list]:
