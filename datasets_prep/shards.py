@@ -85,4 +85,3 @@ def sync_shards(output: Path, n_shards: int) -> None:
             env.sync(True)
         finally:
             env.close()
-
