@@ -37,8 +37,8 @@ from .base import Source
 from .shards import ShardStore, shard_table, sync_shards
 
 LABELS_NAME = "labels.json"
-MAX_BATCH = 32  # images converted and written as one unit, at most
-BATCH_BYTES = 8 << 20  # and at most about this many raw pixel bytes
+MAX_BATCH = 128  # images converted and written as one unit, at most
+BATCH_BYTES = 16 << 20  # and at most about this many raw pixel bytes
 MAX_HELD = 3  # batches a worker may hold converted but not yet written
 TASK_TIMEOUT = 600  # seconds without any answer from the workers: one is stuck on a file
 _OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+)")
@@ -100,8 +100,9 @@ def _convert_batch(items: list) -> tuple[list, list[dict[int, bytes]]]:
 
 
 def batch_size(max_res: int) -> int:
-    """Images per batch: small enough that the last batches balance across workers and a
-    worker's held batches stay a few MiB, large enough that messages cost nothing."""
+    """Images per batch: about 16 MiB of pixels at most, so the batches a worker holds stay
+    small, and large enough that messages and commits cost nothing (the last batches of a
+    conversion shrink so that the workers finish together: `_chunks`)."""
     return max(1, min(MAX_BATCH, BATCH_BYTES // sum(3 * r * r for r in resolutions_up_to(max_res))))
 
 
