@@ -240,6 +240,105 @@ def _save_grids(
     )
 
 
+def _resolve_data(cfg: dict, run_dir: Path, acc: Accelerator) -> dict:
+    """The config with its dataset path resolved (the built-in data rendered once if the run
+    has none), written to the run folder's config.json."""
+    if cfg["data"] is None:
+        path = builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
+        if acc.is_main_process:
+            render_builtin_dataset(path, cfg["max_res"], cfg["synthetic_count"])
+        acc.wait_for_everyone()
+        cfg = {**cfg, "data": str(path)}
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return cfg
+
+
+def _fixed_inputs(cfg: dict, schedule: Schedule, device: torch.device) -> dict:
+    """The latents and real images every grid of the run shows, the same at every stage."""
+    grid = cfg["grid_size"]
+    seeded = torch.Generator().manual_seed(cfg["seed"])
+    fixed = {"z": torch.randn(grid * grid, cfg["latent"], generator=seeded).to(device), "real": {}}
+    for res in schedule.resolutions:
+        ds = ImageDataset(cfg["data"], res)
+        count = min(grid * grid // 2, len(ds))
+        fixed["real"][res] = torch.stack([ds[i] for i in range(count)]).to(device)
+    return fixed
+
+
+class _Ticks:
+    """Step statistics summed between ticks; at a tick they are averaged over steps and
+    processes, appended to stats.jsonl and shown on the progress bar."""
+
+    def __init__(self, acc: Accelerator, stats_file: Path, bar: tqdm, images_shown: int):
+        self.acc, self.stats_file, self.bar = acc, stats_file, bar
+        self._reset(images_shown)
+
+    def _reset(self, images_shown: int) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.start, self.start_images = 0, time.perf_counter(), images_shown
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+
+    def log(self, images_shown: int, phase: Phase) -> None:
+        means = {k: (self.acc.reduce(v, "mean") / self.steps).item() for k, v in self.sums.items()}
+        elapsed = time.perf_counter() - self.start
+        shown = images_shown - self.start_images
+        record = {
+            "images_shown": images_shown,
+            "kimg": images_shown / 1000,
+            "stage": phase.stage,
+            "res": phase.res,
+            "alpha": round(phase.alpha, 6),
+            "batch": phase.batch,
+            "images_per_s": shown / max(elapsed, 1e-9),
+            "sec_per_kimg": elapsed * 1000 / max(shown, 1),
+            **means,
+            "time": time.time(),
+        }
+        if self.acc.is_main_process:
+            with open(self.stats_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.bar.set_postfix_str(
+            f"stage {phase.stage} {phase.res}px a={phase.alpha:.2f} "
+            f"rec/px={means['rec_per_pixel']:.3f} "
+            f"E+={means['energy_real']:.2f} E-={means['energy_fake']:.2f} "
+            f"{record['images_per_s']:.0f} img/s"
+        )
+        if not all(math.isfinite(v) for v in means.values()):
+            raise UserError(
+                f"training diverged at {images_shown} images (non-finite losses); "
+                f"see {self.stats_file}; resume from an earlier snapshot with lower --lr"
+            )
+        self._reset(images_shown)
+
+
+def _save(trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int) -> Path:
+    """A snapshot at `images_shown`, written by the main process once all have arrived."""
+    acc = trainer.accelerator
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        world = acc.num_processes
+        sampler = {"seed": cfg["seed"], "world_size": world,
+                   "position_per_rank": images_shown // world}
+        ckpt.save_snapshot(
+            run_dir, images_shown, cfg, trainer.unwrapped(), trainer.optimizers,
+            {"sampler": sampler, "rng": "derived from (seed, rank, images_shown)"},
+        )
+    return ckpt.snapshot_dir(run_dir, images_shown)
+
+
+def _save_reals(fixed: dict, run_dir: Path, res: int, grid: int) -> None:
+    path = run_dir / f"reals-{res:04d}px.png"
+    if not path.exists():
+        save_image(to_float(fixed["real"][res]), path, nrow=grid, normalize=True,
+                   value_range=(-1, 1))
+
+
 def train(
     cfg: dict,
     run_dir: str | os.PathLike,
@@ -264,149 +363,56 @@ def train(
     if snapshot is not None:
         snapshot = ckpt.resolve_snapshot(snapshot)
         images_shown = ckpt.read_state(snapshot)["images_shown"]
-        nets = trainer.unwrapped()
-        ckpt.load_weights(snapshot, nets)
+        ckpt.load_weights(snapshot, trainer.unwrapped())
         ckpt.load_optimizers(snapshot, trainer.optimizers)
-    if cfg["data"] is None:
-        path = builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
-        if acc.is_main_process:
-            render_builtin_dataset(path, cfg["max_res"], cfg["synthetic_count"])
-        acc.wait_for_everyone()
-        cfg = {**cfg, "data": str(path)}
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-
-    data_path = cfg["data"]
-    dataset_meta = check_dataset(data_path, cfg["max_res"])
-    grid = cfg["grid_size"]
-    fixed_gen = torch.Generator().manual_seed(cfg["seed"])
-    fixed = {
-        "z": torch.randn(grid * grid, cfg["latent"], generator=fixed_gen).to(acc.device),
-        "real": {},
-    }
-    for res in schedule.resolutions:
-        ds = ImageDataset(data_path, res)
-        count = min(grid * grid // 2, len(ds))
-        fixed["real"][res] = torch.stack([ds[i] for i in range(count)]).to(acc.device)
-
-    # The stage of the last completed step: a resumed run knows whether it just changed stage.
-    last_stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else -1
-    loader_iter, loader_stage = None, None
-    tick_every = max(1, round(cfg["tick_kimg"] * 1000))
-    snap_every = max(1, round(cfg["snapshot_kimg"] * 1000))
-    sums: dict[str, torch.Tensor] = {}
-    steps_in_tick, tick_start, tick_images = 0, time.perf_counter(), images_shown
-    bar = tqdm(
-        total=total,
-        initial=images_shown,
-        unit="img",
-        unit_scale=True,
-        dynamic_ncols=True,
-        disable=not (progress and acc.is_local_main_process),
-    )
-    stats_file = run_dir / "stats.jsonl"
-
-    def save() -> Path:
-        acc.wait_for_everyone()
-        path = ckpt.snapshot_dir(run_dir, images_shown)
-        if acc.is_main_process:
-            sampler = {
-                "seed": cfg["seed"],
-                "world_size": world,
-                "position_per_rank": images_shown // world,
-            }
-            rng = "derived from (seed, rank, images_shown)"
-            ckpt.save_snapshot(
-                run_dir,
-                images_shown,
-                cfg,
-                trainer.unwrapped(),
-                trainer.optimizers,
-                {"sampler": sampler, "rng": rng},
-            )
-        return path
+    cfg = _resolve_data(cfg, run_dir, acc)
+    dataset_meta = check_dataset(cfg["data"], cfg["max_res"])
+    fixed = _fixed_inputs(cfg, schedule, acc.device)
 
     final = None
-    if images_shown == 0:
-        # The starting point, for metrics against initialization.
-        final = save()
+    if images_shown == 0:  # the starting point, for metrics against initialization
+        final = _save(trainer, cfg, run_dir, 0)
         if acc.is_main_process:
             _save_grids(trainer, run_dir, fixed, schedule.at(0), 0)
     acc.print(
-        f"training on {dataset_meta['count']} images from {data_path}, {world} process(es), "
+        f"training on {dataset_meta['count']} images from {cfg['data']}, {world} process(es), "
         f"{acc.device}, mixed precision {acc.mixed_precision}; run folder {run_dir}"
     )
+    bar = tqdm(total=total, initial=images_shown, unit="img", unit_scale=True,
+               dynamic_ncols=True, disable=not (progress and acc.is_local_main_process))
+    ticks = _Ticks(acc, run_dir / "stats.jsonl", bar, images_shown)
+    tick_every = max(1, round(cfg["tick_kimg"] * 1000))
+    snap_every = max(1, round(cfg["snapshot_kimg"] * 1000))
+    # The stage of the last completed step: a resumed run knows whether it just changed stage.
+    last_stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else -1
+    loader_iter, loader_stage = None, None
     while images_shown < total:
         phase = schedule.at(images_shown)
         if phase.stage != loader_stage:
-            per_rank = phase.batch // world
-            loader = make_loader(
-                ImageDataset(data_path, phase.res),
-                per_rank,
-                rank=rank,
-                world_size=world,
-                seed=cfg["seed"],
-                start=images_shown // world,
-                workers=cfg["workers"],
-            )
-            loader_iter, loader_stage = iter(loader), phase.stage
-            reals = run_dir / f"reals-{phase.res:04d}px.png"
-            if acc.is_main_process and not reals.exists():
-                save_image(
-                    to_float(fixed["real"][phase.res]),
-                    reals,
-                    nrow=grid,
-                    normalize=True,
-                    value_range=(-1, 1),
-                )
+            dataset = ImageDataset(cfg["data"], phase.res)
+            loader_iter = iter(make_loader(
+                dataset, phase.batch // world, rank=rank, world_size=world, seed=cfg["seed"],
+                start=images_shown // world, workers=cfg["workers"],
+            ))
+            loader_stage = phase.stage
+            if acc.is_main_process:
+                _save_reals(fixed, run_dir, phase.res, cfg["grid_size"])
         if phase.stage != last_stage and last_stage >= 0 and cfg["reset_optimizers"]:
             trainer.reset_optimizers()
         last_stage = phase.stage
         trainer.set_lr(phase)
-        stats = trainer.step(next(loader_iter), phase, images_shown)
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + v
-        steps_in_tick += 1
+        ticks.add(trainer.step(next(loader_iter), phase, images_shown))
         before, images_shown = images_shown, images_shown + phase.batch
         bar.update(phase.batch)
 
         stage_done = phase.stage_end is not None and images_shown >= phase.stage_end
         done = images_shown >= total
         if images_shown // tick_every != before // tick_every or stage_done or done:
-            means = {k: (acc.reduce(v, "mean") / steps_in_tick).item() for k, v in sums.items()}
-            elapsed = time.perf_counter() - tick_start
-            record = {
-                "images_shown": images_shown,
-                "kimg": images_shown / 1000,
-                "stage": phase.stage,
-                "res": phase.res,
-                "alpha": round(phase.alpha, 6),
-                "batch": phase.batch,
-                "images_per_s": (images_shown - tick_images) / max(elapsed, 1e-9),
-                "sec_per_kimg": elapsed * 1000 / max(images_shown - tick_images, 1),
-                **means,
-                "time": time.time(),
-            }
-            if acc.is_main_process:
-                with open(stats_file, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            bar.set_postfix_str(
-                f"stage {phase.stage} {phase.res}px a={phase.alpha:.2f} "
-                f"rec/px={means['rec_per_pixel']:.3f} "
-                f"E+={means['energy_real']:.2f} E-={means['energy_fake']:.2f} "
-                f"{record['images_per_s']:.0f} img/s"
-            )
-            if not all(math.isfinite(v) for v in means.values()):
-                raise UserError(
-                    f"training diverged at {images_shown} images (non-finite losses); "
-                    f"see {stats_file}; resume from an earlier snapshot with lower --lr"
-                )
-            sums, steps_in_tick, tick_start, tick_images = {}, 0, time.perf_counter(), images_shown
+            ticks.log(images_shown, phase)
         if acc.is_main_process and (stage_done or done):
             _save_grids(trainer, run_dir, fixed, phase, images_shown)
         if images_shown // snap_every != before // snap_every or stage_done or done:
-            final = save()
+            final = _save(trainer, cfg, run_dir, images_shown)
     bar.close()
     acc.wait_for_everyone()
     return final or ckpt.snapshot_dir(run_dir, images_shown)
