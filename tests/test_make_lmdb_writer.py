@@ -176,15 +176,35 @@ def test_sharding_by_size_and_count(tmp_path):
             assert keys[s["path"]] == want
 
 
-def test_parallel_matches_in_process_and_max_images(tmp_path):
+@pytest.mark.parametrize("batch", [128, 3])
+def test_parallel_matches_in_process_with_rejects_and_max_images(tmp_path, monkeypatch, batch):
+    from datasets_prep.image import Reject
+    from datasets_prep.synthetic import SyntheticSource, render
+
+    class Holey(SyntheticSource):
+        def load(self, item):
+            if item % 5 == 2:
+                raise Reject("a hole")
+            return super().load(item)
+
+    # With 3 images per batch, batches finish out of order across the two workers, rejects
+    # fall in most of them, and --max-images cuts one in the middle with later ones in flight.
+    monkeypatch.setattr(writer, "MAX_BATCH", batch)
     for w in (0, 2):
-        write_dataset(make_source("synthetic", "30"), tmp_path / f"w{w}", 16, workers=w,
-                      shard_size=7, max_images=25, progress=False)
+        meta = write_dataset(Holey("60"), tmp_path / f"w{w}", 16, workers=w, shard_size=7,
+                             max_images=40, progress=False)
+        assert meta["count"] == 40 and meta["rejected"] == 10
     a = list(iter_images(tmp_path / "w0"))
     b = list(iter_images(tmp_path / "w2"))
-    assert len(a) == 25 * 3 and len(a) == len(b)
+    assert len(a) == 40 * 3 and len(a) == len(b)
     for (i, r, x), (j, s, y) in zip(a, b, strict=True):
         assert i == j and r == s and (x == y).all()
+    kept = [k for k in range(60) if k % 5 != 2][:40]  # source items behind indices 0..39
+    at16 = {i: x for i, r, x in b if r == 16}
+    assert all((at16[i] == render(k, 16)).all() for i, k in enumerate(kept))
+    for w in (0, 2):  # only the rejects before the cut, in source order
+        lines = (tmp_path / f"w{w}" / "rejected.jsonl").read_text().splitlines()
+        assert [json.loads(x)["path"] for x in lines] == [str(k) for k in range(2, 49, 5)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
