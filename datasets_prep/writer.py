@@ -390,15 +390,14 @@ def write_dataset(
 
     def on_batch(items: list, outcomes: list) -> tuple[int, int, bool]:
         nonlocal count, rejected
-        first, last = count, False
+        first, last, seen = count, False, 0
         for it, out in zip(items, outcomes, strict=True):
-            bar.update(1)
+            seen += 1
             if out is not None:
                 if strict:
                     raise UserError(f"{out[0]}: {out[1]} (stopped by --strict)")
                 rejected += 1
                 rej.write(json.dumps({"path": out[0], "reason": out[1]}) + "\n")
-                bar.set_postfix(rejected=rejected, refresh=False)
                 continue
             if labelled:
                 kept_labels.append(source.label(it))
@@ -406,6 +405,9 @@ def write_dataset(
             if max_images is not None and count >= max_images:
                 last = True
                 break
+        if rejected:
+            bar.set_postfix(rejected=rejected, refresh=False)
+        bar.update(seen)
         return first, count - first, last
 
     with open(output / REJECTED_NAME, "w") as rej:
