@@ -74,7 +74,7 @@ def two_halves(paths: list[Path], out: Path, max_res: int) -> int:
 
 
 def _cpu_seconds() -> float:
-    """User + system CPU of this process and its finished children (the pool's workers)."""
+    """User + system CPU of this process and its finished children (the worker processes)."""
     a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
