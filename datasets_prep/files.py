@@ -28,7 +28,8 @@ def _open_zip(path: str) -> zipfile.ZipFile:
 
 
 def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(EXTENSIONS) and not Path(name).name.startswith(".")
+    base = name.rsplit("/", 1)[-1]  # zip members use "/"; folder entries are bare names
+    return base.lower().endswith(EXTENSIONS) and not base.startswith(".")
 
 
 def _numeric_key(name: str) -> tuple[int, int, str]:

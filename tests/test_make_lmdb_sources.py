@@ -54,9 +54,10 @@ def test_folder_recursive_sorted_exact_raw(tmp_path):
     for name, arr in arrays.items():
         _save(tmp_path / "in" / name, arr)
     (tmp_path / "in" / "notes.txt").write_text("ignored")
+    (tmp_path / "in" / "b" / "._x.png").write_bytes(b"macOS metadata, not an image")
     meta = write_dataset(make_source("folder", str(tmp_path / "in")), tmp_path / "out", 16,
                          workers=0, progress=False)
-    assert meta["count"] == read_meta(tmp_path / "out")["count"] == 3
+    assert meta["count"] == read_meta(tmp_path / "out")["count"] == 3 and meta["rejected"] == 0
     got = _read(tmp_path / "out")
     for index, name in enumerate(sorted(arrays)):  # a.png, b/a/z.bmp, b/x.png
         want = _expected(arrays[name], 16)
@@ -92,8 +93,10 @@ def test_zip_source(tmp_path):
         z.writestr("d/2.png", _bytes(_img(5, 8, 8), "PNG"))
         z.writestr("1.webp", _bytes(_img(6, 8, 8), "WEBP", lossless=True))
         z.writestr("readme.md", "x")
-    write_dataset(make_source("zip", str(tmp_path / "in.zip")), tmp_path / "out", 8,
-                  workers=0, progress=False)
+        z.writestr("__MACOSX/d/._2.png", b"macOS metadata, not an image")
+    meta = write_dataset(make_source("zip", str(tmp_path / "in.zip")), tmp_path / "out", 8,
+                         workers=0, progress=False)
+    assert meta["rejected"] == 0
     got = _read(tmp_path / "out")
     assert len(got) == 2
     assert (got[0][8] == _img(6, 8, 8)).all() and (got[1][8] == _img(5, 8, 8)).all()
