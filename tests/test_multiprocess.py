@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from tiny import TINY_NETWORKS, cli_args
+
 from progressive import checkpoint as ckpt
 
 
@@ -30,30 +32,8 @@ def test_two_processes_train_one_run(tmp_path):
         "-m",
         "progressive",
         "train",
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path),
-        "--name",
-        "ddp",
-        "--max-res",
-        "8",
-        "--latent",
-        "8",
-        "--fmap-base",
-        "64",
-        "--fmap-max",
-        "16",
-        "--batch",
-        "4",
-        "--fade-kimg",
-        "0.016",
-        "--stable-kimg",
-        "0.016",
-        "--mixed-precision",
-        "no",
-        "--workers",
-        "1",
+        *cli_args(data=data, out=tmp_path, name="ddp", max_res=8, batch=4, fade_kimg=0.016,
+                  stable_kimg=0.016, workers=1, **TINY_NETWORKS),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from tiny import TINY_NETWORKS, cli_args
 
 from progressive import checkpoint as ckpt
 from progressive.cli import main
@@ -14,14 +15,11 @@ from progressive.schedule import Schedule
 from progressive.training import Trainer, resolve_run, train
 
 TINY = dict(
+    **TINY_NETWORKS,
     max_res=8,
-    latent=8,
-    fmap_base=64,
-    fmap_max=16,
     batch=4,
     fade_kimg=0.032,
     stable_kimg=0.016,
-    mixed_precision="no",
     workers=0,
     snapshot_kimg=1.0,
     tick_kimg=0.016,
@@ -185,31 +183,8 @@ def test_max_res_above_dataset_is_refused(dataset, tmp_path):
 
 
 def test_existing_run_needs_resume(dataset, tmp_path):
-    args = [
-        "train",
-        "--data",
-        str(dataset),
-        "--out",
-        str(tmp_path),
-        "--name",
-        "r",
-        "--max-res",
-        "4",
-        "--stable-kimg",
-        "0.008",
-        "--latent",
-        "8",
-        "--fmap-base",
-        "64",
-        "--fmap-max",
-        "16",
-        "--batch",
-        "4",
-        "--mixed-precision",
-        "no",
-        "--workers",
-        "0",
-    ]
+    args = ["train", *cli_args(data=dataset, out=tmp_path, name="r", max_res=4,
+                               stable_kimg=0.008, batch=4, workers=0, **TINY_NETWORKS)]
     assert CliRunner().invoke(main, args).exit_code == 0
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "--resume auto" in again.output

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from tiny import TINY_NETWORKS
 
 from progressive import metrics, use
 from progressive.checkpoint import build_networks, load_run
@@ -37,14 +38,11 @@ def run_dir(tmp_path_factory):
         stable_kimg=0.016,
         total_kimg=0.056,
         batch=8,
-        latent=8,
-        fmap_base=64,
-        fmap_max=16,
-        mixed_precision="no",
         tick_kimg=0.016,
         snapshot_kimg=1,
         grid_size=2,
         workers=0,
+        **TINY_NETWORKS,
     )
     train(cfg, root / "run", progress=False)
     return root / "run"
