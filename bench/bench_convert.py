@@ -22,7 +22,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine import describe  # noqa: E402
 
 from datasets_prep import image as im  # noqa: E402
 from datasets_prep import make_source, write_dataset  # noqa: E402
@@ -88,21 +89,6 @@ def same_bytes(a: Path, b: Path) -> bool:
     ea.close()
     eb.close()
     return ok
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "load_avg_start": os.getloadavg()[0]}
 
 
 def bench_speed(data: Path, count: int, max_res: int, repeats: int) -> dict:
@@ -213,7 +199,7 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("bench/results/convert.json"))
     args = ap.parse_args()
-    result = {"machine": machine()}
+    result = {"machine": describe()}
     if not args.skip_speed:
         s = bench_speed(args.data, args.count, args.max_res, args.repeats)
         result["speed"] = s

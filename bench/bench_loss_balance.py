@@ -13,12 +13,12 @@ given (the balance that matters is the one during training), otherwise fresh net
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 from pathlib import Path
 
 import click
 import torch
+from machine import describe
 
 from progressive import loss
 from progressive.checkpoint import build_networks, load_run
@@ -90,8 +90,9 @@ def main(ckpt, max_res, batch, repeats, out):
                 }
             )
         res *= 2
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
-    print(f"machine: {machine}; networks: {'from ' + ckpt if ckpt else 'fresh (demo widths)'}")
+    machine = describe()
+    nets = "from " + ckpt if ckpt else "fresh (demo widths)"
+    print(f"machine: {machine['cpu']}, torch {machine['torch']}; networks: {nets}")
     print(
         f"{'res':>5} {'scaling':>8} {'|grad rec|':>12} {'|grad E|':>10} {'rec/E':>10} {'vs 4px':>8}"
     )

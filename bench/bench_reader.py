@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
@@ -37,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_train import make_trainer  # noqa: E402
+from machine import describe  # noqa: E402
 
 from datasets_prep import write_dataset  # noqa: E402
 from datasets_prep.files import FolderSource  # noqa: E402
@@ -146,26 +144,6 @@ def training_rate(res: int, batch: int = 32, steps: int = 3) -> float:
     return batch / statistics.median(times)
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "python": platform.python_version(),
-        "load_avg_1min_at_start": load,
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("images", nargs="?", default="/work/shared/data/celeba-crops", type=Path,
@@ -200,9 +178,9 @@ def main() -> None:
     has_png = "png" in encodings_for(max_res, "auto").values()
     if args.raw_variant and has_png:
         build_lmdb(args.images, raw_dir, max_res, "raw")
-    info = machine()
+    info = describe()
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
-          f"load {info['load_avg_1min_at_start']}")
+          f"load {info['load_avg_start']}")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

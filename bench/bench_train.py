@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,21 +29,13 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import describe  # noqa: E402
+
 from progressive.presets import make_config  # noqa: E402
 from progressive.schedule import NETWORKS, Phase  # noqa: E402
 from progressive.training import Trainer  # noqa: E402
 
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def matmul_peak(dtype: torch.dtype) -> float:
@@ -109,11 +100,9 @@ def main() -> None:
         print(json.dumps(bench_one(int(res), int(batch), precision, int(steps))))
         return
 
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "python": platform.python_version(),
-               "load_start": os.getloadavg()[0]}
+    machine = describe()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"{machine['threads']} threads, load average {machine['load_start']:.1f}")
+          f"{machine['threads']} threads, load average {machine['load_avg_start']:.1f}")
     peak = {p: matmul_peak(DTYPES[p]) for p in args.precision}
 
     rows = []
@@ -131,7 +120,7 @@ def main() -> None:
 
     for p in args.precision:  # best of before and after: the machine may be shared
         peak[p] = max(peak[p], matmul_peak(DTYPES[p]))
-    machine["load_end"] = os.getloadavg()[0]
+    machine["load_avg_end"] = os.getloadavg()[0]
     fp32 = {r["res"]: r for r in rows if r["precision"] == "no"}
     for r in rows:
         r["share_of_fp32_peak"] = r["flops_per_s"] / peak.get("no", matmul_peak(torch.float32))
@@ -149,7 +138,8 @@ def main() -> None:
               f"| {r['images_per_s']:.3f} | {r.get('vs_fp32', float('nan')):.2f}x "
               f"| {r['flops_per_image'] / 1e9:.1f} | {r['flops_per_s'] / 1e9:.1f} "
               f"| {100 * r['share_of_fp32_peak']:.0f}% |")
-    print(f"load average: {machine['load_start']:.1f} at start, {machine['load_end']:.1f} at end")
+    print(f"load average: {machine['load_avg_start']:.1f} at start, "
+          f"{machine['load_avg_end']:.1f} at end")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
