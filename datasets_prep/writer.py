@@ -103,7 +103,12 @@ def batch_size(max_res: int) -> int:
     """Images per batch: about 16 MiB of pixels at most, so the batches a worker holds stay
     small, and large enough that messages and commits cost nothing (the last batches of a
     conversion shrink so that the workers finish together: `_chunks`)."""
-    return max(1, min(MAX_BATCH, BATCH_BYTES // sum(3 * r * r for r in resolutions_up_to(max_res))))
+    return max(1, min(MAX_BATCH, BATCH_BYTES // _raw_pyramid_bytes(max_res)))
+
+
+def _raw_pyramid_bytes(max_res: int) -> int:
+    """Bytes of one image's pyramid stored raw, every level from 4 to max_res."""
+    return sum(3 * r * r for r in resolutions_up_to(max_res))
 
 
 def _write(store: ShardStore, first: int, images: list[dict[int, bytes]]) -> None:
@@ -166,6 +171,10 @@ class _Workers:
         if msg[0] == "convert":
             self.held[w] += 1
         self.inboxes[w].put(msg)
+
+    def written(self, w: int) -> None:
+        """Worker `w` has written one of its batches and can take another."""
+        self.held[w] -= 1
 
     def receive(self) -> tuple:
         waited = 0.0
@@ -248,7 +257,7 @@ def _dispatch(pool: _Workers, chunks: Iterator[list], on_batch: Any) -> None:
         if kind == "error":
             raise UserError(payload)
         if kind == "written":
-            pool.held[sent.pop(j)[0]] -= 1
+            pool.written(sent.pop(j)[0])
             continue
         converted[j] = payload
         while not stopping and next_in_order in converted:
@@ -321,8 +330,8 @@ def _fsync_dir(path: Path) -> None:
 def initial_map_size(max_res: int, shard_size: int) -> int:
     """A shard's first LMDB map: room for its images stored raw. The map is address space,
     not disk (the file grows with the data), and it doubles if an encoding needs more."""
-    raw = sum(3 * r * r for r in resolutions_up_to(max_res)) + 16 * len(resolutions_up_to(max_res))
-    return int(min(shard_size * raw * 1.1 + (16 << 20), 1 << 40))
+    per_image = _raw_pyramid_bytes(max_res) + 16 * len(resolutions_up_to(max_res))  # + keys
+    return int(min(shard_size * per_image * 1.1 + (16 << 20), 1 << 40))
 
 
 def _dir_size(path: Path) -> int:
