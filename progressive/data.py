@@ -7,11 +7,10 @@ whichever process reads them (a DataLoader worker, a rank), never inherited acro
 from __future__ import annotations
 
 import bisect
-import functools
 import multiprocessing
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
@@ -117,21 +116,22 @@ class ImageDataset(Dataset):
             out.share_memory_()
         dst = out.numpy()
         if self.encoding == "raw":
-            for v, where in values:
+            for index, v in zip(indices, values, strict=True):
                 if len(v) != res * res * c:
                     raise UserError(
-                        f"{where()} is corrupt: {len(v)} bytes, expected {res}x{res}x{c}"
+                        f"{self._where(index)} is corrupt: {len(v)} bytes, "
+                        f"expected {res}x{res}x{c}"
                     )
-            hwc = np.frombuffer(b"".join(v for v, _ in values), dtype=np.uint8)
+            hwc = np.frombuffer(b"".join(values), dtype=np.uint8)
             # numpy's HWC -> CHW copy of uint8 is ~5x faster than torch's permute().contiguous()
             np.copyto(dst, hwc.reshape(n, res, res, c).transpose(0, 3, 1, 2))  # c=1 broadcasts
         else:
-            for i, (v, where) in enumerate(values):
-                dst[i] = self._decode(v, where).numpy()
+            for i, (index, v) in enumerate(zip(indices, values, strict=True)):
+                dst[i] = self._decode(v, index).numpy()
         return out
 
-    def _read(self, indices: list[int]) -> list[tuple[bytes, Callable[[], str]]]:
-        """The stored values of `indices`, each with a function naming it for errors."""
+    def _read(self, indices: list[int]) -> list[bytes]:
+        """The stored values of `indices`, one read transaction per shard."""
         txns: dict[int, lmdb.Transaction] = {}
         out = []
         try:
@@ -139,26 +139,33 @@ class ImageDataset(Dataset):
                 index = int(index)
                 if not 0 <= index < len(self):
                     raise IndexError(f"index {index} out of range for {len(self)} images")
-                shard = bisect.bisect_right(self._firsts, index) - 1
+                shard = self._shard_of(index)
                 txn = txns.get(shard)
                 if txn is None:
                     env = _open_shard(self._paths[shard], self._identities[shard])
                     txn = txns[shard] = env.begin(buffers=False)
-                key = image_key(self.res, index)
-                value = txn.get(key)
-                where = functools.partial(_where, self._paths[shard], key)
+                value = txn.get(image_key(self.res, index))
                 if value is None:
                     raise UserError(
-                        f"{where()} is missing; re-create the dataset with tools/make_lmdb.py"
+                        f"{self._where(index)} is missing; re-create the dataset with "
+                        "tools/make_lmdb.py"
                     )
-                out.append((value, where))
+                out.append(value)
         finally:
             for txn in txns.values():
                 txn.abort()
         return out
 
-    def _decode(self, value: bytes, where: Callable[[], str]) -> torch.Tensor:
-        """Decode one PNG or JPEG value; `where()` names it in errors."""
+    def _shard_of(self, index: int) -> int:
+        return bisect.bisect_right(self._firsts, index) - 1
+
+    def _where(self, index: int) -> str:
+        """Where image `index` is stored, for error messages."""
+        key = image_key(self.res, int(index)).decode()
+        return f"shard {self._paths[self._shard_of(int(index))]}, key {key}"
+
+    def _decode(self, value: bytes, index: int) -> torch.Tensor:
+        """Decode the PNG or JPEG value of image `index`."""
         res = self.res
         data = torch.frombuffer(bytearray(value), dtype=torch.uint8)
         try:
@@ -166,21 +173,17 @@ class ImageDataset(Dataset):
             image = (decode_png if self.encoding == "png" else decode_jpeg)(data)
         except RuntimeError as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else "decode failed"
-            raise UserError(f"{where()} is corrupt ({reason})") from None
+            raise UserError(f"{self._where(index)} is corrupt ({reason})") from None
         if image.shape[0] in (1, 2):  # gray, gray + alpha
             image = image[:1].expand(3, -1, -1)
         elif image.shape[0] == 4:  # RGBA
             image = image[:3]
         if image.shape != (3, res, res) or image.dtype != torch.uint8:
             raise UserError(
-                f"{where()} is corrupt: decoded {tuple(image.shape)} {image.dtype}, "
+                f"{self._where(index)} is corrupt: decoded {tuple(image.shape)} {image.dtype}, "
                 f"expected (3, {res}, {res}) uint8"
             )
         return image
-
-
-def _where(path: Path, key: bytes) -> str:
-    return f"shard {path}, key {key.decode()}"
 
 
 class InfiniteSampler(Sampler[int]):
