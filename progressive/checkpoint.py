@@ -84,14 +84,25 @@ def save_snapshot(
         "config": cfg,
         **(extra or {}),
     }
-    with open(tmp / STATE_NAME, "w") as f:
-        json.dump(state, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+    (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
+    # Every file reaches the disk before the rename publishes the snapshot, and the rename
+    # itself before anything relies on it: a power cut leaves a whole snapshot or none.
+    for f in tmp.iterdir():
+        _fsync(f)
     if final.exists():  # the same point saved twice (e.g. a stage end that is also periodic)
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync(final.parent)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (its entries)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def resolve_snapshot(path: str | os.PathLike) -> Path:

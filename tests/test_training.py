@@ -1,6 +1,7 @@
 """The training loop: two stages end to end, exact resume, gradient routing, command errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,22 @@ def test_full_loss_at_1024_is_finite_in_all_three_networks():
         grads = [p.grad for p in net.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(gr).all() for gr in grads)
         assert sum(gr.abs().sum() for gr in grads) > 0
+
+
+def test_snapshot_files_reach_the_disk_before_it_is_published(tmp_path, monkeypatch):
+    cfg = make_config("demo", **TINY)
+    nets = ckpt.build_networks(cfg)
+    optimizers = {n: torch.optim.Adam(nets[n].parameters()) for n in ckpt.WEIGHTS}
+    synced = []
+    real = ckpt._fsync
+
+    def record(path):
+        synced.append((Path(path).name, (tmp_path / "run" / "snapshot-000000032").exists()))
+        real(path)
+
+    monkeypatch.setattr(ckpt, "_fsync", record)
+    final = ckpt.save_snapshot(tmp_path / "run", 32, cfg, nets, optimizers)
+    files = sorted(p.name for p in final.iterdir())
+    assert len(files) == len(ckpt.WEIGHTS) + 2  # weights, optimizers.pt, state.json
+    assert sorted(name for name, published in synced[:-1] if not published) == files
+    assert synced[-1] == ("run", True)  # then the rename, in its directory
