@@ -27,6 +27,7 @@ from progressive.dataset_format import (
     META_NAME,
     REJECTED_NAME,
     VERSION,
+    fsync_path,
     resolutions_up_to,
     write_json_atomic,
 )
@@ -313,18 +314,10 @@ def prepare_output(output: Path, overwrite: bool) -> None:
             )
         # First the marker, so an interrupted rewrite is never taken for a finished dataset.
         meta.unlink()
-        _fsync_dir(output)
+        fsync_path(output)
     for e in entries:
         if e.exists():
             shutil.rmtree(e) if e.is_dir() else e.unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def initial_map_size(max_res: int, shard_size: int) -> int:

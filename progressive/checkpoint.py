@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from progressive.dataset_format import fsync_path
 from progressive.errors import UserError
 from progressive.networks import Energy, Generator, Inference
 from progressive.presets import normalize
@@ -88,21 +89,13 @@ def save_snapshot(
     # Every file reaches the disk before the rename publishes the snapshot, and the rename
     # itself before anything relies on it: a power cut leaves a whole snapshot or none.
     for f in tmp.iterdir():
-        _fsync(f)
+        fsync_path(f)
     if final.exists():  # the same point saved twice (e.g. a stage end that is also periodic)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     return final
 
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a directory (its entries)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def resolve_snapshot(path: str | os.PathLike) -> Path:

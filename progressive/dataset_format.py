@@ -50,8 +50,17 @@ def check_resolution(res: int, what: str = "--max-res") -> int:
     return res
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file, or a directory (its entries: a rename in it is then durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temporary name, fsync, then rename over `path`."""
+    """Write JSON to a temporary name, fsync, rename over `path`, fsync the directory."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
@@ -60,6 +69,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_path(path.parent)
 
 
 def read_meta(root: str | os.PathLike) -> dict:

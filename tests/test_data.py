@@ -278,3 +278,15 @@ def test_loader_same_batches_with_0_and_2_workers(tmp_path, res):
     order = _take(InfiniteSampler(12, 1, 2, seed=3, start=2), 20)
     expected = torch.stack([ds[i] for i in order])
     assert torch.equal(torch.cat(b0), expected)
+
+
+def test_json_is_written_atomically_and_its_rename_made_durable(tmp_path, monkeypatch):
+    import progressive.dataset_format as fmt
+
+    synced = []
+    monkeypatch.setattr(fmt, "fsync_path", lambda p: synced.append(Path(p)))
+    (tmp_path / "meta.json").write_text("old")
+    fmt.write_json_atomic(tmp_path / "meta.json", {"count": 3})
+    assert json.loads((tmp_path / "meta.json").read_text()) == {"count": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]  # no temporary left
+    assert synced == [tmp_path]

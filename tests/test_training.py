@@ -222,13 +222,13 @@ def test_snapshot_files_reach_the_disk_before_it_is_published(tmp_path, monkeypa
     nets = ckpt.build_networks(cfg)
     optimizers = {n: torch.optim.Adam(nets[n].parameters()) for n in ckpt.WEIGHTS}
     synced = []
-    real = ckpt._fsync
+    real = ckpt.fsync_path
 
     def record(path):
         synced.append((Path(path).name, (tmp_path / "run" / "snapshot-000000032").exists()))
         real(path)
 
-    monkeypatch.setattr(ckpt, "_fsync", record)
+    monkeypatch.setattr(ckpt, "fsync_path", record)
     final = ckpt.save_snapshot(tmp_path / "run", 32, cfg, nets, optimizers)
     files = sorted(p.name for p in final.iterdir())
     assert len(files) == len(ckpt.WEIGHTS) + 2  # weights, optimizers.pt, state.json
