@@ -27,7 +27,8 @@ def _open_zip(path: str) -> zipfile.ZipFile:
     return _zips[key]
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """An image file by its extension, and not a hidden one (such as macOS `._` forks)."""
     base = name.rsplit("/", 1)[-1]  # zip members use "/"; folder entries are bare names
     return base.lower().endswith(EXTENSIONS) and not base.startswith(".")
 
@@ -78,7 +79,7 @@ class FolderSource(_NamedFiles):
         names = []
         for folder, _, files in os.walk(root):  # faster than rglob: no stat per file
             rel = os.path.relpath(folder, root)
-            names += [f if rel == "." else os.path.join(rel, f) for f in files if _is_image_name(f)]
+            names += [f if rel == "." else os.path.join(rel, f) for f in files if is_image_name(f)]
         self._set_names(names, input)
 
     def _read(self, item: str) -> bytes:
@@ -99,7 +100,7 @@ class ZipSource(_NamedFiles):
                 names = [i.filename for i in z.infolist() if not i.is_dir()]
         except (zipfile.BadZipFile, OSError) as e:
             raise UserError(f"{input} is not a readable zip file ({e})") from None
-        self._set_names([n for n in names if _is_image_name(n)], input)
+        self._set_names([n for n in names if is_image_name(n)], input)
 
     def _read(self, item: str) -> bytes:
         try:

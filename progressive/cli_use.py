@@ -174,6 +174,7 @@ def interpolate(
 def sample(ckpt, res, device, raw_generator, n, seed, truncation, out, outdir, nrow):
     """Random samples from the generator."""
     from progressive import use
+    from progressive.grids import save_grid
 
     if (out is None) == (outdir is None):
         raise UserError("give exactly one of --out (a grid) or --outdir (one PNG per image)")
@@ -183,12 +184,12 @@ def sample(ckpt, res, device, raw_generator, n, seed, truncation, out, outdir, n
     images = use.sample(model.generator, n, seed, model.latent, model.res, model.alpha, truncation)
     if out is not None:
         use.check_output(out, (".png", ".jpg"), "--out")
-        use.save_grid(images, out, nrow or max(1, round(n**0.5)))
+        save_grid(images, out, nrow or max(1, round(n**0.5)))
         click.echo(f"wrote {out}: {n} samples at {model.res}px")
     else:
         folder = Path(outdir)
         for i, image in enumerate(images):
-            use.save_grid(image[None], folder / f"seed{seed:04d}-{i:05d}.png", nrow=1)
+            save_grid(image[None], folder / f"seed{seed:04d}-{i:05d}.png", nrow=1)
         click.echo(f"wrote {n} images at {model.res}px to {folder}")
 
 
@@ -205,13 +206,14 @@ def sample(ckpt, res, device, raw_generator, n, seed, truncation, out, outdir, n
 def reconstruct(ckpt, res, device, raw_generator, images, out, n):
     """Encode real images (inference mean) and decode them again."""
     from progressive import metrics, use
+    from progressive.grids import pairs, save_grid
 
     model = _load(ckpt, device, res, raw_generator)
     _, real = use.load_images(images, model.res, model.run.config["max_res"], n)
     recon = use.reconstruct(model.generator, model.inference, real, model.res, model.alpha)
     real_in = use.prepare_real(real, model.alpha)
     use.check_output(out, (".png", ".jpg"), "--out")
-    use.save_grid(use.pairs(real_in, recon), out, nrow=2 * min(4, len(real)))
+    save_grid(pairs(real_in, recon), out, nrow=2 * min(4, len(real)))
     err = metrics.reconstruction_error(real_in, recon)
     click.echo(f"wrote {out}: {len(real)} images at {model.res}px")
     click.echo(f"MSE per image ([-1, 1] range): {_fmt(use.summary(err))}")

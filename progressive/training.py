@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from progressive import checkpoint as ckpt
@@ -24,6 +23,7 @@ from progressive import loss as triangle
 from progressive.data import ImageDataset, make_loader
 from progressive.dataset_format import read_meta
 from progressive.errors import UserError
+from progressive.grids import pairs, save_grid
 from progressive.metrics import to_float
 from progressive.networks import fade_real, num_parameters
 from progressive.schedule import NETWORKS, Phase, Schedule
@@ -230,14 +230,9 @@ def _save_grids(
         real = fade_real(to_float(fixed["real"][res]), alpha)
         recon = g(inference(real, alpha)[0], res, alpha)
     n = trainer.cfg["grid_size"]
-    save_image(
-        samples.float(), run_dir / f"samples-{tag}.png", nrow=n, normalize=True, value_range=(-1, 1)
-    )
+    save_grid(samples, run_dir / f"samples-{tag}.png", nrow=n)
     # Real images in even columns, their reconstructions beside them.
-    pairs = torch.stack([real, recon.float()], 1).flatten(0, 1)
-    save_image(
-        pairs, run_dir / f"reconstructions-{tag}.png", nrow=n, normalize=True, value_range=(-1, 1)
-    )
+    save_grid(pairs(real, recon), run_dir / f"reconstructions-{tag}.png", nrow=n)
 
 
 def _resolve_data(cfg: dict, run_dir: Path, acc: Accelerator) -> dict:
@@ -263,7 +258,7 @@ def _fixed_inputs(cfg: dict, schedule: Schedule, device: torch.device) -> dict:
     for res in schedule.resolutions:
         ds = ImageDataset(cfg["data"], res)
         count = min(grid * grid // 2, len(ds))
-        fixed["real"][res] = torch.stack([ds[i] for i in range(count)]).to(device)
+        fixed["real"][res] = ds.batch(list(range(count))).to(device)
     return fixed
 
 
@@ -335,8 +330,7 @@ def _save(trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int) -> Path
 def _save_reals(fixed: dict, run_dir: Path, res: int, grid: int) -> None:
     path = run_dir / f"reals-{res:04d}px.png"
     if not path.exists():
-        save_image(to_float(fixed["real"][res]), path, nrow=grid, normalize=True,
-                   value_range=(-1, 1))
+        save_grid(to_float(fixed["real"][res]), path, nrow=grid)
 
 
 def train(

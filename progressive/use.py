@@ -21,14 +21,11 @@ import numpy as np
 import scipy.ndimage
 import torch
 from torch import Tensor
-from torchvision.utils import save_image
 
 from progressive import metrics
 from progressive.errors import UserError
+from progressive.grids import GRID_PADDING, save_grid, temporary_path
 from progressive.networks import fade_real
-
-GRID_PADDING = 2  # torchvision's default padding between grid cells
-
 
 # --------------------------------------------------------------------------- model and device
 
@@ -222,13 +219,9 @@ def sample(
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    from datasets_prep.files import EXTENSIONS
+    from datasets_prep.files import is_image_name
 
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
-    )
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name))
 
 
 def load_image_file(path: Path, res: int, max_res: int) -> Tensor:
@@ -273,7 +266,7 @@ def load_images(
         count = len(ds) if n is None else min(n, len(ds))
         if count == 0:
             raise UserError(f"dataset {src} holds no images")
-        return [str(i) for i in range(count)], torch.stack([ds[i] for i in range(count)])
+        return [str(i) for i in range(count)], ds.batch(list(range(count)))
     if not src.is_dir():
         raise UserError(f"--images {src} is neither a dataset nor a folder of images")
     files = _folder_images(src)[:n]
@@ -284,19 +277,6 @@ def load_images(
 
 
 # --------------------------------------------------------------------------- output
-
-
-def _atomic_tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
-def save_grid(images: Tensor, path: str | os.PathLike, nrow: int) -> None:
-    """A PNG (or any Pillow format) grid of float [-1, 1] images, `nrow` per row."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_tmp(path)
-    save_image(images, tmp, nrow=nrow, padding=GRID_PADDING, normalize=True, value_range=(-1, 1))
-    os.replace(tmp, path)
 
 
 def to_frames(images: Tensor) -> np.ndarray:
@@ -310,7 +290,7 @@ def save_animation(frames: np.ndarray, path: str | os.PathLike, fps: float) -> N
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_tmp(path)
+    tmp = temporary_path(path)
     if path.suffix.lower() == ".gif":
         imageio.mimwrite(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
     else:
@@ -385,7 +365,7 @@ def write_energy_csv(names: list[str], scores: Tensor, path: str | os.PathLike) 
     writer.writerows((name, f"{value:.6g}") for name, value in rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_tmp(path)
+    tmp = temporary_path(path)
     tmp.write_text(buf.getvalue())
     os.replace(tmp, path)
     return rows
@@ -442,7 +422,7 @@ def evaluate(
     n = min(n, len(ds))
     if n < 2:
         raise UserError(f"--data {data} has {len(ds)} image(s); metrics need at least 2")
-    real = torch.stack([ds[i] for i in range(n)])
+    real = ds.batch(list(range(n)))
     real_in = metrics.to_uint8(prepare_real(real, model.alpha))
     fake = None
     if {"swd", "fid", "kid"} & set(names):
@@ -533,7 +513,7 @@ def _training_images(run, res: int, n: int) -> Tensor | None:
         ds = ImageDataset(data, res)
     except UserError:
         return None
-    return torch.stack([ds[i] for i in range(min(n, len(ds)))])
+    return ds.batch(list(range(min(n, len(ds)))))
 
 
 def grid_size(count: int, res: int, nrow: int, padding: int = GRID_PADDING) -> tuple[int, int]:
@@ -542,7 +522,3 @@ def grid_size(count: int, res: int, nrow: int, padding: int = GRID_PADDING) -> t
     rows = -(-count // nrow)
     return cols * (res + padding) + padding, rows * (res + padding) + padding
 
-
-def pairs(real: Tensor, recon: Tensor) -> Tensor:
-    """Real images (float) interleaved with their reconstructions: real, recon, real, ..."""
-    return torch.stack([real, recon], 1).flatten(0, 1)
