@@ -29,6 +29,7 @@ from progressive.dataset_format import (
     VERSION,
     fsync_path,
     resolutions_up_to,
+    tree_size,
     write_json_atomic,
 )
 from progressive.errors import UserError
@@ -327,10 +328,6 @@ def initial_map_size(max_res: int, shard_size: int) -> int:
     return int(min(shard_size * per_image * 1.1 + (16 << 20), 1 << 40))
 
 
-def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def write_dataset(
     source: Source,
     output: str | os.PathLike,
@@ -458,5 +455,5 @@ def write_dataset(
         write_json_atomic(output / LABELS_NAME, kept_labels)
         meta["labels"] = LABELS_NAME
     write_json_atomic(output / META_NAME, meta)
-    meta["size_bytes"] = _dir_size(output)
+    meta["size_bytes"] = tree_size(output)
     return meta

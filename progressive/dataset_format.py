@@ -50,6 +50,13 @@ def check_resolution(res: int, what: str = "--max-res") -> int:
     return res
 
 
+def tree_size(path: str | os.PathLike) -> int:
+    """Bytes in the file at `path`, or in the files under it."""
+    path = Path(path)
+    files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in files)
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """fsync a file, or a directory (its entries: a rename in it is then durable)."""
     fd = os.open(path, os.O_RDONLY)

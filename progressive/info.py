@@ -9,7 +9,7 @@ def dataset_summary(path: Path) -> str:
     """A human-readable summary of the dataset at `path`: images, resolutions, shards, source."""
     import json
 
-    from progressive.dataset_format import FORMAT, REJECTED_NAME, read_meta
+    from progressive.dataset_format import FORMAT, REJECTED_NAME, read_meta, tree_size
 
     path = Path(path)
     meta = read_meta(path)
@@ -20,10 +20,10 @@ def dataset_summary(path: Path) -> str:
         ("encoding", _ranges(meta["encoding"])),
         ("channels", str(meta["channels"])),
     ]
-    shard_sizes = [_tree_size(path / s["path"]) for s in meta["shards"]]
+    shard_sizes = [tree_size(path / s["path"]) for s in meta["shards"]]
     sizes = ", ".join(_size(n) for n in shard_sizes[:8]) + (", ..." if len(shard_sizes) > 8 else "")
     rows.append(("shards", f"{len(shard_sizes)} ({sizes})" if shard_sizes else "0"))
-    rows.append(("on disk", _size(_tree_size(path))))
+    rows.append(("on disk", _size(tree_size(path))))
     source = meta.get("source")
     if isinstance(source, dict):
         kind = source.get("kind", "?")
@@ -67,12 +67,6 @@ def _ranges(encoding: dict[int, str]) -> str:
         else:
             groups.append([encoding[res], res, res])
     return ", ".join(f"{e} {a}" if a == b else f"{e} {a}..{b}" for e, a, b in groups)
-
-
-def _tree_size(path: Path) -> int:
-    """Bytes in the files under `path`."""
-    files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
-    return sum(p.stat().st_size for p in files)
 
 
 def _size(n: float) -> str:
