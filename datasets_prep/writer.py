@@ -41,7 +41,7 @@ from .shards import ShardStore, shard_table, sync_shards
 LABELS_NAME = "labels.json"
 MAX_BATCH = 128  # images converted and written as one unit, at most
 BATCH_BYTES = 16 << 20  # and at most about this many raw pixel bytes
-MAX_HELD = 3  # batches a worker may hold converted but not yet written
+MAX_HELD = 3  # batches a worker may have been given and not yet written
 TASK_TIMEOUT = 600  # seconds without any answer from the workers: one is stuck on a file
 _OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+)")
 
@@ -359,22 +359,24 @@ def write_dataset(
         )
     if max_images is not None and max_images < 1:
         raise UserError(f"--max-images {max_images} must be at least 1")
-    if shards is not None:
-        if shards < 1:
-            raise UserError(f"--shards {shards} must be at least 1")
-        total = len(source) if max_images is None else min(len(source), max_images)
-        shard_size = max(1, math.ceil(total / shards))
-    if shard_size < 1:
-        raise UserError(f"--shard-size {shard_size} must be at least 1")
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 0:
-        raise UserError(f"--workers {workers} must be 0 or more")
     try:
         total_hint = len(source)
     except (NotImplementedError, TypeError):
         total_hint = None
     if max_images is not None and total_hint is not None:
         total_hint = min(total_hint, max_images)
+    if shards is not None:
+        if shards < 1:
+            raise UserError(f"--shards {shards} must be at least 1")
+        if total_hint is None:
+            raise UserError(f"--shards needs a source of known size; use --shard-size for "
+                            f"{source.kind}")
+        shard_size = max(1, math.ceil(total_hint / shards))
+    if shard_size < 1:
+        raise UserError(f"--shard-size {shard_size} must be at least 1")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 0:
+        raise UserError(f"--workers {workers} must be 0 or more")
 
     source.prepare(max_res)
     prepare_output(output, overwrite)
