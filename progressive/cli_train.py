@@ -84,6 +84,11 @@ from progressive.presets import PRESETS
     default=None,
     help="Autocast precision.",
 )
+@click.option(
+    "--tf32/--no-tf32",
+    default=None,
+    help="TensorFloat-32 for fp32 matmuls and convolutions on NVIDIA GPUs. Default: off.",
+)
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes per rank.")
 @click.option(
     "--snapshot-kimg", type=float, default=None, help="Snapshot interval, thousands of images."
@@ -113,6 +118,7 @@ def train(
     reset_optimizers,
     seed,
     mixed_precision,
+    tf32,
     workers,
     snapshot_kimg,
     dry_run,
@@ -136,6 +142,7 @@ def train(
         reset_optimizers=reset_optimizers,
         seed=seed,
         mixed_precision=mixed_precision,
+        tf32=tf32,
         workers=workers,
         snapshot_kimg=snapshot_kimg,
         loss={"rec_scaling": rec_scaling} if rec_scaling else None,

@@ -49,6 +49,7 @@ BASE: dict = {
     },
     "seed": 0,
     "mixed_precision": "no",
+    "tf32": False,  # TensorFloat-32 for fp32 matmuls and convolutions on NVIDIA GPUs
     "workers": 2,
     "snapshot_kimg": 100.0,
     "tick_kimg": 4.0,  # stats and progress-bar granularity

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from click.testing import CliRunner
 from safetensors.torch import load_file
 from tiny import TINY_NETWORKS, cli_args
@@ -234,3 +236,45 @@ def test_snapshot_files_reach_the_disk_before_it_is_published(tmp_path, monkeypa
     assert len(files) == len(ckpt.WEIGHTS) + 2  # weights, optimizers.pt, state.json
     assert sorted(name for name, published in synced[:-1] if not published) == files
     assert synced[-1] == ("run", True)  # then the rename, in its directory
+
+
+def _float32_mode() -> str:
+    if hasattr(torch.backends, "fp32_precision"):
+        return torch.backends.cudnn.conv.fp32_precision
+    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def test_tf32_is_off_unless_asked_for():
+    from progressive.training import set_float32_math
+
+    result = CliRunner().invoke(main, ["train", "--dry-run", "--tf32"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["tf32"] is True
+    try:
+        set_float32_math(True)
+        assert _float32_mode() == "tf32"
+        Trainer.create(make_config("demo", **TINY_NETWORKS), Accelerator(cpu=True))
+        assert _float32_mode() == "ieee"  # the default config: exact fp32
+    finally:
+        set_float32_math(False)
+
+
+def test_fp16_loss_scaler_unscales_each_network_once(dataset, request):
+    # accelerate gives CPUs no loss scaler; give it the one a GPU run gets, so the fp16 path
+    # (unscale, clip, step, update for three optimizers) runs here.
+    AcceleratorState._reset_state(reset_partial_state=True)  # other tests set precision "no"
+    request.addfinalizer(lambda: AcceleratorState._reset_state(reset_partial_state=True))
+    acc = Accelerator(cpu=True, mixed_precision="fp16")
+    acc.scaler, acc.native_amp = torch.amp.GradScaler("cpu", init_scale=2.0**10), True
+    cfg = tiny(dataset, max_res=8, mixed_precision="fp16")
+    trainer = Trainer.create(cfg, acc)
+    weights = [p.detach().clone() for p in trainer.generator.parameters()]
+    phase = Schedule.from_config(cfg).at(16)
+    real = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    finite = []
+    for i in range(16):  # the scaler halves its scale on each overflow until steps go through
+        stats = trainer.step(real, phase, 16 + 4 * i)
+        finite.append(all(torch.isfinite(v) for v in stats.values()))
+    assert any(finite) and acc.scaler.get_scale() < 2.0**10
+    after = trainer.generator.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(weights, after, strict=True))
