@@ -1,14 +1,17 @@
-"""Training speed: images/s of one full training step per resolution, fp32 and bf16 autocast.
+"""Training speed: images/s of one full training step per resolution and precision.
 
-    python bench/bench_train.py                                  # 16, 32, 64; batch 16
+    python bench/bench_train.py                          # 16, 32, 64; batch 16; CPU or GPU
     python bench/bench_train.py --res 32 --batch 4 --steps 2 --precision no
+    python bench/bench_train.py --device cuda --precision no tf32 bf16 --steps 20
 
 Each step is `Trainer.step` (energy contrastive step, then the joint generator + inference
 step, Adam updates and the generator average) at default widths (fmap_base 16384, fmap_max
-512, latent 512), stable phase (alpha 1). The FLOPs of one step are counted with
-`torch.utils.flop_counter.FlopCounterMode` during the warm-up step. The baseline, measured in
-the same run, is the machine's matmul peak: the best of several 2048x2048 `torch.mm` in fp32
-(1024x1024 in bf16), before and after the training steps (the machine may be shared).
+512, latent 512), stable phase (alpha 1). Precisions: `no` (exact fp32), `tf32` (fp32 with
+TensorFloat-32 matmuls and convolutions; NVIDIA GPUs), `bf16` and `fp16` (autocast). The FLOPs
+of one step are counted with `torch.utils.flop_counter.FlopCounterMode` during the first
+warm-up step. The baseline, measured in the same run, is the machine's matmul peak in each
+precision: the best of several large square `torch.mm`, before and after the training steps
+(the machine may be shared).
 """
 
 from __future__ import annotations
@@ -33,84 +36,126 @@ from machine import describe  # noqa: E402
 
 from progressive.presets import make_config  # noqa: E402
 from progressive.schedule import NETWORKS, Phase  # noqa: E402
-from progressive.training import Trainer  # noqa: E402
+from progressive.training import Trainer, set_float32_math  # noqa: E402
 
-DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = {  # name: (matmul dtype, accelerate mixed precision, tf32)
+    "no": (torch.float32, "no", False),
+    "tf32": (torch.float32, "no", True),
+    "bf16": (torch.bfloat16, "bf16", False),
+    "fp16": (torch.float16, "fp16", False),
+}
+LABELS = {"no": "fp32", "tf32": "tf32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
 
 
-def matmul_peak(dtype: torch.dtype) -> float:
-    """Best FLOP/s of a large square matmul (2048 in fp32; 1024 in bf16, which can be very
-    slow on CPUs without native bf16 instructions)."""
-    n, repeats = (2048, 5) if dtype == torch.float32 else (1024, 2)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(precision: str, device: str) -> float:
+    """Best FLOP/s of a large square matmul. On CPUs: 2048 in fp32, 1024 otherwise (bf16 can
+    be very slow without native instructions); on GPUs: 8192, random data."""
+    dtype, _, tf32 = PRECISIONS[precision]
+    if device == "cuda":
+        n, repeats = 8192, 10
+    else:
+        n, repeats = (2048, 5) if dtype == torch.float32 else (1024, 2)
+    set_float32_math(tf32)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3 if device == "cuda" else 1):
+        torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         torch.mm(a, b)
+        sync(device)
         best = min(best, time.perf_counter() - t)
+    set_float32_math(False)
     return 2 * n**3 / best
 
 
-def make_trainer(res: int, batch: int, precision: str,
-                 widths: str = "default") -> tuple[Trainer, Phase]:
+def make_trainer(res: int, batch: int, precision: str, widths: str = "default",
+                 device: str = "cpu") -> tuple[Trainer, Phase]:
     """A trainer in the stable phase at `res`: default widths, or the `demo` preset's."""
     sizes = {} if widths == "demo" else {"latent": 512, "fmap_base": 16384, "fmap_max": 512}
+    _, mixed, tf32 = PRECISIONS[precision]
     cfg = make_config("demo", max_res=max(res, 8), start_res=res, batch=batch,
-                      mixed_precision=precision, workers=0, **sizes)
-    trainer = Trainer.create(cfg, Accelerator(cpu=True, mixed_precision=precision))
+                      mixed_precision=mixed, tf32=tf32, workers=0, **sizes)
+    trainer = Trainer.create(cfg, Accelerator(cpu=device == "cpu", mixed_precision=mixed))
     lr = {name: cfg["lr"][name][res] for name in NETWORKS}
     phase = Phase(stage=0, res=res, alpha=1.0, fading=False, batch=batch, lr=lr,
                   stage_start=0, stage_end=None)
     return trainer, phase
 
 
-def bench_one(res: int, batch: int, precision: str, steps: int) -> dict:
-    trainer, phase = make_trainer(res, batch, precision)
+def bench_one(res: int, batch: int, precision: str, steps: int, warmup: int,
+              device: str) -> dict:
+    trainer, phase = make_trainer(res, batch, precision, device=device)
     real = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
     counter = FlopCounterMode(display=False)
-    with counter:  # the warm-up step, counted
+    with counter:  # the first warm-up step, counted
         trainer.step(real, phase, 0)
     flops_per_image = counter.get_total_flops() / batch
+    for i in range(1, warmup):  # cuDNN's algorithm search and the allocator settle here
+        trainer.step(real, phase, i * batch)
     times = []
     for i in range(steps):
+        sync(device)
         t = time.perf_counter()
-        stats = trainer.step(real, phase, (i + 1) * batch)
+        stats = trainer.step(real, phase, (warmup + i) * batch)
+        sync(device)
         times.append(time.perf_counter() - t)
     finite = bool(all(torch.isfinite(v).all() for v in stats.values()))
     step_s = statistics.median(times)
-    return {"res": res, "batch": batch, "precision": precision, "steps": steps,
-            "step_s": times, "median_step_s": step_s, "images_per_s": batch / step_s,
-            "flops_per_image": flops_per_image, "flops_per_s": flops_per_image * batch / step_s,
-            "finite": finite}
+    memory = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return {"res": res, "batch": batch, "precision": precision, "device": device,
+            "steps": steps, "warmup": warmup, "step_s": times, "median_step_s": step_s,
+            "images_per_s": batch / step_s, "flops_per_image": flops_per_image,
+            "flops_per_s": flops_per_image * batch / step_s, "finite": finite,
+            "peak_memory_bytes": memory}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--res", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
-    ap.add_argument("--precision", nargs="+", default=["no", "bf16"], choices=list(DTYPES))
+    ap.add_argument("--device", choices=["cpu", "cuda"],
+                    default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps (default: 3 on CPU, 20 on GPU)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps first (default: 1 on CPU, 3 on GPU)")
+    ap.add_argument("--precision", nargs="+", default=None, choices=list(PRECISIONS),
+                    help="default: no bf16 on CPU; no tf32 bf16 on GPU")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
-    ap.add_argument("--one", nargs=4, metavar=("RES", "BATCH", "PRECISION", "STEPS"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    gpu = args.device == "cuda"
+    args.steps = args.steps or (20 if gpu else 3)
+    args.warmup = args.warmup or (3 if gpu else 1)
+    args.precision = args.precision or (["no", "tf32", "bf16"] if gpu else ["no", "bf16"])
     if args.one:
-        res, batch, precision, steps = args.one
-        print(json.dumps(bench_one(int(res), int(batch), precision, int(steps))))
+        row = bench_one(args.res[0], args.batch, args.precision[0], args.steps, args.warmup,
+                        args.device)
+        print(json.dumps(row))
         return
 
     machine = describe()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"{machine['threads']} threads, load average {machine['load_avg_start']:.1f}")
-    peak = {p: matmul_peak(DTYPES[p]) for p in args.precision}
+    where = f"GPU {machine['gpu']}" if gpu else f"{machine['cores']} cores"
+    print(f"machine: {machine['cpu']}, {where}, torch {machine['torch']}, "
+          f"{machine['threads']} threads, load average {machine['load_avg_start']:.1f}",
+          flush=True)
+    peak = {p: matmul_peak(p, args.device) for p in ["no", *args.precision]}
 
     rows = []
     for res in args.res:
         for precision in args.precision:
             # A fresh process per configuration: accelerate's state is per process.
-            cmd = [sys.executable, __file__, "--one", str(res), str(args.batch), precision,
-                   str(args.steps)]
+            cmd = [sys.executable, __file__, "--one", "--res", str(res), "--batch",
+                   str(args.batch), "--precision", precision, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--device", args.device]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"res {res} {precision} failed:\n{proc.stderr[-2000:]}")
@@ -118,26 +163,33 @@ def main() -> None:
             rows.append(row)
             print(f"  done res {res} {precision}: {row['images_per_s']:.3f} images/s", flush=True)
 
-    for p in args.precision:  # best of before and after: the machine may be shared
-        peak[p] = max(peak[p], matmul_peak(DTYPES[p]))
+    for p in peak:  # best of before and after: the machine may be shared
+        peak[p] = max(peak[p], matmul_peak(p, args.device))
     machine["load_avg_end"] = os.getloadavg()[0]
     fp32 = {r["res"]: r for r in rows if r["precision"] == "no"}
     for r in rows:
-        r["share_of_fp32_peak"] = r["flops_per_s"] / peak.get("no", matmul_peak(torch.float32))
+        r["share_of_fp32_peak"] = r["flops_per_s"] / peak["no"]
+        r["share_of_own_peak"] = r["flops_per_s"] / peak[r["precision"]]
         if r["res"] in fp32:
             r["vs_fp32"] = r["images_per_s"] / fp32[r["res"]]["images_per_s"]
 
+    unit, scale = ("TFLOP/s", 1e12) if gpu else ("GFLOP/s", 1e9)
     print("\nmatmul peak (best of several, before/after): "
-          + ", ".join(f"{p} {v / 1e9:.1f} GFLOP/s" for p, v in peak.items()))
-    print(f"batch {args.batch}, median of {args.steps} steps after 1 warm-up, alpha 1, "
-          "default widths")
-    print("| res | precision | images/s | vs fp32 | GFLOP/image | GFLOP/s | share of fp32 peak |")
-    print("|----:|-----------|---------:|--------:|------------:|--------:|-------------------:|")
+          + ", ".join(f"{LABELS[p]} {v / scale:.1f} {unit}" for p, v in peak.items()))
+    print(f"batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up, "
+          "alpha 1, default widths")
+    print(f"| res | precision | images/s | vs fp32 | GFLOP/image | {unit} "
+          "| share of fp32 peak | share of own peak | peak memory |")
+    print("|----:|-----------|---------:|--------:|------------:|------:"
+          "|------:|------:|------:|")
     for r in rows:
-        print(f"| {r['res']} | {'fp32' if r['precision'] == 'no' else 'bf16 autocast'} "
+        memory = (f"{r['peak_memory_bytes'] / 2**30:.1f} GiB" if r["peak_memory_bytes"]
+                  else "-")
+        print(f"| {r['res']} | {LABELS[r['precision']]} "
               f"| {r['images_per_s']:.3f} | {r.get('vs_fp32', float('nan')):.2f}x "
-              f"| {r['flops_per_image'] / 1e9:.1f} | {r['flops_per_s'] / 1e9:.1f} "
-              f"| {100 * r['share_of_fp32_peak']:.0f}% |")
+              f"| {r['flops_per_image'] / 1e9:.1f} | {r['flops_per_s'] / scale:.1f} "
+              f"| {100 * r['share_of_fp32_peak']:.0f}% | {100 * r['share_of_own_peak']:.0f}% "
+              f"| {memory} |")
     print(f"load average: {machine['load_avg_start']:.1f} at start, "
           f"{machine['load_avg_end']:.1f} at end")
 

@@ -19,12 +19,17 @@ def cpu_model() -> str:
 
 
 def describe() -> dict:
-    """CPU, cores, library versions, torch threads and the load average at the start."""
+    """CPU, cores, GPU, library versions, torch threads and the load average at the start."""
     import torch
     import torchvision
 
+    gpu = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
     return {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "threads": torch.get_num_threads(), "load_avg_start": os.getloadavg()[0],
+        "cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "torchvision": torchvision.__version__, "threads": torch.get_num_threads(),
+        "load_avg_start": os.getloadavg()[0],
     }
