@@ -36,7 +36,7 @@ from progressive.errors import UserError
 
 from . import image as im
 from .base import Source
-from .shards import ShardStore, shard_table, sync_shards
+from .shards import ShardStore, flush_in_background, shard_table, sync_shards
 
 LABELS_NAME = "labels.json"
 MAX_BATCH = 128  # images converted and written as one unit, at most
@@ -244,11 +244,13 @@ def _dispatch(pool: _Workers, chunks: Iterator[list], on_batch: Any) -> None:
     converted: dict[int, list] = {}
     n_sent = next_in_order = 0
     exhausted = stopping = False
+    flusher = None
     while True:
         while not (exhausted or stopping) and (w := pool.free()) is not None:
             items = next(chunks, None)
             if items is None:
                 exhausted = True
+                flusher = flush_in_background(_job["output"])
                 break
             pool.send(w, ("convert", n_sent, items))
             sent[n_sent] = (w, items)
@@ -270,6 +272,8 @@ def _dispatch(pool: _Workers, chunks: Iterator[list], on_batch: Any) -> None:
         if stopping:  # batches after the last one are dropped unwritten
             for later in [b for b in sent if b >= next_in_order]:
                 del sent[later]
+    if flusher is not None:
+        flusher.join()
 
 
 def _chunks(items: Iterator, n: int, total: int | None, workers: int) -> Iterator[list]:

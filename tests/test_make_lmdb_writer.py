@@ -333,3 +333,23 @@ def test_shard_writer_memory_stays_flat(tmp_path, monkeypatch):
         assert txn.stat()["entries"] == 1920 * 6
         assert txn.get(image_key(64, 1919)) == image[64]
     env.close()
+
+
+def test_shards_are_flushed_while_the_last_batches_convert(tmp_path, monkeypatch):
+    # Once the last batch is handed out, the parent flushes the shards written so far; the
+    # sync before meta.json follows and finds the data already on its way to disk.
+    monkeypatch.setattr(writer, "MAX_BATCH", 2)
+    events = []
+    monkeypatch.setattr(shards.os, "fdatasync", lambda fd: events.append(
+        ("flush", os.readlink(f"/proc/self/fd/{fd}"))))
+    real_sync = writer.sync_shards
+    monkeypatch.setattr(writer, "sync_shards", lambda *a: (events.append(("sync",)),
+                                                          real_sync(*a)))
+    meta = write_dataset(make_source("synthetic", "30"), tmp_path / "out", 8, workers=2,
+                         shard_size=10, progress=False)
+    assert meta["count"] == 30
+    flushed = [e[1] for e in events if e[0] == "flush"]
+    # 15 batches of 2 for two workers holding 3 each: the first two shards exist by then.
+    assert flushed[:2] == [str(tmp_path / "out" / f"shard-0000{k}.lmdb" / "data.mdb")
+                           for k in (0, 1)]
+    assert events[-1] == ("sync",)
