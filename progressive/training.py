@@ -248,7 +248,8 @@ def _save_grids(
     g = trainer.generator_ema
     inference = trainer.inference
     res, alpha = phase.res, phase.alpha
-    tag = f"{res:04d}px-{images_shown // 1000:06d}kimg"
+    # Named by images shown, like snapshots: a stage shorter than 1 kimg keeps its own grids.
+    tag = f"{res:04d}px-{images_shown:09d}"
     with torch.no_grad():
         samples = g(fixed["z"], res, alpha)
         real = fade_real(to_float(fixed["real"][res]), alpha)

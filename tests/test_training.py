@@ -59,7 +59,11 @@ def test_two_stages_end_to_end(dataset, tmp_path):
     for key in ("rec", "kl", "latent_nll", "energy_real", "energy_fake", "images_per_s"):
         assert all(key in s for s in stats)
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"samples-0004px-000000kimg.png", "samples-0008px-000000kimg.png"} <= files
+    stage_ends = [Schedule.from_config(cfg).at(0).stage_end, total]
+    # The grids at the start and at each stage end (all under 1 kimg here) are all kept.
+    assert {"samples-0004px-000000000.png"} | {
+        f"samples-{r:04d}px-{end:09d}.png" for r, end in zip((4, 8), stage_ends, strict=True)
+    } <= files
     assert any(f.startswith("reconstructions-0008px") for f in files)
     assert "config.json" in files
     # The starting point and both stage ends are snapshots.
