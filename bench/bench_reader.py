@@ -37,12 +37,10 @@ from bench_train import make_trainer  # noqa: E402
 from machine import describe  # noqa: E402
 
 from datasets_prep import write_dataset  # noqa: E402
-from datasets_prep.files import FolderSource  # noqa: E402
+from datasets_prep.files import FolderSource, is_image_name  # noqa: E402
 from datasets_prep.image import to_rgb  # noqa: E402
 from datasets_prep.writer import encodings_for  # noqa: E402
 from progressive.data import ImageDataset, InfiniteSampler, _worker_init, make_loader  # noqa: E402
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class CropResize:
@@ -102,7 +100,7 @@ def symlink_folder(images: Path, into: Path) -> Path:
     cls = into / "all"
     cls.mkdir(parents=True)
     for p in sorted(images.iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_name(p.name):
             (cls / p.name).symlink_to(p.resolve())
     return into
 

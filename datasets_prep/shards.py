@@ -4,13 +4,12 @@ processes may write the same shard at once; LMDB serialises their transactions."
 from __future__ import annotations
 
 import math
-import os
 import threading
 from pathlib import Path
 
 import lmdb
 
-from progressive.dataset_format import image_key, shard_name
+from progressive.dataset_format import fsync_path, image_key, shard_name
 
 REOPEN_BYTES = 32 << 20
 
@@ -95,17 +94,13 @@ def flush_in_background(output: Path) -> threading.Thread:
     `sync_shards` still makes the shards durable and reports errors."""
 
     def flush() -> None:
-        for path in sorted(Path(output).glob(shard_name(0).replace("00000", "*"))):
+        k = 0
+        while (data := Path(output) / shard_name(k) / "data.mdb").exists():
             try:
-                fd = os.open(path / "data.mdb", os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fdatasync(fd)
+                fsync_path(data)
             except OSError:
                 pass
-            finally:
-                os.close(fd)
+            k += 1
 
     thread = threading.Thread(target=flush, name="flush-shards", daemon=True)
     thread.start()

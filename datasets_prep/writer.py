@@ -422,7 +422,8 @@ def write_dataset(
             bar.close()
         rej.flush()
         os.fsync(rej.fileno())
-    sync_shards(output, len(shard_table(count, shard_size)))
+    shard_list = shard_table(count, shard_size)
+    sync_shards(output, len(shard_list))
     if count == 0:
         raise UserError(
             f"no usable images in {source.input} ({rejected} rejected; see "
@@ -448,7 +449,7 @@ def write_dataset(
         },
         "source": source.describe(),
         "split": source.split_info(),
-        "shards": shard_table(count, shard_size),
+        "shards": shard_list,
         "rejected": rejected,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tool": {"name": "tools/make_lmdb.py", "version": __version__},

@@ -32,6 +32,13 @@ WEIGHTS = ("generator", "generator_ema", "energy", "inference")
 _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{9})$")
 
 
+def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+    """The networks exactly as a run starts them: the global seed set from the configuration,
+    then `build_networks`."""
+    torch.manual_seed(cfg["seed"])
+    return build_networks(cfg)
+
+
 def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
     """The three networks and the generator average, at full size, from a configuration."""
     widths = {"fmap_base": cfg["fmap_base"], "fmap_max": cfg["fmap_max"]}
@@ -95,7 +102,6 @@ def save_snapshot(
     os.replace(tmp, final)
     fsync_path(final.parent)
     return final
-
 
 
 def resolve_snapshot(path: str | os.PathLike) -> Path:

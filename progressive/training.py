@@ -93,8 +93,7 @@ class Trainer:
         set_float32_math(cfg["tf32"])
         # Shapes change only at stage boundaries, so cuDNN's per-shape search pays off.
         torch.backends.cudnn.benchmark = True
-        torch.manual_seed(cfg["seed"])
-        nets = ckpt.build_networks(cfg)
+        nets = ckpt.initial_networks(cfg)
         fused = accelerator.device.type == "cuda"  # one kernel per Adam update on GPUs
         opts = {}
         for name in NETWORKS:

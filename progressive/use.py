@@ -495,11 +495,10 @@ def evaluate(
 
 
 def _initial_generator(cfg: dict) -> torch.nn.Module:
-    """The generator exactly as training started it (same seed, same construction)."""
-    from progressive.checkpoint import build_networks
+    """The generator exactly as training started it."""
+    from progressive.checkpoint import initial_networks
 
-    torch.manual_seed(cfg["seed"])
-    return build_networks(cfg)["generator"].eval().requires_grad_(False)
+    return initial_networks(cfg)["generator"].eval().requires_grad_(False)
 
 
 def _training_images(run, res: int, n: int) -> Tensor | None:

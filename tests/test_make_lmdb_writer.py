@@ -340,8 +340,7 @@ def test_shards_are_flushed_while_the_last_batches_convert(tmp_path, monkeypatch
     # sync before meta.json follows and finds the data already on its way to disk.
     monkeypatch.setattr(writer, "MAX_BATCH", 2)
     events = []
-    monkeypatch.setattr(shards.os, "fdatasync", lambda fd: events.append(
-        ("flush", os.readlink(f"/proc/self/fd/{fd}"))))
+    monkeypatch.setattr(shards, "fsync_path", lambda path: events.append(("flush", str(path))))
     real_sync = writer.sync_shards
     monkeypatch.setattr(writer, "sync_shards", lambda *a: (events.append(("sync",)),
                                                           real_sync(*a)))
