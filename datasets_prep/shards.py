@@ -9,7 +9,8 @@ from pathlib import Path
 
 import lmdb
 
-from progressive.dataset_format import fsync_path, image_key, shard_name
+from progressive.dataset_format import image_key, shard_name
+from progressive.files import fsync_path
 
 REOPEN_BYTES = 32 << 20
 

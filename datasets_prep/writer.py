@@ -27,12 +27,10 @@ from progressive.dataset_format import (
     META_NAME,
     REJECTED_NAME,
     VERSION,
-    fsync_path,
     resolutions_up_to,
-    tree_size,
-    write_json_atomic,
 )
 from progressive.errors import UserError
+from progressive.files import fsync_path, tree_size, write_json_atomic
 
 from . import image as im
 from .base import Source
@@ -43,7 +41,7 @@ MAX_BATCH = 128  # images converted and written as one unit, at most
 BATCH_BYTES = 16 << 20  # and at most about this many raw pixel bytes
 MAX_HELD = 3  # batches a worker may have been given and not yet written
 TASK_TIMEOUT = 600  # seconds without any answer from the workers: one is stuck on a file
-_OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+)")
+_OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+.*)")
 
 
 def encodings_for(max_res: int, encoding: str) -> dict[int, str]:

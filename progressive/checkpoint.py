@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from progressive.dataset_format import fsync_path
 from progressive.errors import UserError
+from progressive.files import first_line, fsync_path, temporary_path
 from progressive.networks import Energy, Generator, Inference
 from progressive.presets import normalize
 from progressive.schedule import Schedule
@@ -79,7 +79,7 @@ def save_snapshot(
 ) -> Path:
     """Write a complete snapshot atomically and return its path."""
     final = snapshot_dir(Path(run_dir), images_shown)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in WEIGHTS:
@@ -148,8 +148,9 @@ def load_weights(snapshot: Path, networks: dict[str, torch.nn.Module]) -> None:
         try:
             networks[name].load_state_dict(load_file(file))
         except (OSError, SafetensorError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{file} cannot be loaded ({first}); use another snapshot") from None
+            raise UserError(
+                f"{file} cannot be loaded ({first_line(e)}); use another snapshot"
+            ) from None
 
 
 def load_optimizers(snapshot: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:

@@ -21,6 +21,7 @@ from torchvision.io import decode_jpeg, decode_png
 
 from progressive.dataset_format import image_key, read_meta
 from progressive.errors import UserError
+from progressive.files import first_line
 
 # With lock=False LMDB does not track readers, but the limit still applies to open transactions.
 _MAX_READERS = 1024
@@ -63,7 +64,7 @@ def _open_shard(path: Path, identity: tuple[int, int]) -> lmdb.Environment:
         )
     except lmdb.Error as e:
         raise UserError(
-            f"cannot open shard {path} ({str(e).splitlines()[0]}); "
+            f"cannot open shard {path} ({first_line(e)}); "
             "re-create the dataset with tools/make_lmdb.py"
         ) from None
     _ENVS[key] = (os.getpid(), identity, env)
@@ -172,8 +173,7 @@ class ImageDataset(Dataset):
             # UNCHANGED is ~15% faster than asking for RGB; convert the rare other layouts below
             image = (decode_png if self.encoding == "png" else decode_jpeg)(data)
         except RuntimeError as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else "decode failed"
-            raise UserError(f"{self._where(index)} is corrupt ({reason})") from None
+            raise UserError(f"{self._where(index)} is corrupt ({first_line(e)})") from None
         if image.shape[0] in (1, 2):  # gray, gray + alpha
             image = image[:1].expand(3, -1, -1)
         elif image.shape[0] == 4:  # RGBA

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from progressive.errors import UserError
 
@@ -48,35 +47,6 @@ def check_resolution(res: int, what: str = "--max-res") -> int:
     if not isinstance(res, int) or res < MIN_RES or res > MAX_RES or res & (res - 1):
         raise UserError(f"{what} {res} is not a power of two from {MIN_RES} to {MAX_RES}")
     return res
-
-
-def tree_size(path: str | os.PathLike) -> int:
-    """Bytes in the file at `path`, or in the files under it."""
-    path = Path(path)
-    files = [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
-    return sum(p.stat().st_size for p in files)
-
-
-def fsync_path(path: str | os.PathLike) -> None:
-    """fsync a file, or a directory (its entries: a rename in it is then durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temporary name, fsync, rename over `path`, fsync the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
 
 
 def read_meta(root: str | os.PathLike) -> dict:

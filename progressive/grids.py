@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
+from progressive.files import atomic_write
+
 GRID_PADDING = 2  # torchvision's default padding between grid cells
-
-
-def temporary_path(path: Path) -> Path:
-    """A sibling name to write to before renaming over `path`."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
 def save_grid(images: Tensor, path: str | os.PathLike, nrow: int) -> None:
     """A PNG (or any Pillow format) grid of float [-1, 1] images, `nrow` per row, written
     atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    save_image(images.float(), tmp, nrow=nrow, padding=GRID_PADDING, normalize=True,
-               value_range=(-1, 1))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        save_image(images.float(), tmp, nrow=nrow, padding=GRID_PADDING, normalize=True,
+                   value_range=(-1, 1))
 
 
 def pairs(real: Tensor, recon: Tensor) -> Tensor:

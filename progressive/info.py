@@ -9,7 +9,8 @@ def dataset_summary(path: Path) -> str:
     """A human-readable summary of the dataset at `path`: images, resolutions, shards, source."""
     import json
 
-    from progressive.dataset_format import FORMAT, REJECTED_NAME, read_meta, tree_size
+    from progressive.dataset_format import FORMAT, REJECTED_NAME, read_meta
+    from progressive.files import tree_size
 
     path = Path(path)
     meta = read_meta(path)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from progressive.errors import UserError
+from progressive.files import atomic_write, first_line
 
 SWD_MIN_RES = 16
 SWD_PATCH = 7
@@ -318,10 +319,9 @@ def load_inception(weights: str | os.PathLike | None, device: str | torch.device
                 "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
             )
     except Exception as e:  # any failure to read the file means: no FID/KID this time
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InceptionUnavailable(
             f"FID/KID skipped: --inception-weights {path} is not a usable InceptionV3 "
-            f"state dict ({first[:120]})"
+            f"state dict ({first_line(e)[:120]})"
         ) from None
     return model.to(device).eval()
 
@@ -404,10 +404,8 @@ def cached_real_features(cache: Path, compute: Callable[[], np.ndarray]) -> np.n
             pass  # unreadable cache: recompute and overwrite
     features = compute()
     mu, sigma = feature_statistics(features)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, features=features.astype(np.float32), mu=mu, sigma=sigma)
-    os.replace(tmp, cache)
+    with atomic_write(cache) as tmp:
+        np.savez(tmp, features=features.astype(np.float32), mu=mu, sigma=sigma)
     return features
 
 

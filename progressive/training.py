@@ -23,6 +23,7 @@ from progressive import loss as triangle
 from progressive.data import ImageDataset, make_loader
 from progressive.dataset_format import read_meta
 from progressive.errors import UserError
+from progressive.files import write_json_atomic
 from progressive.grids import pairs, save_grid
 from progressive.metrics import to_float
 from progressive.networks import fade_real, num_parameters
@@ -270,7 +271,7 @@ def _resolve_data(cfg: dict, run_dir: Path, acc: Accelerator) -> dict:
         cfg = {**cfg, "data": str(path)}
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        write_json_atomic(run_dir / "config.json", cfg)
     return cfg
 
 

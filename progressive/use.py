@@ -24,7 +24,8 @@ from torch import Tensor
 
 from progressive import metrics
 from progressive.errors import UserError
-from progressive.grids import GRID_PADDING, save_grid, temporary_path
+from progressive.files import atomic_write, write_text_atomic
+from progressive.grids import GRID_PADDING, save_grid
 from progressive.networks import fade_real
 
 # --------------------------------------------------------------------------- model and device
@@ -288,17 +289,14 @@ def save_animation(frames: np.ndarray, path: str | os.PathLike, fps: float) -> N
     """Frames (N, H, W, 3) uint8 as a .gif (looping) or .mp4 (H.264 via imageio-ffmpeg)."""
     import imageio.v2 as imageio
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    if path.suffix.lower() == ".gif":
-        imageio.mimwrite(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
-    else:
-        # macro_block_size=1: small frames are written as they are, not rescaled.
-        imageio.mimwrite(
-            tmp, list(frames), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1
-        )
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        if tmp.suffix.lower() == ".gif":
+            imageio.mimwrite(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+        else:
+            # macro_block_size=1: small frames are written as they are, not rescaled.
+            imageio.mimwrite(
+                tmp, list(frames), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1
+            )
 
 
 def check_output(path: str | os.PathLike, allowed: tuple[str, ...], option: str) -> Path:
@@ -363,11 +361,7 @@ def write_energy_csv(names: list[str], scores: Tensor, path: str | os.PathLike) 
     writer = csv.writer(buf)
     writer.writerow(["image", "energy"])
     writer.writerows((name, f"{value:.6g}") for name, value in rows)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
     return rows
 
 

@@ -19,9 +19,9 @@ from progressive.dataset_format import (
     image_key,
     resolutions_up_to,
     shard_name,
-    write_json_atomic,
 )
 from progressive.errors import UserError
+from progressive.files import write_json_atomic
 
 # torchvision 0.29 announces on every decode that its decoders are moving elsewhere
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -278,15 +278,3 @@ def test_loader_same_batches_with_0_and_2_workers(tmp_path, res):
     order = _take(InfiniteSampler(12, 1, 2, seed=3, start=2), 20)
     expected = torch.stack([ds[i] for i in order])
     assert torch.equal(torch.cat(b0), expected)
-
-
-def test_json_is_written_atomically_and_its_rename_made_durable(tmp_path, monkeypatch):
-    import progressive.dataset_format as fmt
-
-    synced = []
-    monkeypatch.setattr(fmt, "fsync_path", lambda p: synced.append(Path(p)))
-    (tmp_path / "meta.json").write_text("old")
-    fmt.write_json_atomic(tmp_path / "meta.json", {"count": 3})
-    assert json.loads((tmp_path / "meta.json").read_text()) == {"count": 3}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]  # no temporary left
-    assert synced == [tmp_path]
