@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine import describe  # noqa: E402
 
-from datasets_prep import image as im  # noqa: E402
 from datasets_prep import make_source, write_dataset  # noqa: E402
+from progressive import images as im  # noqa: E402
 from progressive.dataset_format import image_key  # noqa: E402
 
 

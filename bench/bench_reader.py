@@ -37,10 +37,10 @@ from bench_train import make_trainer  # noqa: E402
 from machine import describe  # noqa: E402
 
 from datasets_prep import write_dataset  # noqa: E402
-from datasets_prep.files import FolderSource, is_image_name  # noqa: E402
-from datasets_prep.image import to_rgb  # noqa: E402
+from datasets_prep.files import FolderSource  # noqa: E402
 from datasets_prep.writer import encodings_for  # noqa: E402
 from progressive.data import ImageDataset, InfiniteSampler, _worker_init, make_loader  # noqa: E402
+from progressive.images import is_image_name, to_rgb  # noqa: E402
 
 
 class CropResize:

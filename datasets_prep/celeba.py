@@ -8,9 +8,9 @@ import hashlib
 import numpy as np
 
 from progressive.errors import UserError
+from progressive.images import Reject
 
 from .files import FolderSource
-from .image import Reject
 
 # The 128x128 box centred at (x=89, y=121) of the 178x218 aligned image, as in the
 # progressive-GAN CelebA preparation: it holds the face with little background.

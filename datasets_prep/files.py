@@ -10,11 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from progressive.errors import UserError
+from progressive.images import EXTENSIONS, Reject, image_files, is_image_name, open_image
 
 from .base import Source
-from .image import Reject, open_image
-
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 _zips: dict[tuple[int, str], zipfile.ZipFile] = {}
 
@@ -25,12 +23,6 @@ def _open_zip(path: str) -> zipfile.ZipFile:
     if key not in _zips:
         _zips[key] = zipfile.ZipFile(path)
     return _zips[key]
-
-
-def is_image_name(name: str) -> bool:
-    """An image file by its extension, and not a hidden one (such as macOS `._` forks)."""
-    base = name.rsplit("/", 1)[-1]  # zip members use "/"; folder entries are bare names
-    return base.lower().endswith(EXTENSIONS) and not base.startswith(".")
 
 
 def _numeric_key(name: str) -> tuple[int, int, str]:
@@ -76,11 +68,7 @@ class FolderSource(_NamedFiles):
         if not root.is_dir():
             raise UserError(f"{input} is not a folder; pass a folder of images")
         self.root = root
-        names = []
-        for folder, _, files in os.walk(root):  # faster than rglob: no stat per file
-            rel = os.path.relpath(folder, root)
-            names += [f if rel == "." else os.path.join(rel, f) for f in files if is_image_name(f)]
-        self._set_names(names, input)
+        self._set_names(image_files(root), input)
 
     def _read(self, item: str) -> bytes:
         return (self.root / item).read_bytes()

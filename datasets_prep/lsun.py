@@ -10,9 +10,9 @@ from pathlib import Path
 import lmdb
 
 from progressive.errors import UserError
+from progressive.images import Reject, open_image
 
 from .base import Source
-from .image import Reject, open_image
 
 _envs: dict[tuple[int, str], lmdb.Environment] = {}
 

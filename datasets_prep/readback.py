@@ -11,8 +11,7 @@ import lmdb
 import numpy as np
 
 from progressive.dataset_format import image_key, read_meta
-
-from .image import decode
+from progressive.images import decode
 
 
 def iter_images(root: str | os.PathLike) -> Iterator[tuple[int, int, np.ndarray]]:

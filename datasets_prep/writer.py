@@ -22,6 +22,7 @@ import lmdb
 from tqdm import tqdm
 
 from progressive import __version__
+from progressive import images as im
 from progressive.dataset_format import (
     FORMAT,
     META_NAME,
@@ -32,7 +33,6 @@ from progressive.dataset_format import (
 from progressive.errors import UserError
 from progressive.files import fsync_path, tree_size, write_json_atomic
 
-from . import image as im
 from .base import Source
 from .shards import ShardStore, flush_in_background, shard_table, sync_shards
 

@@ -137,7 +137,7 @@ def interpolate(
         if to_image is None or from_image is None:
             raise UserError("--from and --to go together: give both images")
         images = [
-            use.load_image_file(Path(p), model.res, model.run.config["max_res"])
+            use.read_image_file(p, model.res, model.run.config["max_res"])
             for p in (from_image, to_image)
         ]
         import torch

@@ -29,29 +29,13 @@ from torch import Tensor
 
 from progressive.errors import UserError
 from progressive.files import atomic_write, first_line
+from progressive.images import to_float, to_uint8
 
 SWD_MIN_RES = 16
 SWD_PATCH = 7
 SWD_PATCHES_PER_IMAGE = 128
 SWD_DIR_REPEATS = 4
 SWD_DIRS_PER_REPEAT = 128
-
-
-# --------------------------------------------------------------------------- image ranges
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """uint8 images unchanged; float images in [-1, 1] mapped to [0, 255], rounded, clamped."""
-    if images.dtype == torch.uint8:
-        return images
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def to_float(images: Tensor) -> Tensor:
-    """Float images in [-1, 1]: uint8 via x / 127.5 - 1, float images unchanged (as float32)."""
-    if images.dtype == torch.uint8:
-        return images.float() / 127.5 - 1
-    return images.float()
 
 
 # --------------------------------------------------------------------------- SWD

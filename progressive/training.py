@@ -25,7 +25,7 @@ from progressive.dataset_format import read_meta
 from progressive.errors import UserError
 from progressive.files import write_json_atomic
 from progressive.grids import pairs, save_grid
-from progressive.metrics import to_float
+from progressive.images import to_float
 from progressive.networks import fade_real, num_parameters
 from progressive.schedule import NETWORKS, Phase, Schedule
 

@@ -26,6 +26,14 @@ from progressive import metrics
 from progressive.errors import UserError
 from progressive.files import atomic_write, write_text_atomic
 from progressive.grids import GRID_PADDING, save_grid
+from progressive.images import (
+    EXTENSIONS,
+    Reject,
+    image_files,
+    load_image_file,
+    to_float,
+    to_uint8,
+)
 from progressive.networks import fade_real
 
 # --------------------------------------------------------------------------- model and device
@@ -171,7 +179,7 @@ def generate(
 
 def prepare_real(images: Tensor, alpha: float) -> Tensor:
     """uint8 real images to the float input the energy and inference models saw in training."""
-    return fade_real(metrics.to_float(images), alpha)
+    return fade_real(to_float(images), alpha)
 
 
 @torch.no_grad()
@@ -219,34 +227,6 @@ def sample(
 # --------------------------------------------------------------------------- image input
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    from datasets_prep.files import is_image_name
-
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p.name))
-
-
-def load_image_file(path: Path, res: int, max_res: int) -> Tensor:
-    """One image file prepared like the dataset tool does: centre crop and Lanczos resize to the
-    largest power of two it reaches (at most `max_res`), then 2x2 box averages down to `res`.
-    uint8 (3, res, res)."""
-    from datasets_prep.image import Reject, box_down, crop_resize, open_image
-
-    try:
-        img = open_image(str(path))
-        side = min(img.size)
-        if side < res:
-            raise Reject(f"{img.size[0]}x{img.size[1]} is smaller than {res}x{res}")
-        target = res
-        while target * 2 <= min(side, max_res):
-            target *= 2
-        x = crop_resize(img, target)
-    except Reject as e:
-        raise UserError(f"cannot use image {path}: {e}") from None
-    while x.shape[0] > res:
-        x = box_down(x)
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).contiguous()
-
-
 def load_images(
     source: str | os.PathLike, res: int, max_res: int, n: int | None = None
 ) -> tuple[list[str], Tensor]:
@@ -270,11 +250,18 @@ def load_images(
         return [str(i) for i in range(count)], ds.batch(list(range(count)))
     if not src.is_dir():
         raise UserError(f"--images {src} is neither a dataset nor a folder of images")
-    files = _folder_images(src)[:n]
+    files = image_files(src)[:n]
     if not files:
-        raise UserError(f"--images {src} holds no images (.jpg, .jpeg, .png, .webp, .bmp)")
-    images = torch.stack([load_image_file(p, res, max_res) for p in files])
-    return [str(p.relative_to(src)) for p in files], images
+        raise UserError(f"--images {src} holds no images ({', '.join(EXTENSIONS)})")
+    return files, torch.stack([read_image_file(src / name, res, max_res) for name in files])
+
+
+def read_image_file(path: str | os.PathLike, res: int, max_res: int) -> Tensor:
+    """`images.load_image_file`, with a one-line error naming an unusable file."""
+    try:
+        return load_image_file(path, res, max_res)
+    except Reject as e:
+        raise UserError(f"cannot use image {path}: {e}") from None
 
 
 # --------------------------------------------------------------------------- output
@@ -282,7 +269,7 @@ def load_images(
 
 def to_frames(images: Tensor) -> np.ndarray:
     """float [-1, 1] (N, 3, H, W) -> uint8 (N, H, W, 3) for imageio."""
-    return metrics.to_uint8(images).permute(0, 2, 3, 1).numpy()
+    return to_uint8(images).permute(0, 2, 3, 1).numpy()
 
 
 def save_animation(frames: np.ndarray, path: str | os.PathLike, fps: float) -> None:
@@ -417,7 +404,7 @@ def evaluate(
     if n < 2:
         raise UserError(f"--data {data} has {len(ds)} image(s); metrics need at least 2")
     real = ds.batch(list(range(n)))
-    real_in = metrics.to_uint8(prepare_real(real, model.alpha))
+    real_in = to_uint8(prepare_real(real, model.alpha))
     fake = None
     if {"swd", "fid", "kid"} & set(names):
         fake = sample(model.generator, n, seed, model.latent, model.res, model.alpha)

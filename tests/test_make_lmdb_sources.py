@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets_prep import image as im
 from datasets_prep import make_source, write_dataset, writer
 from datasets_prep.celeba import celeba_split
 from datasets_prep.readback import iter_images
 from datasets_prep.synthetic import render
+from progressive import images as im
 from progressive.dataset_format import read_meta
 from progressive.errors import UserError
 

@@ -178,8 +178,8 @@ def test_sharding_by_size_and_count(tmp_path):
 
 @pytest.mark.parametrize("batch", [128, 3])
 def test_parallel_matches_in_process_with_rejects_and_max_images(tmp_path, monkeypatch, batch):
-    from datasets_prep.image import Reject
     from datasets_prep.synthetic import SyntheticSource, render
+    from progressive.images import Reject
 
     class Holey(SyntheticSource):
         def load(self, item):

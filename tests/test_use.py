@@ -17,6 +17,7 @@ from tiny import TINY_NETWORKS
 from progressive import metrics, use
 from progressive.checkpoint import build_networks, load_run
 from progressive.cli import main
+from progressive.images import to_uint8
 from progressive.networks import num_parameters
 
 RES = 16
@@ -80,7 +81,7 @@ def cells(path, res=RES):
 
 
 def as_hwc(images):
-    return metrics.to_uint8(images).permute(0, 2, 3, 1).numpy().astype(int)
+    return to_uint8(images).permute(0, 2, 3, 1).numpy().astype(int)
 
 
 def write_photo(path, w, h, seed):
@@ -236,7 +237,7 @@ def test_energy_csv_matches_the_energy_model(run_dir, model, tmp_path):
     for name, value in rows[1:]:
         assert float(value) == pytest.approx(expected[name], rel=1e-4, abs=1e-6)
     # Preprocessing is the dataset tool's: crop + Lanczos to a power of two, then 2x2 boxes.
-    from datasets_prep.image import box_down, crop_resize
+    from progressive.images import box_down, crop_resize
 
     big = crop_resize(Image.open(folder / "z.jpg"), 32)
     assert np.array_equal(

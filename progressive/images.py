@@ -1,13 +1,21 @@
-"""Pixel work shared by every source: colour conversion, crop and resize, the box pyramid,
-encoding. Everything here runs inside worker processes."""
+"""Image operations: file names, decoding, colour conversion, crop and resize, the box
+pyramid, encoding, and the pixel ranges (uint8 on disk, float in [-1, 1] inside the networks).
+
+The dataset writer runs these in its worker processes; the commands that read image files use
+the same ones, so a photo is prepared exactly as a dataset image would be.
+"""
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+from torch import Tensor
 
 RESIZE_FILTER = "PIL.Image.LANCZOS"
 ALPHA_POLICY = "composited over white"
@@ -17,8 +25,26 @@ JPEG_SUBSAMPLING = "4:4:4"
 PNG_LEVEL = 3
 
 
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
 class Reject(Exception):
     """An input that cannot become a dataset image; the message is the reason."""
+
+
+def is_image_name(name: str) -> bool:
+    """An image file by its extension, and not a hidden one (such as macOS `._` forks)."""
+    base = name.rsplit("/", 1)[-1]  # zip members use "/"; folder entries are bare names
+    return base.lower().endswith(EXTENSIONS) and not base.startswith(".")
+
+
+def image_files(root: str | os.PathLike) -> list[str]:
+    """Paths (relative to `root`, sorted) of every image file under the folder `root`."""
+    names = []
+    for folder, _, files in os.walk(root):  # faster than rglob: no stat per file
+        rel = os.path.relpath(folder, root)
+        names += [f if rel == "." else os.path.join(rel, f) for f in files if is_image_name(f)]
+    return sorted(names)
 
 
 def open_image(data: bytes | str, apply_exif: bool = True) -> Image.Image:
@@ -127,3 +153,34 @@ def decode(data: bytes, encoding: str, res: int) -> np.ndarray:
     if encoding == "raw":
         return np.frombuffer(data, np.uint8).reshape(res, res, 3)
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def load_image_file(path: str | os.PathLike, res: int, max_res: int) -> Tensor:
+    """One image file prepared like a dataset image: centre crop and Lanczos resize to the
+    largest power of two it reaches (at most `max_res`), then 2x2 box averages down to `res`.
+    uint8 (3, res, res). Raises `Reject` for a file that cannot be used."""
+    img = open_image(str(Path(path)))
+    side = min(img.size)
+    if side < res:
+        raise Reject(f"{img.size[0]}x{img.size[1]} is smaller than {res}x{res}")
+    target = res
+    while target * 2 <= min(side, max_res):
+        target *= 2
+    x = crop_resize(img, target)
+    while x.shape[0] > res:
+        x = box_down(x)
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).contiguous()
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """uint8 images unchanged; float images in [-1, 1] mapped to [0, 255], rounded, clamped."""
+    if images.dtype == torch.uint8:
+        return images
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_float(images: Tensor) -> Tensor:
+    """Float images in [-1, 1]: uint8 via x / 127.5 - 1, float images unchanged (as float32)."""
+    if images.dtype == torch.uint8:
+        return images.float() / 127.5 - 1
+    return images.float()
