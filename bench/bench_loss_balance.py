@@ -31,7 +31,7 @@ def grad_norm(term: torch.Tensor, params: list[torch.Tensor]) -> float:
 
 
 def synthetic_batch(n: int, res: int) -> torch.Tensor:
-    from datasets_prep.synthetic import render
+    from progressive.synthetic import render
 
     images = [torch.from_numpy(render(10_000 + i, res)).permute(2, 0, 1) for i in range(n)]
     return torch.stack(images).float() / 127.5 - 1

@@ -38,8 +38,8 @@ from machine import describe  # noqa: E402
 
 from datasets_prep import write_dataset  # noqa: E402
 from datasets_prep.files import FolderSource  # noqa: E402
-from datasets_prep.writer import encodings_for  # noqa: E402
 from progressive.data import ImageDataset, InfiniteSampler, _worker_init, make_loader  # noqa: E402
+from progressive.dataset_writer import encodings_for  # noqa: E402
 from progressive.images import is_image_name, to_rgb  # noqa: E402
 
 

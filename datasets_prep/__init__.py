@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from progressive.dataset_writer import write_dataset
 from progressive.errors import UserError
-
-from .base import Source
-from .writer import write_dataset
+from progressive.sources import Source
 
 SOURCES = ("folder", "zip", "celebahq", "lsun", "celeba", "cifar10", "imagenet32", "synthetic")
 
@@ -35,7 +34,7 @@ def make_source(kind: str, input: str, **options: Any) -> Source:
     elif kind == "imagenet32":
         from .imagenet32 import ImageNet32Source as cls
     elif kind == "synthetic":
-        from .synthetic import SyntheticSource as cls
+        from progressive.synthetic import SyntheticSource as cls
     else:
         raise UserError(f"unknown SOURCE {kind!r}; choose one of {', '.join(SOURCES)}")
     if "split" in options and kind not in ("celeba", "cifar10", "imagenet32", "synthetic"):

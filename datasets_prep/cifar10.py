@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from progressive.errors import UserError
-
-from .base import PlanarRowSource
+from progressive.sources import PlanarRowSource
 
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 TEST = ["test_batch"]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from progressive.errors import UserError
 from progressive.images import EXTENSIONS, Reject, image_files, is_image_name, open_image
-
-from .base import Source
+from progressive.sources import Source
 
 _zips: dict[tuple[int, str], zipfile.ZipFile] = {}
 

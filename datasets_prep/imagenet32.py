@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from progressive.errors import UserError
-
-from .base import PlanarRowSource
+from progressive.sources import PlanarRowSource
 
 _ROWS = 4096
 

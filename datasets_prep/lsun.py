@@ -11,8 +11,7 @@ import lmdb
 
 from progressive.errors import UserError
 from progressive.images import Reject, open_image
-
-from .base import Source
+from progressive.sources import Source
 
 _envs: dict[tuple[int, str], lmdb.Environment] = {}
 

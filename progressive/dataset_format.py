@@ -1,4 +1,4 @@
-"""The on-disk dataset format, shared by the writer (`datasets_prep`) and the reader.
+"""The on-disk dataset format, shared by the writer (`dataset_writer`) and the reader (`data`).
 
 A dataset is a directory holding `meta.json` (written last, atomically) and LMDB shards
 `shard-NNNNN.lmdb/`. Keys are ASCII `"{res}/{index:08d}"` with the global image index; values

@@ -214,11 +214,12 @@ def builtin_dataset_path(out: Path, max_res: int, count: int) -> Path:
 
 def render_builtin_dataset(path: Path, max_res: int, count: int) -> None:
     """Render the built-in synthetic dataset once; later runs reuse it."""
-    from datasets_prep import make_source, write_dataset
+    from progressive.dataset_writer import write_dataset
+    from progressive.synthetic import SyntheticSource
 
     if not (path / "meta.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_dataset(make_source("synthetic", str(count)), str(path), max_res, overwrite=True)
+        write_dataset(SyntheticSource(str(count)), str(path), max_res, overwrite=True)
 
 
 def check_dataset(path: str | os.PathLike, max_res: int) -> dict:

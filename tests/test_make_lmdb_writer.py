@@ -14,8 +14,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from datasets_prep import make_source, shards, write_dataset, writer
+from datasets_prep import make_source, write_dataset
 from datasets_prep.readback import iter_images, shard_keys
+from progressive import dataset_writer as writer
+from progressive import shards
 from progressive.dataset_format import image_key, read_meta
 from progressive.errors import UserError
 
@@ -178,8 +180,8 @@ def test_sharding_by_size_and_count(tmp_path):
 
 @pytest.mark.parametrize("batch", [128, 3])
 def test_parallel_matches_in_process_with_rejects_and_max_images(tmp_path, monkeypatch, batch):
-    from datasets_prep.synthetic import SyntheticSource, render
     from progressive.images import Reject
+    from progressive.synthetic import SyntheticSource, render
 
     class Holey(SyntheticSource):
         def load(self, item):
@@ -262,7 +264,7 @@ def test_cli_subprocess_error_is_one_line(tmp_path):
 
 
 def test_crashed_worker_is_a_one_line_error(tmp_path, monkeypatch):
-    from datasets_prep.synthetic import SyntheticSource
+    from progressive.synthetic import SyntheticSource
 
     class Crashing(SyntheticSource):
         def load(self, item):

@@ -32,9 +32,8 @@ from progressive.dataset_format import (
 )
 from progressive.errors import UserError
 from progressive.files import fsync_path, tree_size, write_json_atomic
-
-from .base import Source
-from .shards import ShardStore, flush_in_background, shard_table, sync_shards
+from progressive.shards import ShardStore, flush_in_background, shard_table, sync_shards
+from progressive.sources import Source
 
 LABELS_NAME = "labels.json"
 MAX_BATCH = 128  # images converted and written as one unit, at most

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from progressive.errors import UserError
-
-from .base import Source
+from progressive.sources import Source
 
 _SEED = 20181220  # fixed: the built-in dataset must be the same on every machine
 _EDGE = 0.006  # width of the soft shape edges, in image widths
