@@ -18,8 +18,6 @@ VERSION = 1
 META_NAME = "meta.json"
 REJECTED_NAME = "rejected.jsonl"
 ENCODINGS = ("raw", "png", "jpeg")
-MIN_RES = 4
-MAX_RES = 1024
 
 
 def shard_name(i: int) -> str:
@@ -30,23 +28,6 @@ def shard_name(i: int) -> str:
 def image_key(res: int, index: int) -> bytes:
     """LMDB key of the image with global `index` at resolution `res`."""
     return f"{res}/{index:08d}".encode("ascii")
-
-
-def resolutions_up_to(max_res: int) -> list[int]:
-    """Every power of two from 4 to `max_res`."""
-    check_resolution(max_res, "max_res")
-    out, r = [], MIN_RES
-    while r <= max_res:
-        out.append(r)
-        r *= 2
-    return out
-
-
-def check_resolution(res: int, what: str = "--max-res") -> int:
-    """Raise a one-line error unless `res` is a power of two from 4 to 1024."""
-    if not isinstance(res, int) or res < MIN_RES or res > MAX_RES or res & (res - 1):
-        raise UserError(f"{what} {res} is not a power of two from {MIN_RES} to {MAX_RES}")
-    return res
 
 
 def read_meta(root: str | os.PathLike) -> dict:

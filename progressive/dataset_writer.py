@@ -28,10 +28,10 @@ from progressive.dataset_format import (
     META_NAME,
     REJECTED_NAME,
     VERSION,
-    resolutions_up_to,
 )
 from progressive.errors import UserError
 from progressive.files import fsync_path, tree_size, write_json_atomic
+from progressive.resolutions import resolutions
 from progressive.shards import ShardStore, flush_in_background, shard_table, sync_shards
 from progressive.sources import Source
 
@@ -48,7 +48,7 @@ def encodings_for(max_res: int, encoding: str) -> dict[int, str]:
     there) and PNG above."""
     if encoding not in ("auto", "raw", "png", "jpeg"):
         raise UserError(f"--encoding {encoding!r} must be auto, png, jpeg or raw")
-    res = resolutions_up_to(max_res)
+    res = resolutions(max_res)
     if encoding == "auto":
         return {r: "raw" if r <= 256 else "png" for r in res}
     return dict.fromkeys(res, encoding)
@@ -107,7 +107,7 @@ def batch_size(max_res: int) -> int:
 
 def _raw_pyramid_bytes(max_res: int) -> int:
     """Bytes of one image's pyramid stored raw, every level from 4 to max_res."""
-    return sum(3 * r * r for r in resolutions_up_to(max_res))
+    return sum(3 * r * r for r in resolutions(max_res))
 
 
 def _write(store: ShardStore, first: int, images: list[dict[int, bytes]]) -> None:
@@ -325,7 +325,7 @@ def prepare_output(output: Path, overwrite: bool) -> None:
 def initial_map_size(max_res: int, shard_size: int) -> int:
     """A shard's first LMDB map: room for its images stored raw. The map is address space,
     not disk (the file grows with the data), and it doubles if an encoding needs more."""
-    per_image = _raw_pyramid_bytes(max_res) + 16 * len(resolutions_up_to(max_res))  # + keys
+    per_image = _raw_pyramid_bytes(max_res) + 16 * len(resolutions(max_res))  # + keys
     return int(min(shard_size * per_image * 1.1 + (16 << 20), 1 << 40))
 
 
@@ -349,7 +349,7 @@ def write_dataset(
     Bad inputs are listed in rejected.jsonl and skipped (with `strict`, the first one is a
     `UserError`). meta.json is written last: an interrupted run leaves none."""
     output = Path(output)
-    res_list = resolutions_up_to(max_res)
+    res_list = resolutions(max_res)
     enc = encodings_for(max_res, encoding)
     if not 1 <= jpeg_quality <= 100:
         raise UserError(f"--jpeg-quality {jpeg_quality} must be from 1 to 100")

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from progressive.resolutions import check_resolution, resolutions
+
 LRELU_SLOPE = 0.2
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
 
@@ -25,18 +27,6 @@ def channels(res: int, fmap_base: int = 16384, fmap_max: int = 512) -> int:
 def num_parameters(module: nn.Module) -> int:
     """Number of scalar parameters in `module`."""
     return sum(p.numel() for p in module.parameters())
-
-
-def check_res(res: int, max_res: int) -> None:
-    """Raise ValueError unless `res` is a power of two with 4 <= res <= max_res."""
-    if not isinstance(res, int) or res < 4 or res > max_res or res & (res - 1):
-        raise ValueError(f"resolution must be a power of two between 4 and {max_res}, got {res!r}")
-
-
-def stage_resolutions(max_res: int) -> list[int]:
-    """[4, 8, ..., max_res]."""
-    check_res(max_res, max_res)
-    return [2**k for k in range(2, int(math.log2(max_res)) + 1)]
 
 
 def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
@@ -151,7 +141,7 @@ class Generator(nn.Module):
         ch = lambda r: channels(r, fmap_base, fmap_max)  # noqa: E731
         self.blocks = nn.ModuleDict()
         self.to_rgb = nn.ModuleDict()
-        for r in stage_resolutions(max_res):
+        for r in resolutions(max_res):
             self.blocks[str(r)] = (
                 _GeneratorFirst(latent, ch(4), pixel_norm)
                 if r == 4
@@ -160,7 +150,7 @@ class Generator(nn.Module):
             self.to_rgb[str(r)] = EqualizedConv2d(ch(r), 3, 1, gain=1.0)
 
     def forward(self, z: Tensor, res: int, alpha: float = 1.0) -> Tensor:
-        check_res(res, self.max_res)
+        check_resolution(res, "resolution", self.max_res)
         h = pixel_norm(z) if self.pixel_norm else z
         h = self.blocks["4"](h)
         r = 4
@@ -241,7 +231,7 @@ class _Encoder(nn.Module):
         ch = lambda r: channels(r, fmap_base, fmap_max)  # noqa: E731
         self.blocks = nn.ModuleDict()
         self.from_rgb = nn.ModuleDict()
-        for r in stage_resolutions(max_res):
+        for r in resolutions(max_res):
             self.from_rgb[str(r)] = _FromRGB(ch(r))
             self.blocks[str(r)] = (
                 _EncoderLast(ch(4), out_features, mbstd_group)
@@ -253,7 +243,7 @@ class _Encoder(nn.Module):
         res = x.shape[-1]
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2] != res:
             raise ValueError(f"expected images of shape (N, 3, res, res), got {tuple(x.shape)}")
-        check_res(res, self.max_res)
+        check_resolution(res, "resolution", self.max_res)
         x = x.contiguous(memory_format=torch.channels_last)
         h = self.blocks[str(res)](self.from_rgb[str(res)](x))
         if res > 4 and alpha < 1.0:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 
-from progressive.dataset_format import check_resolution
 from progressive.errors import UserError
-
-ALL_RES = [4, 8, 16, 32, 64, 128, 256, 512, 1024]
+from progressive.resolutions import ALL_RES, check_resolution
 
 # Everything a run needs; presets override parts of it.
 BASE: dict = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from progressive.resolutions import resolutions
+
 NETWORKS = ("generator", "energy", "inference")
 
 
@@ -39,9 +41,7 @@ class Schedule:
         batch: dict[int, int],
         lr: dict[str, dict[int, float]],
     ):
-        if start_res > max_res:
-            raise ValueError(f"start_res {start_res} is above max_res {max_res}")
-        self.resolutions = [start_res << i for i in range((max_res // start_res).bit_length())]
+        self.resolutions = resolutions(max_res, start_res)
         self.fade = round(fade_kimg * 1000)
         self.stable = round(stable_kimg * 1000)
         self.batch = batch

@@ -17,11 +17,11 @@ from progressive.dataset_format import (
     FORMAT,
     VERSION,
     image_key,
-    resolutions_up_to,
     shard_name,
 )
 from progressive.errors import UserError
 from progressive.files import write_json_atomic
+from progressive.resolutions import resolutions as all_resolutions
 
 # torchvision 0.29 announces on every decode that its decoders are moving elsewhere
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -50,7 +50,7 @@ def write_dataset(
     coarse = torch.rand(count, 3, 4, 4, generator=g)
     top = F.interpolate(coarse, size=(max_res, max_res), mode="bilinear", align_corners=False)
     top = (top * 255).round().clamp(0, 255)
-    resolutions = resolutions_up_to(max_res)
+    resolutions = all_resolutions(max_res)
     images = {max_res: top.to(torch.uint8)}
     level = top
     for res in reversed(resolutions[:-1]):

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from progressive.errors import UserError
 from progressive.networks import (
     Energy,
     EqualizedConv2d,
@@ -150,11 +151,11 @@ def test_gradients_reach_stage_and_not_above(res, alpha):
 
 def test_bad_resolution_is_a_clear_error(nets):
     generator, energy, _ = nets
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(UserError, match="power of two"):
         generator(torch.randn(1, LATENT), 24)
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(UserError, match="power of two"):
         generator(torch.randn(1, LATENT), 128)
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(UserError, match="power of two"):
         energy(torch.randn(1, 3, 2, 2))
     with pytest.raises(ValueError, match="shape"):
         energy(torch.randn(1, 3, 8, 16))
