@@ -21,7 +21,8 @@ import torch
 from machine import describe
 
 from progressive import loss
-from progressive.checkpoint import build_networks, load_run
+from progressive.checkpoint import load_run
+from progressive.networks import build_networks
 from progressive.presets import make_config
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from progressive.errors import UserError
 from progressive.files import first_line, fsync_path, temporary_path
-from progressive.networks import Energy, Generator, Inference
+from progressive.networks import Energy, Generator, Inference, build_networks
 from progressive.presets import normalize
 from progressive.schedule import Schedule
 
@@ -30,28 +30,6 @@ SNAPSHOT_VERSION = 1
 STATE_NAME = "state.json"
 WEIGHTS = ("generator", "generator_ema", "energy", "inference")
 _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{9})$")
-
-
-def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
-    """The networks exactly as a run starts them: the global seed set from the configuration,
-    then `build_networks`."""
-    torch.manual_seed(cfg["seed"])
-    return build_networks(cfg)
-
-
-def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
-    """The three networks and the generator average, at full size, from a configuration."""
-    widths = {"fmap_base": cfg["fmap_base"], "fmap_max": cfg["fmap_max"]}
-    generator = Generator(cfg["max_res"], cfg["latent"], **widths)
-    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths)
-    generator_ema.load_state_dict(generator.state_dict())
-    generator_ema.requires_grad_(False)
-    return {
-        "generator": generator,
-        "generator_ema": generator_ema,
-        "energy": Energy(cfg["max_res"], mbstd_group=cfg["mbstd_group"], **widths),
-        "inference": Inference(cfg["max_res"], cfg["latent"], **widths),
-    }
 
 
 def snapshot_dir(run_dir: Path, images_shown: int) -> Path:

@@ -290,3 +290,28 @@ class Inference(nn.Module):
     def forward(self, x: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
         mu, logvar = self.trunk(x, alpha).float().chunk(2, dim=1)
         return mu, soft_clamp(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+
+# --------------------------------------------------------------------------- from a configuration
+
+
+def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+    """The networks exactly as a run starts them: the global seed set from the configuration,
+    then `build_networks`."""
+    torch.manual_seed(cfg["seed"])
+    return build_networks(cfg)
+
+
+def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+    """The three networks and the generator average, at full size, from a configuration."""
+    widths = {"fmap_base": cfg["fmap_base"], "fmap_max": cfg["fmap_max"]}
+    generator = Generator(cfg["max_res"], cfg["latent"], **widths)
+    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths)
+    generator_ema.load_state_dict(generator.state_dict())
+    generator_ema.requires_grad_(False)
+    return {
+        "generator": generator,
+        "generator_ema": generator_ema,
+        "energy": Energy(cfg["max_res"], mbstd_group=cfg["mbstd_group"], **widths),
+        "inference": Inference(cfg["max_res"], cfg["latent"], **widths),
+    }

@@ -26,7 +26,7 @@ from progressive.errors import UserError
 from progressive.files import write_json_atomic
 from progressive.grids import pairs, save_grid
 from progressive.images import to_float
-from progressive.networks import fade_real, num_parameters
+from progressive.networks import build_networks, fade_real, initial_networks, num_parameters
 from progressive.schedule import NETWORKS, Phase, Schedule
 
 
@@ -94,7 +94,7 @@ class Trainer:
         set_float32_math(cfg["tf32"])
         # Shapes change only at stage boundaries, so cuDNN's per-shape search pays off.
         torch.backends.cudnn.benchmark = True
-        nets = ckpt.initial_networks(cfg)
+        nets = initial_networks(cfg)
         fused = accelerator.device.type == "cuda"  # one kernel per Adam update on GPUs
         opts = {}
         for name in NETWORKS:
@@ -235,7 +235,7 @@ def check_dataset(path: str | os.PathLike, max_res: int) -> dict:
 
 def dry_run_summary(cfg: dict) -> dict:
     """The resolved configuration, the stage table and each network's parameter count."""
-    nets = ckpt.build_networks(cfg)
+    nets = build_networks(cfg)
     return {
         "config": cfg,
         "stages": Schedule.from_config(cfg).stage_table(),

@@ -477,7 +477,7 @@ def evaluate(
 
 def _initial_generator(cfg: dict) -> torch.nn.Module:
     """The generator exactly as training started it."""
-    from progressive.checkpoint import initial_networks
+    from progressive.networks import initial_networks
 
     return initial_networks(cfg)["generator"].eval().requires_grad_(False)
 

@@ -13,6 +13,7 @@ from tiny import TINY_NETWORKS, cli_args
 
 from progressive import checkpoint as ckpt
 from progressive.cli import main
+from progressive.networks import build_networks
 from progressive.presets import make_config
 from progressive.schedule import Schedule
 from progressive.training import Trainer, resolve_run, train
@@ -204,7 +205,7 @@ def test_full_loss_at_1024_is_finite_in_all_three_networks():
     from progressive.loss import energy_loss, joint_loss
 
     cfg = make_config("celebahq1024", fmap_base=1024, fmap_max=32, latent=32)
-    nets = ckpt.build_networks(cfg)
+    nets = build_networks(cfg)
     g, e, i = nets["generator"], nets["energy"], nets["inference"]
     x = torch.rand(1, 3, 1024, 1024) * 2 - 1
     z, eps = torch.randn(1, 32), torch.randn(1, 32)
@@ -225,7 +226,7 @@ def test_full_loss_at_1024_is_finite_in_all_three_networks():
 
 def test_snapshot_files_reach_the_disk_before_it_is_published(tmp_path, monkeypatch):
     cfg = make_config("demo", **TINY)
-    nets = ckpt.build_networks(cfg)
+    nets = build_networks(cfg)
     optimizers = {n: torch.optim.Adam(nets[n].parameters()) for n in ckpt.WEIGHTS}
     synced = []
     real = ckpt.fsync_path

@@ -15,10 +15,10 @@ from PIL import Image
 from tiny import TINY_NETWORKS
 
 from progressive import metrics, use
-from progressive.checkpoint import build_networks, load_run
+from progressive.checkpoint import load_run
 from progressive.cli import main
 from progressive.images import to_uint8
-from progressive.networks import num_parameters
+from progressive.networks import build_networks, num_parameters
 
 RES = 16
 PAD = use.GRID_PADDING
