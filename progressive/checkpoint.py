@@ -1,4 +1,4 @@
-"""Run folders and snapshots.
+"""Snapshots: writing them, and loading them for training or use.
 
 A snapshot `snapshot-<images_shown:09d>/` holds the weights of the three networks and the
 generator average (safetensors), the optimizer states (`torch.load(weights_only=True)`), and
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +23,11 @@ from progressive.errors import UserError
 from progressive.files import first_line, fsync_path, temporary_path
 from progressive.networks import Energy, Generator, Inference, build_networks
 from progressive.presets import normalize
+from progressive.run_folder import STATE_NAME, resolve_snapshot, snapshot_dir
 from progressive.schedule import Schedule
 
 SNAPSHOT_VERSION = 1
-STATE_NAME = "state.json"
 WEIGHTS = ("generator", "generator_ema", "energy", "inference")
-_SNAPSHOT_RE = re.compile(r"^snapshot-(\d{9})$")
-
-
-def snapshot_dir(run_dir: Path, images_shown: int) -> Path:
-    return Path(run_dir) / f"snapshot-{images_shown:09d}"
-
-
-def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete snapshots of a run, oldest first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [
-        p for p in run_dir.iterdir() if _SNAPSHOT_RE.match(p.name) and (p / STATE_NAME).is_file()
-    ]
-    return sorted(found, key=lambda p: p.name)
 
 
 def save_snapshot(
@@ -80,19 +63,6 @@ def save_snapshot(
     os.replace(tmp, final)
     fsync_path(final.parent)
     return final
-
-
-def resolve_snapshot(path: str | os.PathLike) -> Path:
-    """A snapshot folder from a run folder (its newest snapshot) or a snapshot folder."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist; pass a run folder or a snapshot")
-    if (path / STATE_NAME).is_file():
-        return path
-    snapshots = list_snapshots(path)
-    if not snapshots:
-        raise UserError(f"{path} holds no complete snapshot; pass a run folder with snapshots")
-    return snapshots[-1]
 
 
 def read_state(snapshot: Path) -> dict:

@@ -266,6 +266,7 @@ def energy(ckpt, res, device, raw_generator, images, out, n):
 def evaluate(ckpt, res, device, raw_generator, data, metric_names, n, inception_weights, seed):
     """Compute metrics and append them to metric-<name>.jsonl in the run folder."""
     from progressive import use
+    from progressive.run_folder import metric_file
 
     names = [m.strip() for m in metric_names.split(",") if m.strip()]
     if not names:
@@ -297,7 +298,7 @@ def evaluate(ckpt, res, device, raw_generator, data, metric_names, n, inception_
         click.echo(f"{name:6s} {rec['value']:.6g}{extra}")
     if results:
         click.echo(
-            f"appended to {model.run.run_dir}/metric-<name>.jsonl "
+            f"appended to {metric_file(model.run.run_dir, '<name>')} "
             f"({model.res}px, alpha {model.alpha:.3g}, {model.run.images_shown} images shown)"
         )
 

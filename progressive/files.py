@@ -72,3 +72,9 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append `record` as one JSON line to `path`."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")

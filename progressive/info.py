@@ -95,8 +95,9 @@ def checkpoint_summary(path: Path) -> str:
 
     from safetensors import SafetensorError, safe_open
 
-    from progressive.checkpoint import WEIGHTS, list_snapshots, read_state, resolve_snapshot
+    from progressive.checkpoint import WEIGHTS, read_state
     from progressive.errors import UserError
+    from progressive.run_folder import list_snapshots, metric_files, resolve_snapshot
     from progressive.schedule import Schedule
 
     snapshot = resolve_snapshot(path)
@@ -132,7 +133,7 @@ def checkpoint_summary(path: Path) -> str:
         if key in ("batch", "lr"):
             value = _per_res(value, schedule.resolutions)
         lines.append(f"    {key:22s} {_short(value)}")
-    for metric_file in sorted(run_dir.glob("metric-*.jsonl")):
+    for metric_file in metric_files(run_dir):
         try:
             last = json.loads(metric_file.read_text().strip().splitlines()[-1])
             lines.append(f"  {metric_file.stem:15s}{last['value']:.5g} at {last['res']}px, "

@@ -7,7 +7,6 @@ then one backward pass of the joint loss updates generator and inference model.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -20,10 +19,11 @@ from tqdm import tqdm
 
 from progressive import checkpoint as ckpt
 from progressive import loss as triangle
+from progressive import run_folder as layout
 from progressive.data import ImageDataset, make_loader
-from progressive.dataset_format import read_meta
+from progressive.dataset_format import META_NAME, read_meta
 from progressive.errors import UserError
-from progressive.files import write_json_atomic
+from progressive.files import append_jsonl, write_json_atomic
 from progressive.grids import pairs, save_grid
 from progressive.images import to_float
 from progressive.networks import build_networks, fade_real, initial_networks, num_parameters
@@ -200,24 +200,12 @@ class Trainer:
         torch._foreach_lerp_(list(self.generator_ema.parameters()), src, 1.0 - beta)
 
 
-def run_name(cfg: dict) -> str:
-    """Default run name: the preset, plus the dataset's folder name when there is one."""
-    if cfg["data"]:
-        return f"{cfg['preset']}-{Path(cfg['data']).name}"
-    return f"{cfg['preset']}"
-
-
-def builtin_dataset_path(out: Path, max_res: int, count: int) -> Path:
-    """Where the built-in synthetic dataset for `max_res` lives under the runs folder `out`."""
-    return Path(out) / "_builtin" / f"synthetic-{max_res}px-{count}"
-
-
 def render_builtin_dataset(path: Path, max_res: int, count: int) -> None:
     """Render the built-in synthetic dataset once; later runs reuse it."""
     from progressive.dataset_writer import write_dataset
     from progressive.synthetic import SyntheticSource
 
-    if not (path / "meta.json").exists():
+    if not (path / META_NAME).exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_dataset(SyntheticSource(str(count)), str(path), max_res, overwrite=True)
 
@@ -249,30 +237,29 @@ def _save_grids(
     g = trainer.generator_ema
     inference = trainer.inference
     res, alpha = phase.res, phase.alpha
-    # Named by images shown, like snapshots: a stage shorter than 1 kimg keeps its own grids.
-    tag = f"{res:04d}px-{images_shown:09d}"
     with torch.no_grad():
         samples = g(fixed["z"], res, alpha)
         real = fade_real(to_float(fixed["real"][res]), alpha)
         recon = g(inference(real, alpha)[0], res, alpha)
     n = trainer.cfg["grid_size"]
-    save_grid(samples, run_dir / f"samples-{tag}.png", nrow=n)
+    save_grid(samples, layout.grid_file(run_dir, "samples", res, images_shown), nrow=n)
     # Real images in even columns, their reconstructions beside them.
-    save_grid(pairs(real, recon), run_dir / f"reconstructions-{tag}.png", nrow=n)
+    save_grid(pairs(real, recon), layout.grid_file(run_dir, "reconstructions", res, images_shown),
+              nrow=n)
 
 
 def _resolve_data(cfg: dict, run_dir: Path, acc: Accelerator) -> dict:
     """The config with its dataset path resolved (the built-in data rendered once if the run
     has none), written to the run folder's config.json."""
     if cfg["data"] is None:
-        path = builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
+        path = layout.builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
         if acc.is_main_process:
             render_builtin_dataset(path, cfg["max_res"], cfg["synthetic_count"])
         acc.wait_for_everyone()
         cfg = {**cfg, "data": str(path)}
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "config.json", cfg)
+        write_json_atomic(run_dir / layout.CONFIG_NAME, cfg)
     return cfg
 
 
@@ -322,8 +309,7 @@ class _Ticks:
             "time": time.time(),
         }
         if self.acc.is_main_process:
-            with open(self.stats_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(self.stats_file, record)
         self.bar.set_postfix_str(
             f"stage {phase.stage} {phase.res}px a={phase.alpha:.2f} "
             f"rec/px={means['rec_per_pixel']:.3f} "
@@ -351,11 +337,11 @@ def _save(trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int) -> Path
             run_dir, images_shown, cfg, trainer.unwrapped(), trainer.optimizers,
             {"sampler": sampler, "rng": "derived from (seed, rank, images_shown)"},
         )
-    return ckpt.snapshot_dir(run_dir, images_shown)
+    return layout.snapshot_dir(run_dir, images_shown)
 
 
 def _save_reals(fixed: dict, run_dir: Path, res: int, grid: int) -> None:
-    path = run_dir / f"reals-{res:04d}px.png"
+    path = layout.reals_file(run_dir, res)
     if not path.exists():
         save_grid(to_float(fixed["real"][res]), path, nrow=grid)
 
@@ -382,7 +368,7 @@ def train(
 
     images_shown = 0
     if snapshot is not None:
-        snapshot = ckpt.resolve_snapshot(snapshot)
+        snapshot = layout.resolve_snapshot(snapshot)
         images_shown = ckpt.read_state(snapshot)["images_shown"]
         ckpt.load_weights(snapshot, trainer.unwrapped())
         ckpt.load_optimizers(snapshot, trainer.optimizers)
@@ -401,7 +387,7 @@ def train(
     )
     bar = tqdm(total=total, initial=images_shown, unit="img", unit_scale=True,
                dynamic_ncols=True, disable=not (progress and acc.is_local_main_process))
-    ticks = _Ticks(acc, run_dir / "stats.jsonl", bar, images_shown)
+    ticks = _Ticks(acc, run_dir / layout.STATS_NAME, bar, images_shown)
     tick_every = max(1, round(cfg["tick_kimg"] * 1000))
     snap_every = max(1, round(cfg["snapshot_kimg"] * 1000))
     # The stage of the last completed step: a resumed run knows whether it just changed stage.
@@ -437,7 +423,7 @@ def train(
             final = _save(trainer, cfg, run_dir, images_shown)
     bar.close()
     acc.wait_for_everyone()
-    return final or ckpt.snapshot_dir(run_dir, images_shown)
+    return final or layout.snapshot_dir(run_dir, images_shown)
 
 
 def resolve_run(
@@ -454,11 +440,11 @@ def resolve_run(
         check_dataset(cfg["data"], cfg["max_res"])
     snapshot = None
     if resume not in (None, "auto"):
-        snapshot = ckpt.resolve_snapshot(resume)
+        snapshot = layout.resolve_snapshot(resume)
         run_dir = snapshot.parent
     else:
-        run_dir = out / (name or run_name(cfg))
-        existing = ckpt.list_snapshots(run_dir)
+        run_dir = out / (name or layout.run_name(cfg))
+        existing = layout.list_snapshots(run_dir)
         if existing and resume is None:
             raise UserError(
                 f"run {run_dir} already has snapshots; pass --resume auto to continue "

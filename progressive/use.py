@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from torch import Tensor
 
 from progressive import metrics
 from progressive.errors import UserError
-from progressive.files import atomic_write, write_text_atomic
+from progressive.files import append_jsonl, atomic_write, write_text_atomic
 from progressive.grids import GRID_PADDING, save_grid
 from progressive.images import (
     EXTENSIONS,
@@ -35,6 +34,7 @@ from progressive.images import (
     to_uint8,
 )
 from progressive.networks import fade_real
+from progressive.run_folder import METRIC_CACHE_NAME, metric_file
 
 # --------------------------------------------------------------------------- model and device
 
@@ -368,14 +368,6 @@ def summary(values: Tensor) -> dict[str, float]:
 METRICS = ("swd", "recon", "fid", "kid")
 
 
-def append_metric(run_dir: Path, name: str, record: dict) -> Path:
-    """Append one JSON line to `metric-<name>.jsonl` in the run folder."""
-    path = Path(run_dir) / f"metric-{name}.jsonl"
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    return path
-
-
 def evaluate(
     model: Model,
     data: str | os.PathLike,
@@ -420,7 +412,7 @@ def evaluate(
 
     def record(name: str, value: float, **extra) -> None:
         results[name] = {"metric": name, **base, "value": value, **extra, "time": time.time()}
-        append_metric(run.run_dir, name, results[name])
+        append_jsonl(metric_file(run.run_dir, name), results[name])
 
     if "swd" in names:
         if model.res < metrics.SWD_MIN_RES:
@@ -461,7 +453,7 @@ def evaluate(
         else:
             weights = Path(inception_weights)
             cache = metrics.real_feature_cache(
-                Path(run.run_dir) / "metric-cache", Path(data), model.res, n, weights
+                Path(run.run_dir) / METRIC_CACHE_NAME, Path(data), model.res, n, weights
             )
             f_real = metrics.cached_real_features(
                 cache, lambda: metrics.inception_features(extractor, real_in)

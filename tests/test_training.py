@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from tiny import TINY_NETWORKS, cli_args
 
 from progressive import checkpoint as ckpt
+from progressive import run_folder as layout
 from progressive.cli import main
 from progressive.networks import build_networks
 from progressive.presets import make_config
@@ -68,7 +69,7 @@ def test_two_stages_end_to_end(dataset, tmp_path):
     assert any(f.startswith("reconstructions-0008px") for f in files)
     assert "config.json" in files
     # The starting point and both stage ends are snapshots.
-    assert len(ckpt.list_snapshots(tmp_path / "run")) == 3
+    assert len(layout.list_snapshots(tmp_path / "run")) == 3
     run = ckpt.load_run(tmp_path / "run")
     assert (run.res, run.alpha, run.images_shown) == (8, 1.0, total)
 
@@ -148,8 +149,8 @@ def test_snapshot_without_state_is_not_the_latest(dataset, tmp_path):
     partial = tmp_path / "run" / "snapshot-000000999"
     partial.mkdir()
     (partial / "generator.safetensors").write_bytes(b"half")
-    assert ckpt.list_snapshots(tmp_path / "run")[-1] == final
-    assert ckpt.resolve_snapshot(tmp_path / "run") == final
+    assert layout.list_snapshots(tmp_path / "run")[-1] == final
+    assert layout.resolve_snapshot(tmp_path / "run") == final
 
 
 def test_dry_run_1024_lists_nine_stages_with_default_widths():
@@ -198,7 +199,7 @@ def test_existing_run_needs_resume(dataset, tmp_path):
     assert again.exit_code == 1 and "--resume auto" in again.output
     longer = CliRunner().invoke(main, [*args, "--resume", "auto", "--total-kimg", "0.016"])
     assert longer.exit_code == 0, longer.output
-    assert ckpt.list_snapshots(tmp_path / "r")[-1].name == "snapshot-000000016"
+    assert layout.list_snapshots(tmp_path / "r")[-1].name == "snapshot-000000016"
 
 
 def test_full_loss_at_1024_is_finite_in_all_three_networks():
