@@ -51,7 +51,7 @@ def synthetic_batch(n: int, res: int) -> torch.Tensor:
 def main(ckpt, max_res, batch, repeats, out):
     torch.manual_seed(0)
     if ckpt:
-        run = load_run(ckpt)
+        run = load_run(ckpt, "cpu", raw_generator=True)
         cfg = run.config
         g, e, i = run.generator, run.energy, run.inference
         max_res = min(max_res, run.res)

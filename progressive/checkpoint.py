@@ -114,48 +114,76 @@ def load_optimizers(snapshot: Path, optimizers: dict[str, torch.optim.Optimizer]
         ) from None
 
 
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """`device` as given, or cuda when available, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(
+            f"--device {device!r} is not a device (use cpu, cuda, cuda:1, ...)"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device here; use --device cpu")
+    return dev
+
+
 @dataclass
 class LoadedRun:
-    """A snapshot's networks (eval mode) and where training stood."""
+    """A snapshot's networks (eval mode, no gradients), and the resolution and alpha to use
+    them at: the snapshot's own, or a completed stage's with alpha 1."""
 
     config: dict
-    generator: Generator
-    generator_ema: Generator
+    generator: Generator  # the generator average, unless loaded with raw_generator
     energy: Energy
     inference: Inference
     images_shown: int
     res: int
     alpha: float
+    device: torch.device
     run_dir: Path
     snapshot: Path
 
-    def at_resolution(self, res: int | None) -> tuple[int, float]:
-        """`(res, alpha)` to work at: the snapshot's own, or a completed stage's with alpha 1."""
-        if res is None or res == self.res:
-            return self.res, self.alpha
-        done = [r for r in Schedule.from_config(self.config).resolutions if r < self.res]
-        if res not in done:
-            trained = ", ".join(str(r) for r in done + [self.res])
-            raise UserError(f"--res {res} is not a resolution this run has trained ({trained})")
-        return res, 1.0
+    @property
+    def latent(self) -> int:
+        return int(self.config["latent"])
 
 
-def load_run(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedRun:
-    """Load a run folder's newest snapshot, or one snapshot, for use."""
+def load_run(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    res: int | None = None,
+    raw_generator: bool = False,
+) -> LoadedRun:
+    """Load a run folder's newest snapshot, or one snapshot, for use at `res` (default: the
+    snapshot's own resolution and alpha) on `device` (default: cuda when available)."""
+    dev = pick_device(device)
     snapshot = resolve_snapshot(path)
     state = read_state(snapshot)
     cfg = state["config"]
     networks = build_networks(cfg)
     load_weights(snapshot, networks)
     for net in networks.values():
-        net.to(device).eval().requires_grad_(False)
-    phase = Schedule.from_config(cfg).at(state["images_shown"])
+        net.to(dev).eval().requires_grad_(False)
+    schedule = Schedule.from_config(cfg)
+    phase = schedule.at(state["images_shown"])
+    work_res, alpha = phase.res, phase.alpha
+    if res is not None and res != phase.res:
+        done = [r for r in schedule.resolutions if r < phase.res]
+        if res not in done:
+            trained = ", ".join(str(r) for r in done + [phase.res])
+            raise UserError(f"--res {res} is not a resolution this run has trained ({trained})")
+        work_res, alpha = res, 1.0
     return LoadedRun(
         config=cfg,
+        generator=networks["generator" if raw_generator else "generator_ema"],
+        energy=networks["energy"],
+        inference=networks["inference"],
         images_shown=state["images_shown"],
-        res=phase.res,
-        alpha=phase.alpha,
+        res=work_res,
+        alpha=alpha,
+        device=dev,
         run_dir=snapshot.parent,
         snapshot=snapshot,
-        **networks,
     )

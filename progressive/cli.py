@@ -11,7 +11,8 @@ from progressive.errors import UserError
 
 
 class _Group(click.Group):
-    """A group that turns `UserError` into a one-line message and exit status 1."""
+    """A group that turns `UserError` into a one-line message and exit status 1, and a bad
+    option of a command (click's range and choice checks) into one line and exit status 2."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -19,9 +20,15 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)
+        except click.UsageError as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.version_option(__version__, prog_name="progressive")
 def main() -> None:
     """Train and use generator, energy and inference models with the divergence triangle."""

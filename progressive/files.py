@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from progressive.errors import UserError
+
 
 def temporary_path(path: str | os.PathLike) -> Path:
     """A hidden sibling name, unique to this process, to write to before renaming over `path`.
@@ -20,6 +22,14 @@ def temporary_path(path: str | os.PathLike) -> Path:
     The suffix is kept, so libraries that pick a format from the extension still can."""
     path = Path(path)
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def check_suffix(path: str | os.PathLike, allowed: tuple[str, ...], option: str) -> Path:
+    """`path` as a Path, or a one-line error naming `option` unless its extension is allowed."""
+    path = Path(path)
+    if path.suffix.lower() not in allowed:
+        raise UserError(f"{option} {path}: unknown extension; use one of {', '.join(allowed)}")
+    return path
 
 
 def fsync_path(path: str | os.PathLike) -> None:

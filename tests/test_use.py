@@ -12,16 +12,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from safetensors.torch import load_file
 from tiny import TINY_NETWORKS
 
-from progressive import metrics, use
+from progressive import latents, metrics, sampling, use
 from progressive.checkpoint import load_run
 from progressive.cli import main
-from progressive.images import to_uint8
+from progressive.grids import GRID_PADDING
+from progressive.images import load_image_file, to_uint8
 from progressive.networks import build_networks, num_parameters
 
 RES = 16
-PAD = use.GRID_PADDING
+PAD = GRID_PADDING
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +53,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model(run_dir):
-    return use.load_model(run_dir, device="cpu")
+    return load_run(run_dir, device="cpu")
 
 
 def invoke(*args):
@@ -89,9 +91,10 @@ def write_photo(path, w, h, seed):
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
 
 
-def test_snapshot_stands_mid_fade(model):
+def test_snapshot_stands_mid_fade(run_dir, model):
     assert (model.res, model.alpha) == (RES, 0.5)
-    assert model.generator is model.run.generator_ema
+    ema = load_file(run_dir / "snapshot-000000056" / "generator_ema.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in model.generator.state_dict().items())
 
 
 def test_sample_grid_and_outdir(run_dir, model, tmp_path):
@@ -100,7 +103,7 @@ def test_sample_grid_and_outdir(run_dir, model, tmp_path):
     assert r.exit_code == 0, r.output
     # 3 columns and 2 rows of 16px images with 2px padding around each.
     assert Image.open(out).size == (3 * (RES + PAD) + PAD, 2 * (RES + PAD) + PAD)
-    expected = as_hwc(use.sample(model.generator, 5, 4, model.latent, RES, 0.5))
+    expected = as_hwc(sampling.sample(model.generator, 5, 4, model.latent, RES, 0.5))
     got = cells(out).reshape(-1, RES, RES, 3)[:5]
     assert np.abs(got - expected).max() <= 1
     r = invoke(
@@ -120,7 +123,7 @@ def test_interpolate_png_rows_start_and_end_at_the_seeds(run_dir, model, tmp_pat
     assert Image.open(out).size == (5 * (RES + PAD) + PAD, 2 * (RES + PAD) + PAD)
     grid = cells(out)
     ends = as_hwc(
-        use.generate(model.generator, use.seed_latents([3, 7, 9], model.latent), RES, 0.5)
+        sampling.generate(model.generator, latents.seed_latents([3, 7, 9], model.latent), RES, 0.5)
     )
     assert np.abs(grid[0, 0] - ends[0]).max() <= 1
     assert np.abs(grid[0, -1] - ends[1]).max() <= 1
@@ -155,7 +158,8 @@ def test_interpolate_gif_has_one_frame_per_step(run_dir, model, tmp_path):
     assert r.exit_code == 0, r.output
     frames = imageio.mimread(out)
     assert len(frames) == 7
-    ends = as_hwc(use.generate(model.generator, use.seed_latents([1, 2, 3], model.latent), 8, 1.0))
+    z = latents.seed_latents([1, 2, 3], model.latent)
+    ends = as_hwc(sampling.generate(model.generator, z, 8, 1.0))
     assert np.abs(frames[3][..., :3].astype(int) - ends[1]).max() <= 1
     assert np.abs(frames[6][..., :3].astype(int) - ends[2]).max() <= 1
 
@@ -163,13 +167,13 @@ def test_interpolate_gif_has_one_frame_per_step(run_dir, model, tmp_path):
 def test_slerp_keeps_norms_between_the_endpoints():
     z0 = torch.randn(16, generator=torch.Generator().manual_seed(0)) * 0.5
     z1 = torch.randn(16, generator=torch.Generator().manual_seed(1)) * 2.0
-    walk = use.walk_latents(torch.stack([z0, z1]), 9, spherical=True)[0]
+    walk = latents.walk_latents(torch.stack([z0, z1]), 9, spherical=True)[0]
     norms = walk.norm(dim=1)
     assert torch.allclose(walk[0], z0, atol=1e-5) and torch.allclose(walk[-1], z1, atol=1e-5)
     lo, hi = min(z0.norm(), z1.norm()), max(z0.norm(), z1.norm())
     assert torch.all(norms >= lo - 1e-5) and torch.all(norms <= hi + 1e-5)
     # Linear interpolation of two near-orthogonal latents dips below both norms in the middle.
-    lin = use.walk_latents(torch.stack([z0 / z0.norm(), z1 / z1.norm()]), 9)[0]
+    lin = latents.walk_latents(torch.stack([z0 / z0.norm(), z1 / z1.norm()]), 9)[0]
     assert lin[4].norm() < 0.9
 
 
@@ -182,8 +186,8 @@ def test_walk_between_two_real_images_starts_and_ends_at_their_reconstructions(
     out = tmp_path / "ab.png"
     r = invoke("interpolate", "--ckpt", run_dir, "--from", a, "--to", b, "--steps", 4, "--out", out)
     assert r.exit_code == 0, r.output
-    real = torch.stack([use.load_image_file(p, RES, RES) for p in (a, b)])
-    recon = as_hwc(use.reconstruct(model.generator, model.inference, real, RES, 0.5))
+    real = torch.stack([load_image_file(p, RES, RES) for p in (a, b)])
+    recon = as_hwc(sampling.reconstruct(model.generator, model.inference, real, RES, 0.5))
     grid = cells(out)
     assert grid.shape[:2] == (1, 4)
     assert np.abs(grid[0, 0] - recon[0]).max() <= 1
@@ -196,7 +200,7 @@ def test_smooth_video(run_dir, tmp_path):
     assert r.exit_code == 0, r.output
     reader = imageio.get_reader(out)
     assert reader.count_frames() == 6 and reader.get_meta_data()["size"] == (RES, RES)
-    z = use.smooth_latents(200, 32, sigma_frames=5, seed=0)
+    z = latents.smooth_latents(200, 32, sigma_frames=5, seed=0)
     assert z.pow(2).mean().item() == pytest.approx(1.0, rel=1e-5)
     # Neighbouring frames are close, distant ones are not.
     assert (z[1] - z[0]).norm() < 0.3 * (z[100] - z[0]).norm()
@@ -231,9 +235,8 @@ def test_energy_csv_matches_the_energy_model(run_dir, model, tmp_path):
     assert values == sorted(values)
     loaded_names, images = use.load_images(folder, RES, RES)
     assert sorted(loaded_names) == sorted(names)
-    expected = dict(
-        zip(loaded_names, model.energy(use.prepare_real(images, 0.5), 0.5).tolist(), strict=True)
-    )
+    scores = model.energy(sampling.prepare_real(images, 0.5), 0.5).tolist()
+    expected = dict(zip(loaded_names, scores, strict=True))
     for name, value in rows[1:]:
         assert float(value) == pytest.approx(expected[name], rel=1e-4, abs=1e-6)
     # Preprocessing is the dataset tool's: crop + Lanczos to a power of two, then 2x2 boxes.
@@ -241,12 +244,12 @@ def test_energy_csv_matches_the_energy_model(run_dir, model, tmp_path):
 
     big = crop_resize(Image.open(folder / "z.jpg"), 32)
     assert np.array_equal(
-        use.load_image_file(folder / "z.jpg", RES, RES * 2).permute(1, 2, 0).numpy(), box_down(big)
+        load_image_file(folder / "z.jpg", RES, RES * 2).permute(1, 2, 0).numpy(), box_down(big)
     )
 
 
 def test_energy_of_a_dataset(run_dir, model, tmp_path):
-    data = model.run.config["data"]
+    data = model.config["data"]
     out = tmp_path / "e.csv"
     r = invoke("energy", "--ckpt", run_dir, "--images", data, "--n", 5, "--out", out, "--res", 8)
     assert r.exit_code == 0, r.output
@@ -255,7 +258,7 @@ def test_energy_of_a_dataset(run_dir, model, tmp_path):
 
 
 def test_evaluate_appends_metrics_and_skips_fid_without_weights(run_dir, model, tmp_path):
-    data = model.run.config["data"]
+    data = model.config["data"]
     args = [
         "evaluate",
         "--ckpt",
@@ -296,7 +299,7 @@ def test_evaluate_fid_kid_with_stand_in_weights(run_dir, model, tmp_path, monkey
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"stand-in")
     monkeypatch.setattr(metrics, "load_inception", lambda path, device: StandIn())
-    data = model.run.config["data"]
+    data = model.config["data"]
     r = invoke(
         "evaluate",
         "--ckpt",
@@ -330,13 +333,25 @@ def test_info_checkpoint(run_dir):
         assert lines[name].split()[1] == f"{num_parameters(nets[name]):,}"
 
 
-def _one_line_error(result, *words):
-    assert result.exit_code == 1, result.output
+def _one_line_error(result, *words, status=1):
+    assert result.exit_code == status, result.output
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     for w in words:
         assert w in lines[0]
+
+
+@pytest.mark.parametrize("given", [["--to"], ["--from"], ["--from", "--seeds"]])
+def test_interpolate_between_images_needs_both_and_nothing_else(run_dir, tmp_path, given):
+    image = tmp_path / "a.png"
+    write_photo(image, 20, 20, 0)
+    args = {"--to": image, "--from": image, "--seeds": "1,2"}
+    r = invoke("interpolate", "--ckpt", run_dir, "--out", tmp_path / "o.png",
+               *[x for option in given for x in (option, args[option])])
+    words = "exactly one of" if "--seeds" in given else "--from and --to go together"
+    _one_line_error(r, words)
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_bad_inputs(run_dir, tmp_path):
@@ -353,7 +368,13 @@ def test_bad_inputs(run_dir, tmp_path):
     _one_line_error(
         invoke("interpolate", "--ckpt", run_dir, "--seeds", "3,x", "--out", out), "--seeds"
     )
-    assert use.parse_seeds("3, 7,10-12") == [3, 7, 10, 11, 12]
+    assert latents.parse_seeds("3, 7,10-12") == [3, 7, 10, 11, 12]
+    # Option ranges are click's, reported on one line with click's usage status.
+    _one_line_error(
+        invoke("interpolate", "--ckpt", run_dir, "--seeds", "1,2", "--steps", 1, "--out", out),
+        "'--steps': 1 is not in the range x>=2",
+        status=2,
+    )
     # A damaged copy of the newest snapshot, and one of an unknown version.
     snap = sorted(run_dir.glob("snapshot-*"))[-1]
     broken = tmp_path / "broken"
@@ -399,12 +420,10 @@ def test_bad_inputs(run_dir, tmp_path):
 
 
 def test_swd_baseline_generator_is_the_one_training_started_from(run_dir, model):
-    from safetensors.torch import load_file
-
-    from progressive.use import _initial_generator
+    from progressive.evaluation import _initial_generator
 
     start = load_file(run_dir / "snapshot-000000000" / "generator.safetensors")
-    rebuilt = _initial_generator(model.run.config).state_dict()
+    rebuilt = _initial_generator(model.config).state_dict()
     assert start.keys() == rebuilt.keys()
     for key, value in start.items():
         assert torch.equal(value, rebuilt[key]), key
@@ -413,7 +432,7 @@ def test_swd_baseline_generator_is_the_one_training_started_from(run_dir, model)
         "--ckpt",
         run_dir,
         "--data",
-        model.run.config["data"],
+        model.config["data"],
         "--metrics",
         "swd",
         "--n",

@@ -1,0 +1,136 @@
+"""Evaluating a trained run: SWD, reconstruction error, FID and KID against a dataset, each
+appended as one JSON line to the run's metric file (`run_folder.metric_file`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from progressive import metrics
+from progressive.checkpoint import LoadedRun
+from progressive.data import ImageDataset
+from progressive.errors import UserError
+from progressive.files import append_jsonl
+from progressive.images import to_uint8
+from progressive.networks import initial_networks
+from progressive.run_folder import METRIC_CACHE_NAME, metric_file
+from progressive.sampling import prepare_real, reconstruct, sample
+
+METRICS = ("swd", "recon", "fid", "kid")
+
+
+def evaluate(
+    run: LoadedRun,
+    data: str | os.PathLike,
+    names: list[str],
+    n: int,
+    *,
+    inception_weights: str | None = None,
+    seed: int = 0,
+    notify=print,
+) -> dict[str, dict]:
+    """Compute the metrics `names` on `n` images of dataset `data` against `n` generated ones,
+    append each to the run's `metric-<name>.jsonl`, and return the records by name.
+
+    FID/KID without usable Inception weights are skipped with one notice (via `notify`).
+    """
+    unknown = [m for m in names if m not in METRICS]
+    if unknown:
+        raise UserError(
+            f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRICS)}"
+        )
+    ds = ImageDataset(data, run.res)
+    n = min(n, len(ds))
+    if n < 2:
+        raise UserError(f"--data {data} has {len(ds)} image(s); metrics need at least 2")
+    real = ds.batch(list(range(n)))
+    real_in = to_uint8(prepare_real(real, run.alpha))
+    fake = None
+    if {"swd", "fid", "kid"} & set(names):
+        fake = sample(run.generator, n, seed, run.latent, run.res, run.alpha)
+    base = {
+        "images_shown": run.images_shown,
+        "res": run.res,
+        "alpha": run.alpha,
+        "snapshot": str(run.snapshot),
+        "data": str(data),
+        "n": n,
+    }
+    results: dict[str, dict] = {}
+
+    def record(name: str, value: float, **extra) -> None:
+        results[name] = {"metric": name, **base, "value": value, **extra, "time": time.time()}
+        append_jsonl(metric_file(run.run_dir, name), results[name])
+
+    if "swd" in names:
+        if run.res < metrics.SWD_MIN_RES:
+            notify(
+                f"swd skipped: needs at least {metrics.SWD_MIN_RES}px, the model is at "
+                f"{run.res}px"
+            )
+        else:
+            swd = metrics.sliced_wasserstein(real_in, fake, seed=seed)
+            # The same measurement for the run's generator as initialised (same seed), the
+            # baseline that training should beat.
+            initial = _initial_generator(run.config).to(run.device)
+            fake0 = sample(initial, n, seed, run.latent, run.res, run.alpha)
+            swd0 = metrics.sliced_wasserstein(real_in, fake0, seed=seed)
+            record(
+                "swd", swd["mean"], levels=swd["levels"], per_level=swd["swd"], at_init=swd0["mean"]
+            )
+    if "recon" in names:
+        recon = reconstruct(run.generator, run.inference, real, run.res, run.alpha)
+        err = metrics.reconstruction_error(real_in, recon)
+        train_mean = _training_images(run, run.res, n)
+        baseline = metrics.mean_image_baseline(
+            train_mean if train_mean is not None else real, real_in
+        )
+        record(
+            "recon",
+            err.mean().item(),
+            median=err.median().item(),
+            max=err.max().item(),
+            mean_image_baseline=baseline.mean().item(),
+        )
+    wanted = [m for m in ("fid", "kid") if m in names]
+    if wanted:
+        try:
+            extractor = metrics.load_inception(inception_weights, run.device)
+        except metrics.InceptionUnavailable as e:
+            notify(str(e))
+        else:
+            weights = Path(inception_weights)
+            cache = metrics.real_feature_cache(
+                Path(run.run_dir) / METRIC_CACHE_NAME, Path(data), run.res, n, weights
+            )
+            f_real = metrics.cached_real_features(
+                cache, lambda: metrics.inception_features(extractor, real_in)
+            )
+            f_fake = metrics.inception_features(extractor, fake)
+            scores = metrics.fid_kid(f_real, f_fake, kid_subset_size=min(1000, n), seed=seed)
+            if "fid" in wanted:
+                record("fid", scores["fid"])
+            if "kid" in wanted:
+                record("kid", scores["kid"], std=scores["kid_std"])
+    return results
+
+
+def _initial_generator(cfg: dict) -> torch.nn.Module:
+    """The generator exactly as training started it."""
+    return initial_networks(cfg)["generator"].eval().requires_grad_(False)
+
+
+def _training_images(run: LoadedRun, res: int, n: int) -> Tensor | None:
+    """Up to `n` images of the run's own training dataset, when it is still there."""
+    data = run.config.get("data")
+    if not data or not Path(data).is_dir():
+        return None
+    try:
+        ds = ImageDataset(data, res)
+    except UserError:
+        return None
+    return ds.batch(list(range(min(n, len(ds)))))
