@@ -9,144 +9,49 @@ import click
 
 from progressive.presets import PRESETS
 
+# Option types shared by several options.
+KIMG = click.FloatRange(min=0)
+COUNT = click.IntRange(min=1)
+RES = click.IntRange(4, 1024)
+FOLDER = click.Path(file_okay=False)
+SCALINGS = click.Choice(["fixed", "sum"])
+PRECISIONS = click.Choice(["no", "bf16", "fp16"])
+
 
 @click.command()
 # Data and run layout.
-@click.option(
-    "--data",
-    type=str,
-    default=None,
-    help="Dataset directory (make_lmdb.py). Default: the built-in synthetic data.",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(list(PRESETS)),
-    default="demo",
-    show_default=True,
-    help="Experiment preset; every value can be overridden below.",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default="checkpoints",
-    show_default=True,
-    help="Folder that holds run folders.",
-)
-@click.option("--name", type=str, default=None, help="Run folder name. Default: preset[-dataset].")
-@click.option(
-    "--resume",
-    type=str,
-    default=None,
-    help="'auto' (newest snapshot of this run, if any) or a run folder or snapshot.",
-)
-# Growth schedule.
-@click.option("--max-res", type=int, default=None, help="Final resolution (power of two, 4..1024).")
-@click.option("--start-res", type=int, default=None, help="First resolution.")
-@click.option("--fade-kimg", type=float, default=None, help="Thousands of real images per fade-in.")
-@click.option(
-    "--stable-kimg", type=float, default=None, help="Thousands of real images per stable phase."
-)
-@click.option(
-    "--total-kimg", type=float, default=None, help="Stop here. Default: end of the last stage."
-)
+@click.option("--data", help="Dataset directory (make_lmdb.py). Default: built-in synthetic data.")
+@click.option("--preset", help="Experiment preset.", type=click.Choice(PRESETS), default="demo")
+@click.option("--out", help="Folder of run folders.", type=FOLDER, default="checkpoints")
+@click.option("--name", help="Run folder name. Default: preset[-dataset].")
+@click.option("--resume", help="'auto' (this run's newest snapshot) or a run folder or snapshot.")
+# Growth schedule; every option from here on overrides the preset.
+@click.option("--max-res", help="Final resolution (power of two).", type=RES)
+@click.option("--start-res", help="First resolution.", type=RES)
+@click.option("--fade-kimg", help="Thousands of real images per fade-in.", type=KIMG)
+@click.option("--stable-kimg", help="Thousands of real images per stable phase.", type=KIMG)
+@click.option("--total-kimg", help="Stop here. Default: the end of the last stage.", type=KIMG)
 # Model and optimisation.
-@click.option("--batch", type=int, default=None, help="Global batch size at every resolution.")
-@click.option(
-    "--lr",
-    type=float,
-    default=None,
-    help="Learning rate of all three networks at every resolution.",
-)
-@click.option("--latent", type=int, default=None, help="Latent dimension.")
-@click.option(
-    "--fmap-base",
-    type=int,
-    default=None,
-    help="Width numerator: channels = min(fmap_base / res, fmap_max).",
-)
-@click.option("--fmap-max", type=int, default=None, help="Largest width.")
-@click.option(
-    "--rec-scaling",
-    type=click.Choice(["fixed", "sum"]),
-    default=None,
-    help="Reconstruction weighting across resolutions.",
-)
-@click.option(
-    "--reset-optimizers/--keep-optimizers",
-    default=None,
-    help="Fresh Adam state at each stage change.",
-)
+@click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
+@click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))
+@click.option("--latent", help="Latent dimension.", type=COUNT)
+@click.option("--fmap-base", help="Channels at res: min(fmap_base / res, fmap_max).", type=COUNT)
+@click.option("--fmap-max", help="Largest width.", type=COUNT)
+@click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
+@click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
 # Performance and bookkeeping.
-@click.option("--seed", type=int, default=None, help="Random seed.")
-@click.option(
-    "--mixed-precision",
-    type=click.Choice(["no", "bf16", "fp16"]),
-    default=None,
-    help="Autocast precision.",
-)
-@click.option(
-    "--tf32/--no-tf32",
-    default=None,
-    help="TensorFloat-32 for fp32 matmuls and convolutions on NVIDIA GPUs. Default: off.",
-)
-@click.option("--workers", type=int, default=None, help="DataLoader worker processes per rank.")
-@click.option(
-    "--snapshot-kimg", type=float, default=None, help="Snapshot interval, thousands of images."
-)
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    help="Print the resolved configuration and stages as JSON; train nothing.",
-)
-def train(
-    data,
-    preset,
-    out,
-    name,
-    resume,
-    max_res,
-    start_res,
-    fade_kimg,
-    stable_kimg,
-    total_kimg,
-    batch,
-    lr,
-    latent,
-    fmap_base,
-    fmap_max,
-    rec_scaling,
-    reset_optimizers,
-    seed,
-    mixed_precision,
-    tf32,
-    workers,
-    snapshot_kimg,
-    dry_run,
-) -> None:
+@click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
+@click.option("--mixed-precision", help="Autocast precision.", type=PRECISIONS)
+@click.option("--tf32/--no-tf32", help="TensorFloat-32 on NVIDIA GPUs. Default: off.", default=None)
+@click.option("--workers", help="DataLoader worker processes per rank.", type=click.IntRange(min=0))
+@click.option("--snapshot-kimg", help="Snapshot interval, thousands of images.", type=KIMG)
+@click.option("--dry-run", help="Print the configuration and stages (JSON) and stop.", is_flag=True)
+def train(preset, out, name, resume, rec_scaling, dry_run, **overrides) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive import training
     from progressive.presets import make_config
 
-    overrides = dict(
-        data=data,
-        max_res=max_res,
-        start_res=start_res,
-        fade_kimg=fade_kimg,
-        stable_kimg=stable_kimg,
-        total_kimg=total_kimg,
-        batch=batch,
-        lr=lr,
-        latent=latent,
-        fmap_base=fmap_base,
-        fmap_max=fmap_max,
-        reset_optimizers=reset_optimizers,
-        seed=seed,
-        mixed_precision=mixed_precision,
-        tf32=tf32,
-        workers=workers,
-        snapshot_kimg=snapshot_kimg,
-        loss={"rec_scaling": rec_scaling} if rec_scaling else None,
-    )
+    overrides["loss"] = {"rec_scaling": rec_scaling} if rec_scaling else None
     cfg = make_config(preset, **overrides)
     if dry_run:
         click.echo(json.dumps(training.dry_run_summary(cfg), indent=2))

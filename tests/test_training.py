@@ -173,7 +173,8 @@ def test_dry_run_1024_lists_nine_stages_with_default_widths():
     "args,message",
     [
         (["--max-res", "48"], "power of two"),
-        (["--max-res", "2048"], "power of two"),
+        (["--max-res", "2048"], "'--max-res': 2048 is not in the range 4<=x<=1024"),
+        (["--batch", "0"], "'--batch': 0 is not in the range x>=1"),
         (["--data", "/nonexistent/dataset"], "does not exist"),
     ],
 )
