@@ -2,9 +2,10 @@
 
 A snapshot `snapshot-<images_shown:09d>/` holds the weights of the three networks and the
 generator average (safetensors), the optimizer states (`torch.load(weights_only=True)`), and
-`state.json` (format version, images shown, configuration, sampler position). It is written
-under a temporary name and renamed, so a crash never leaves a half snapshot as the newest.
-Random numbers are derived from (seed, rank, images shown), so no generator state is stored.
+`state.json` (format version, images shown, configuration). It is written under a temporary
+name and renamed, so a crash never leaves a half snapshot as the newest. The data order and
+all noise are derived from (seed, rank, images shown), so no sampler or generator state is
+stored.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def save_snapshot(
     cfg: dict,
     networks: dict[str, torch.nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
-    extra: dict | None = None,
 ) -> Path:
     """Write a complete snapshot atomically and return its path."""
     final = snapshot_dir(Path(run_dir), images_shown)
@@ -47,12 +47,7 @@ def save_snapshot(
         tensors = {k: v.detach().cpu().contiguous() for k, v in networks[name].state_dict().items()}
         save_file(tensors, tmp / f"{name}.safetensors")
     torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizers.pt")
-    state = {
-        "version": SNAPSHOT_VERSION,
-        "images_shown": images_shown,
-        "config": cfg,
-        **(extra or {}),
-    }
+    state = {"version": SNAPSHOT_VERSION, "images_shown": images_shown, "config": cfg}
     (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
     # Every file reaches the disk before the rename publishes the snapshot, and the rename
     # itself before anything relies on it: a power cut leaves a whole snapshot or none.

@@ -235,22 +235,6 @@ class InfiniteSampler(Sampler[int]):
         # DataLoader asks for a length; the stream is endless, so report the largest int.
         return 2**62
 
-    def state_dict(self) -> dict:
-        return {
-            "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
-            "position": self.position,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the position; refuses a state from another seed or process layout."""
-        mine = self.state_dict()
-        for k in ("seed", "rank", "world_size"):
-            if int(state[k]) != mine[k]:
-                raise UserError(
-                    f"sampler state has {k}={state[k]} but this run has {k}={mine[k]}"
-                )
-        self.position = int(state["position"])
-
 
 def _worker_init(_: int) -> None:
     # Workers decode one image at a time; intra-op threads only contend with each other.

@@ -330,13 +330,7 @@ def _save(trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int) -> Path
     acc = trainer.accelerator
     acc.wait_for_everyone()
     if acc.is_main_process:
-        world = acc.num_processes
-        sampler = {"seed": cfg["seed"], "world_size": world,
-                   "position_per_rank": images_shown // world}
-        ckpt.save_snapshot(
-            run_dir, images_shown, cfg, trainer.unwrapped(), trainer.optimizers,
-            {"sampler": sampler, "rng": "derived from (seed, rank, images_shown)"},
-        )
+        ckpt.save_snapshot(run_dir, images_shown, cfg, trainer.unwrapped(), trainer.optimizers)
     return layout.snapshot_dir(run_dir, images_shown)
 
 
@@ -390,26 +384,26 @@ def train(
     ticks = _Ticks(acc, run_dir / layout.STATS_NAME, bar, images_shown)
     tick_every = max(1, round(cfg["tick_kimg"] * 1000))
     snap_every = max(1, round(cfg["snapshot_kimg"] * 1000))
-    # The stage of the last completed step: a resumed run knows whether it just changed stage.
-    last_stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else -1
-    loader_iter, loader_stage = None, None
+    # The stage of the last completed step (None before the first), so a run resumed at a stage
+    # boundary resets its optimizers as an uninterrupted one does.
+    stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else None
+    batches = None  # this stage's loader, built anew at each stage (workers prefetch ahead)
     while images_shown < total:
         phase = schedule.at(images_shown)
-        if phase.stage != loader_stage:
+        if batches is None or phase.stage != stage:
+            if stage is not None and phase.stage != stage and cfg["reset_optimizers"]:
+                trainer.reset_optimizers()
+            stage = phase.stage
             dataset = ImageDataset(cfg["data"], phase.res)
-            loader_iter = iter(make_loader(
+            batches = iter(make_loader(
                 dataset, phase.batch // world, rank=rank, world_size=world, seed=cfg["seed"],
                 start=images_shown // world, workers=cfg["workers"],
                 pin_memory=acc.device.type == "cuda",
             ))
-            loader_stage = phase.stage
             if acc.is_main_process:
                 _save_reals(fixed, run_dir, phase.res, cfg["grid_size"])
-        if phase.stage != last_stage and last_stage >= 0 and cfg["reset_optimizers"]:
-            trainer.reset_optimizers()
-        last_stage = phase.stage
         trainer.set_lr(phase)
-        ticks.add(trainer.step(next(loader_iter), phase, images_shown))
+        ticks.add(trainer.step(next(batches), phase, images_shown))
         before, images_shown = images_shown, images_shown + phase.batch
         bar.update(phase.batch)
 
