@@ -1,4 +1,4 @@
-"""Image metrics: sliced Wasserstein distance, reconstruction error, Fréchet distance, FID/KID.
+"""Image metrics: sliced Wasserstein distance, reconstruction error, FID and KID.
 
 Conventions
 - Image sets are (N, 3, H, W) tensors, either uint8 in [0, 255] or float in [-1, 1] (the
@@ -10,19 +10,19 @@ Conventions
   of 128 random unit directions; each projection is sorted and the mean absolute difference of
   the two sorted projections is the 1-D Wasserstein-1 distance. Reported x1e3 like the paper.
 - Reconstruction error is the mean squared error per image in the [-1, 1] range.
+- FID and KID are torch-fidelity's, on the features of its InceptionV3 loaded from a local
+  weights file (nothing is downloaded).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -234,34 +234,6 @@ def mean_image_baseline(train: Tensor, heldout: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- Fréchet / FID / KID
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
-
-    `||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))`, with scipy's sqrtm; a
-    singular product gets `eps` added to both diagonals, and the tiny imaginary part sqrtm may
-    return from rounding is dropped.
-    """
-    mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
-    mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
-    sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError("Fréchet distance needs statistics of the same dimension")
-    diff = mu1 - mu2
-    with warnings.catch_warnings():
-        # Singular products (a dead feature) are common and sqrtm still copes; stay quiet.
-        warnings.simplefilter("ignore")
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
-
-
 class InceptionUnavailable(UserError):
     """No usable Inception weights: FID and KID are skipped, other metrics still run."""
 
@@ -334,9 +306,20 @@ def inception_features(
     return torch.cat(feats).numpy()
 
 
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (rows are samples) of a feature matrix."""
-    return features.mean(axis=0), np.cov(features, rowvar=False)
+def _fid_statistics(features: np.ndarray) -> dict:
+    """torch-fidelity's FID statistics (mean and covariance) of a feature matrix."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    return fid_features_to_statistics(torch.from_numpy(np.asarray(features, np.float64)))
+
+
+def fid(real_features: np.ndarray, fake_features: np.ndarray) -> float:
+    """Fréchet Inception Distance between two feature matrices (rows are images), computed by
+    torch-fidelity from the features of the extractor `load_inception` built."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    stats = [_fid_statistics(f) for f in (real_features, fake_features)]
+    return fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]
 
 
 def kid(
@@ -387,9 +370,9 @@ def cached_real_features(cache: Path, compute: Callable[[], np.ndarray]) -> np.n
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: recompute and overwrite
     features = compute()
-    mu, sigma = feature_statistics(features)
     with atomic_write(cache) as tmp:
-        np.savez(tmp, features=features.astype(np.float32), mu=mu, sigma=sigma)
+        stats = _fid_statistics(features)  # mu and sigma, for other tools that read the cache
+        np.savez(tmp, features=features.astype(np.float32), mu=stats["mu"], sigma=stats["sigma"])
     return features
 
 
@@ -401,12 +384,10 @@ def fid_kid(
     seed: int = 0,
 ) -> dict:
     """FID and KID from two feature matrices: `{"fid", "kid", "kid_std"}`."""
-    mu1, s1 = feature_statistics(np.asarray(real_features, np.float64))
-    mu2, s2 = feature_statistics(np.asarray(fake_features, np.float64))
     kid_mean, kid_std = kid(
         real_features.astype(np.float64),
         fake_features.astype(np.float64),
         subset_size=kid_subset_size,
         seed=seed,
     )
-    return {"fid": frechet_distance(mu1, s1, mu2, s2), "kid": kid_mean, "kid_std": kid_std}
+    return {"fid": fid(real_features, fake_features), "kid": kid_mean, "kid_std": kid_std}
