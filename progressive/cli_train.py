@@ -31,19 +31,21 @@ PRECISIONS = click.Choice(["no", "bf16", "fp16"])
 @click.option("--fade-kimg", help="Thousands of real images per fade-in.", type=KIMG)
 @click.option("--stable-kimg", help="Thousands of real images per stable phase.", type=KIMG)
 @click.option("--total-kimg", help="Stop here. Default: the end of the last stage.", type=KIMG)
-# Model and optimisation.
-@click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
-@click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))
+# Networks.
 @click.option("--latent", help="Latent dimension.", type=COUNT)
 @click.option("--fmap-base", help="Channels at res: min(fmap_base / res, fmap_max).", type=COUNT)
 @click.option("--fmap-max", help="Largest width.", type=COUNT)
+# Optimisation.
+@click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
+@click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))
 @click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
 @click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
-# Performance and bookkeeping.
 @click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
+# Speed.
 @click.option("--mixed-precision", help="Autocast precision.", type=PRECISIONS)
 @click.option("--tf32/--no-tf32", help="TensorFloat-32 on NVIDIA GPUs. Default: off.", default=None)
 @click.option("--workers", help="DataLoader worker processes per rank.", type=click.IntRange(min=0))
+# Bookkeeping.
 @click.option("--snapshot-kimg", help="Snapshot interval, thousands of images.", type=KIMG)
 @click.option("--dry-run", help="Print the configuration and stages (JSON) and stop.", is_flag=True)
 def train(preset, out, name, resume, rec_scaling, dry_run, **overrides) -> None:
