@@ -49,7 +49,9 @@ def _file_identity(path: Path) -> tuple[int, int]:
 
 
 def _open_shard(path: Path, identity: tuple[int, int]) -> lmdb.Environment:
-    key = str(path)
+    # LMDB knows an environment by its real path: one dataset reached by two spellings
+    # (d/../d, a symlink) must share one handle.
+    key = os.path.realpath(path)
     cached = _ENVS.get(key)
     if cached is not None:
         pid, ident, env = cached

@@ -97,6 +97,14 @@ def test_raw_and_png_round_trip_exactly(tmp_path):
             assert torch.equal(got, images[res][i]), (res, i)
 
 
+def test_one_dataset_under_two_spellings_of_its_path(tmp_path):
+    images = write_dataset(tmp_path / "d", count=3, max_res=8)
+    (tmp_path / "other").mkdir()
+    a = ImageDataset(tmp_path / "d", 8)
+    b = ImageDataset(tmp_path / "other" / ".." / "d", 8)
+    assert torch.equal(a[1], images[8][1]) and torch.equal(b[1], images[8][1])
+
+
 def test_jpeg_decodes_close(tmp_path):
     enc = {4: "raw", 8: "jpeg", 16: "jpeg"}
     images = write_dataset(tmp_path / "d", count=3, max_res=16, encoding=enc)
