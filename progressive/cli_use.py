@@ -50,7 +50,7 @@ def _fmt(values) -> str:
 @click.option("--seeds", help="Seeds, e.g. 3,7,12: a walk between each consecutive pair.")
 @click.option("--from", "from_image", help="Start at this image's encoding.", type=FILE)
 @click.option("--to", "to_image", help="End at this image's encoding.", type=FILE)
-@click.option("--smooth-video", help="Instead: a video this long, seconds.", type=POSITIVE)
+@click.option("--smooth-video", help="Instead: a smoothed video.", type=POSITIVE, metavar="SECONDS")
 @click.option("--smoothing", help="Its smoothing width.", type=click.FloatRange(min=0), default=1.0)
 @click.option("--seed", help="Seed of --smooth-video.", type=int, default=0)
 # The walk and its output.
