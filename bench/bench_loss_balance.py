@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import click
 import torch
 from machine import describe
 
-from progressive import loss
-from progressive.checkpoint import load_run
-from progressive.networks import build_networks
-from progressive.presets import make_config
+# This checkout's package, not an installed one.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from progressive import loss  # noqa: E402
+from progressive.checkpoint import load_run  # noqa: E402
+from progressive.networks import build_networks  # noqa: E402
+from progressive.presets import make_config  # noqa: E402
 
 
 def grad_norm(term: torch.Tensor, params: list[torch.Tensor]) -> float:
