@@ -74,15 +74,24 @@ def test_two_stages_end_to_end(dataset, tmp_path):
     assert (run.res, run.alpha, run.images_shown) == (8, 1.0, total)
 
 
-def test_resume_mid_fade_matches_uninterrupted_run(dataset, tmp_path):
-    full = train(tiny(dataset), tmp_path / "full", progress=False)
-    # Stop 8 images into the 32-image fade-in (alpha 0.25), then continue.
-    half = train(tiny(dataset, total_kimg=0.024), tmp_path / "parts", progress=False)
+@pytest.mark.parametrize(
+    "stop_kimg,alpha,reset",
+    [
+        (0.024, 0.25, False),  # 8 images into the 32-image fade-in
+        (0.016, 0.0, True),  # at the stage boundary, where the optimizers are reset
+    ],
+)
+def test_resume_mid_fade_matches_uninterrupted_run(dataset, tmp_path, stop_kimg, alpha, reset):
+    full = train(tiny(dataset, reset_optimizers=reset), tmp_path / "full", progress=False)
+    half = train(
+        tiny(dataset, total_kimg=stop_kimg, reset_optimizers=reset), tmp_path / "parts",
+        progress=False,
+    )
     state = ckpt.read_state(half)
     phase = Schedule.from_config(state["config"]).at(state["images_shown"])
-    assert phase.fading and phase.alpha == pytest.approx(0.25)
+    assert phase.stage == 1 and phase.alpha == pytest.approx(alpha)
     cfg, run_dir, snapshot = resolve_run(
-        tiny(dataset), {"total_kimg": 0.064}, tmp_path, "parts", "auto"
+        tiny(dataset, reset_optimizers=reset), {"total_kimg": 0.064}, tmp_path, "parts", "auto"
     )
     assert snapshot == half and run_dir == tmp_path / "parts"
     resumed = train(cfg, run_dir, snapshot, progress=False)
