@@ -13,6 +13,8 @@ FILE = click.Path(dir_okay=False)
 FOLDER = click.Path(file_okay=False)
 COUNT = click.IntRange(min=1)
 POSITIVE = click.FloatRange(min=0, min_open=True)
+NONNEG = click.FloatRange(min=0)
+COUNT0 = click.IntRange(min=0)
 
 
 def _run_options(fn):
@@ -26,6 +28,30 @@ def _run_options(fn):
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _langevin_options(fn):
+    """--langevin-steps, --step-size, --noise, --space: refinement by Langevin on the energy."""
+    from progressive.langevin import SPACES, Langevin
+
+    d, space = Langevin(), click.Choice(SPACES)
+    options = [
+        click.option("--langevin-steps", help="Langevin steps on E.", type=COUNT0, default=0),
+        click.option("--step-size", help="Step size s.", type=POSITIVE, default=d.step_size),
+        click.option("--noise", help="Temperature T.", type=NONNEG, default=d.noise),
+        click.option("--space", help="image, or latent through g.", type=space, default=d.space),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _chain(options: dict):
+    """Take the Langevin options out of `options`: the chain they describe."""
+    from progressive.langevin import Langevin
+
+    names = ("langevin_steps", "step_size", "noise", "space")
+    return Langevin(*(options.pop(name) for name in names))
 
 
 def _load(options: dict):
@@ -58,6 +84,7 @@ def _fmt(values) -> str:
 @click.option("--slerp", help="Spherical instead of linear interpolation.", is_flag=True)
 @click.option("--out", help=".png grid (a row per walk), .gif or .mp4.", type=FILE, required=True)
 @click.option("--fps", help="Animation frame rate.", type=POSITIVE, default=10.0)
+@click.option("--energy", help="Also each frame's energy: OUT-energy.csv, curve.", is_flag=True)
 def interpolate(**options):
     """Latent walks (1 - a) z0 + a z1 between seeds or between two real images."""
     from progressive import use
@@ -69,9 +96,14 @@ def interpolate(**options):
         raise UserError("give exactly one of --seeds, --from/--to, --smooth-video")
     if images_given and (from_image is None or to_image is None):
         raise UserError("--from and --to go together: give both images")
+    if options["energy"] and options["smooth_video"] is not None:
+        raise UserError("--energy goes with --seeds or --from/--to, not --smooth-video")
+    from progressive.walk_energy import energy_csv_path
+
     run = _load(options)
     out, steps, fps = options["out"], options["steps"], options["fps"]
-    walk = {"steps": steps, "spherical": options["slerp"], "fps": fps}
+    energy_csv = energy_csv_path(out) if options["energy"] else None
+    walk = {"steps": steps, "spherical": options["slerp"], "fps": fps, "energy_csv": energy_csv}
     if options["smooth_video"] is not None:
         frames = use.smooth_video(
             run, out, options["smooth_video"], fps, options["smoothing"], options["seed"]
@@ -83,15 +115,21 @@ def interpolate(**options):
 
         max_res = run.config["max_res"]
         ends = [use.read_image_file(p, run.res, max_res) for p in (from_image, to_image)]
-        use.interpolate(run, out, endpoints_images=torch.stack(ends), **walk)
+        names = [Path(p).name for p in (from_image, to_image)]
+        images = use.interpolate(run, out, endpoints_images=torch.stack(ends), names=names, **walk)
         walks = 1
     else:
         seed_list = parse_seeds(seeds)
-        use.interpolate(run, out, seeds=seed_list, **walk)
+        images = use.interpolate(run, out, seeds=seed_list, **walk)
         walks = len(seed_list) - 1
     click.echo(
         f"wrote {out}: {walks} walk(s) of {steps} steps at {run.res}px (alpha {run.alpha:.3g})"
     )
+    if energy_csv is not None:
+        from progressive.sampling import sample_energies
+
+        values = sample_energies(run.energy, images, run.alpha)
+        click.echo(f"wrote {energy_csv}: energy along the walks {_fmt(values)}")
 
 
 @click.command()
@@ -102,18 +140,28 @@ def interpolate(**options):
 @click.option("--out", help="One grid image.", type=FILE)
 @click.option("--outdir", help="One PNG per image instead.", type=FOLDER)
 @click.option("--nrow", help="Images per grid row. Default: about sqrt(n).", type=COUNT)
+@_langevin_options
 def sample(**options):
-    """Random samples from the generator."""
+    """Random samples from the generator, optionally refined by Langevin on the energy."""
     from progressive.files import check_suffix
     from progressive.grids import save_grid
     from progressive.sampling import sample as sample_images
+    from progressive.sampling import sample_energies
 
     out, outdir, n, seed = options["out"], options["outdir"], options["n"], options["seed"]
     if (out is None) == (outdir is None):
         raise UserError("give exactly one of --out (a grid) or --outdir (one PNG per image)")
+    chain = _chain(options)
     run = _load(options)
-    psi = options["truncation"]
-    images = sample_images(run.generator, n, seed, run.latent, run.res, run.alpha, psi)
+    args = (run.generator, n, seed, run.latent, run.res, run.alpha, options["truncation"])
+    images = sample_images(*args, energy=run.energy, chain=chain)
+    if chain.steps:
+        before = sample_energies(run.energy, sample_images(*args), run.alpha).mean()
+        after = sample_energies(run.energy, images, run.alpha).mean()
+        click.echo(
+            f"{chain.steps} Langevin steps in {chain.space} space (step size {chain.step_size:g},"
+            f" noise {chain.noise:g}): mean energy {before:.5g} -> {after:.5g}"
+        )
     if out is not None:
         check_suffix(out, (".png", ".jpg"), "--out")
         save_grid(images, out, options["nrow"] or max(1, round(n**0.5)))
@@ -170,10 +218,12 @@ def energy(**options):
 @click.command()
 @_run_options
 @click.option("--data", help="Dataset directory to compare against.", required=True)
-@click.option("--metrics", "metric_names", help="Of swd, recon, fid, kid.", default="swd,recon")
+@click.option("--metrics", "metric_names", help="Of swd, recon, fid, kid, diversity, energy.",
+              default="swd,recon")
 @click.option("--n", help="Real and generated images.", type=click.IntRange(min=2), default=2000)
 @click.option("--inception-weights", help="torch-fidelity's InceptionV3 .pth file.", type=FILE)
 @click.option("--seed", help="Random seed.", type=int, default=0)
+@_langevin_options
 def evaluate(**options):
     """Compute metrics and append them to metric-<name>.jsonl in the run folder."""
     from progressive.evaluation import METRICS
@@ -183,9 +233,10 @@ def evaluate(**options):
     names = [m.strip() for m in options.pop("metric_names").split(",") if m.strip()]
     if not names:
         raise UserError(f"--metrics is empty; choose from {', '.join(METRICS)}")
+    chain = _chain(options)
     run = _load(options)
     notify = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    results = run_metrics(run, names=names, notify=notify, **options)
+    results = run_metrics(run, names=names, notify=notify, chain=chain, **options)
     for name, rec in results.items():
         extra = ""
         if name == "swd":
@@ -194,6 +245,13 @@ def evaluate(**options):
             extra += f"; at initialization {rec['at_init']:.4g})"
         if name == "recon":
             extra = f"  (mean-image baseline {rec['mean_image_baseline']:.5g})"
+        if name == "diversity":
+            nn = f"samples {rec['samples']:.4g}, real {rec['real']:.4g}"
+            extra = f"  (nearest-neighbour RMS distance: {nn})"
+        if name == "energy":
+            extra = f"  (samples; real images {rec['real']:.5g})"
+        if "refined" in rec:
+            extra += f"  after {chain.steps} Langevin steps: {rec['refined']:.6g}"
         click.echo(f"{name:6s} {rec['value']:.6g}{extra}")
     if results:
         click.echo(

@@ -1,4 +1,5 @@
-"""Evaluating a trained run: SWD, reconstruction error, FID and KID against a dataset, each
+"""Evaluating a trained run: SWD, reconstruction error, FID, KID, diversity and mean energy
+against a dataset, of raw samples and of samples refined by Langevin on the energy, each
 appended as one JSON line to the run's metric file (`run_folder.metric_file`)."""
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from progressive.data import ImageDataset
 from progressive.errors import UserError
 from progressive.files import append_jsonl
 from progressive.images import to_uint8
+from progressive.langevin import Langevin
 from progressive.networks import initial_networks
 from progressive.run_folder import METRIC_CACHE_NAME, metric_file
-from progressive.sampling import prepare_real, reconstruct, sample
+from progressive.sampling import energies, prepare_real, reconstruct, sample, sample_energies
 
-METRICS = ("swd", "recon", "fid", "kid")
+METRICS = ("swd", "recon", "fid", "kid", "diversity", "energy")
 
 
 def evaluate(
@@ -31,11 +33,14 @@ def evaluate(
     *,
     inception_weights: str | None = None,
     seed: int = 0,
+    chain: Langevin | None = None,
     notify=print,
 ) -> dict[str, dict]:
     """Compute the metrics `names` on `n` images of dataset `data` against `n` generated ones,
     append each to the run's `metric-<name>.jsonl`, and return the records by name.
 
+    With a Langevin `chain` of at least one step, swd, diversity and energy are also measured
+    on the refined samples (`refined`, beside `value` for the raw ones).
     FID/KID without usable Inception weights are skipped with one notice (via `notify`).
     """
     unknown = [m for m in names if m not in METRICS]
@@ -49,9 +54,12 @@ def evaluate(
         raise UserError(f"--data {data} has {len(ds)} image(s); metrics need at least 2")
     real = ds.batch(list(range(n)))
     real_in = to_uint8(prepare_real(real, run.alpha))
-    fake = None
-    if {"swd", "fid", "kid"} & set(names):
-        fake = sample(run.generator, n, seed, run.latent, run.res, run.alpha)
+    fake = refined = None
+    args = (run.generator, n, seed, run.latent, run.res, run.alpha)
+    if {"swd", "fid", "kid", "diversity", "energy"} & set(names):
+        fake = sample(*args)
+    if chain is not None and chain.steps and {"swd", "diversity", "energy"} & set(names):
+        refined = sample(*args, energy=run.energy, chain=chain)
     base = {
         "images_shown": run.images_shown,
         "res": run.res,
@@ -61,6 +69,7 @@ def evaluate(
         "n": n,
     }
     results: dict[str, dict] = {}
+    chain_info = {"langevin": chain.as_dict()} if refined is not None else {}
 
     def record(name: str, value: float, **extra) -> None:
         results[name] = {"metric": name, **base, "value": value, **extra, "time": time.time()}
@@ -79,9 +88,28 @@ def evaluate(
             initial = _initial_generator(run.config).to(run.device)
             fake0 = sample(initial, n, seed, run.latent, run.res, run.alpha)
             swd0 = metrics.sliced_wasserstein(real_in, fake0, seed=seed)
-            record(
-                "swd", swd["mean"], levels=swd["levels"], per_level=swd["swd"], at_init=swd0["mean"]
-            )
+            extra = dict(levels=swd["levels"], per_level=swd["swd"], at_init=swd0["mean"])
+            if refined is not None:
+                swd_r = metrics.sliced_wasserstein(real_in, refined, seed=seed)
+                extra.update(chain_info, refined=swd_r["mean"], refined_per_level=swd_r["swd"])
+            record("swd", swd["mean"], **extra)
+    if "diversity" in names:
+        div = metrics.diversity(fake, real_in)
+        extra = dict(samples=div["samples"], real=div["real"])
+        if refined is not None:
+            div_r = metrics.diversity(refined, real_in)
+            extra.update(chain_info, refined=div_r["value"], refined_samples=div_r["samples"])
+        record("diversity", div["value"], **extra)
+    if "energy" in names:
+        e_fake = sample_energies(run.energy, fake, run.alpha)
+        e_real = energies(run.energy, real, run.alpha)
+        extra = dict(
+            std=e_fake.std().item(), real=e_real.mean().item(), real_std=e_real.std().item()
+        )
+        if refined is not None:
+            e_ref = sample_energies(run.energy, refined, run.alpha)
+            extra.update(chain_info, refined=e_ref.mean().item(), refined_std=e_ref.std().item())
+        record("energy", e_fake.mean().item(), **extra)
     if "recon" in names:
         recon = reconstruct(run.generator, run.inference, real, run.res, run.alpha)
         err = metrics.reconstruction_error(real_in, recon)

@@ -231,6 +231,31 @@ def mean_image_baseline(train: Tensor, heldout: Tensor) -> Tensor:
     return reconstruction_error(heldout, mean.expand_as(to_float(heldout)))
 
 
+# --------------------------------------------------------------------------- diversity
+
+DIVERSITY_RES = 32
+
+
+def nearest_neighbour_distances(images: Tensor, res: int = DIVERSITY_RES) -> Tensor:
+    """Per image (N,), the RMS pixel distance ([-1, 1] range) to its nearest other image of the
+    set, after box-averaging down to at most `res` (coarse structure, not pixel noise)."""
+    x = to_float(images)
+    while x.shape[-1] > res:
+        x = F.avg_pool2d(x, 2)
+    flat = x.flatten(1).double()
+    d = torch.cdist(flat, flat).pow(2) / flat.shape[1]
+    d.fill_diagonal_(float("inf"))
+    return d.min(dim=1).values.sqrt().float()
+
+
+def diversity(fake: Tensor, real: Tensor) -> dict:
+    """Mean nearest-neighbour distance among generated images over the same among as many real
+    images: 1 is as diverse as the data, near 0 near-copies of a few templates."""
+    nn_fake = nearest_neighbour_distances(fake).mean().item()
+    nn_real = nearest_neighbour_distances(real).mean().item()
+    return {"value": nn_fake / nn_real, "samples": nn_fake, "real": nn_real}
+
+
 # --------------------------------------------------------------------------- Fréchet / FID / KID
 
 

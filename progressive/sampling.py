@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from progressive.images import to_float
+from progressive.langevin import Langevin, refine
 from progressive.networks import fade_real
 
 
@@ -36,11 +37,16 @@ def sample(
     res: int,
     alpha: float,
     truncation: float = 1.0,
+    *,
+    energy: torch.nn.Module | None = None,
+    chain: Langevin | None = None,
 ) -> Tensor:
     """n images from z ~ N(0, I) (one seeded stream), pulled toward the mean latent 0 by
-    `truncation` (z * psi)."""
+    `truncation` (z * psi), then refined by the Langevin `chain` on `energy` when given."""
     z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed)) * truncation
-    return generate(generator, z, res, alpha)
+    if chain is None or chain.steps == 0:
+        return generate(generator, z, res, alpha)
+    return refine(generator, energy, z, res, alpha, chain, seed=seed)
 
 
 def prepare_real(images: Tensor, alpha: float) -> Tensor:
@@ -66,6 +72,17 @@ def energies(energy: torch.nn.Module, images: Tensor, alpha: float, batch: int =
     return torch.cat(
         [energy(x[i : i + batch].to(device), alpha).cpu() for i in range(0, len(x), batch)]
     )
+
+
+@torch.no_grad()
+def sample_energies(
+    energy: torch.nn.Module, images: Tensor, alpha: float, batch: int = 64
+) -> Tensor:
+    """Energy of each generated float image (N,), on the CPU: scored as the generator's output,
+    the way training scores it (no real-image fade)."""
+    device = next(energy.parameters()).device
+    parts = [energy(images[i : i + batch].to(device), alpha) for i in range(0, len(images), batch)]
+    return torch.cat(parts).cpu() if parts else torch.zeros(0)
 
 
 def reconstruct(

@@ -23,7 +23,7 @@ from progressive.files import check_suffix, write_text_atomic
 from progressive.grids import save_animation, save_grid, to_frames
 from progressive.images import EXTENSIONS, Reject, image_files, load_image_file
 from progressive.latents import seed_latents, smooth_latents, walk_latents
-from progressive.sampling import encode, generate
+from progressive.sampling import encode, generate, sample_energies
 
 # --------------------------------------------------------------------------- image input
 
@@ -73,10 +73,18 @@ def interpolate(
     steps: int = 8,
     spherical: bool = False,
     fps: float = 10.0,
+    energy_csv: str | os.PathLike | None = None,
+    names: list[str] | None = None,
 ) -> Tensor:
     """Latent walks written to `out`: .png a grid, one row per walk; .gif/.mp4 one frame per
     step, walks joined end to start (walks * (steps - 1) + 1 frames). Returns the images
-    (walks * steps, 3, res, res)."""
+    (walks * steps, 3, res, res).
+
+    With `energy_csv`, the energy of every frame goes there (one row per frame) and a .png/.jpg
+    grid gets the energy curve of each walk underneath; `names` label the endpoints.
+    """
+    from progressive import walk_energy
+
     out = check_suffix(out, (".png", ".jpg", ".gif", ".mp4"), "--out")
     if endpoints_images is not None:
         ends = encode(run.inference, endpoints_images, run.alpha)
@@ -84,11 +92,19 @@ def interpolate(
         ends = seed_latents(seeds or [], run.latent)
     z = walk_latents(ends, steps, spherical)
     images = generate(run.generator, z.flatten(0, 1), run.res, run.alpha)
-    if out.suffix.lower() in (".gif", ".mp4"):
-        # Consecutive walks share an endpoint: show it once so every frame lasts as long.
-        keep = [0] + [w * steps + i for w in range(len(z)) for i in range(1, steps)]
-        save_animation(to_frames(images[keep]), out, fps)
-    else:
+    animated = out.suffix.lower() in (".gif", ".mp4")
+    # Consecutive walks share an endpoint: an animation shows it once so every frame lasts as
+    # long.
+    frames = [(0, 0)] + [(w, i) for w in range(len(z)) for i in range(1, steps)]
+    if animated:
+        save_animation(to_frames(images[[w * steps + i for w, i in frames]]), out, fps)
+    if energy_csv is not None:
+        names = names or [str(s) for s in seeds or range(len(ends))]
+        values = sample_energies(run.energy, images, run.alpha).view(len(z), steps)
+        walk_energy.write_walk_csv(energy_csv, values, names, frames if animated else None)
+        if not animated:
+            walk_energy.save_grid_with_curve(images, values, names, out)
+    elif not animated:
         save_grid(images, out, nrow=steps)
     return images
 
