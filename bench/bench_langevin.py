@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import click
 from machine import describe
 
-from progressive import metrics, sampling
-from progressive.checkpoint import load_run
-from progressive.data import ImageDataset
-from progressive.images import to_uint8
-from progressive.langevin import Langevin
+# This checkout's package, not an installed one.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from progressive import metrics, sampling  # noqa: E402
+from progressive.checkpoint import load_run  # noqa: E402
+from progressive.data import ImageDataset  # noqa: E402
+from progressive.images import to_uint8  # noqa: E402
+from progressive.langevin import Langevin  # noqa: E402
 
 DEFAULT_CHAINS = [
     "image:10:1e-4:0",

@@ -178,8 +178,8 @@ def test_sample_with_langevin(run_dir, model, tmp_path):
 def _usage_error(result, option):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and option in errors[0], result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and option in lines[0], result.output
 
 
 def test_bad_langevin_options(run_dir, tmp_path):
