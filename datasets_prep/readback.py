@@ -10,7 +10,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from progressive.dataset_format import image_key, read_meta
+from progressive.dataset_format import image_key, read_meta, unseal
 from progressive.images import decode
 
 
@@ -23,9 +23,14 @@ def iter_images(root: str | os.PathLike) -> Iterator[tuple[int, int, np.ndarray]
             with env.begin() as txn:
                 for index in range(shard["first"], shard["first"] + shard["count"]):
                     for res in meta["resolutions"]:
-                        data = txn.get(image_key(res, index))
+                        key = image_key(res, index)
+                        data = txn.get(key)
                         if data is None:
-                            raise KeyError(f"{shard['path']} lacks {image_key(res, index)!r}")
+                            raise KeyError(f"{shard['path']} lacks {key!r}")
+                        if meta["version"] >= 2:
+                            data = unseal(key, data)
+                            if data is None:
+                                raise ValueError(f"{shard['path']}: {key!r} fails its checksum")
                         yield index, res, decode(data, meta["encoding"][res], res)
         finally:
             env.close()

@@ -2,33 +2,73 @@
 
 A snapshot `snapshot-<images_shown:09d>/` holds the weights of the three networks and the
 generator average (safetensors), the optimizer states (`torch.load(weights_only=True)`), and
-`state.json` (format version, images shown, configuration). It is written under a temporary
-name and renamed, so a crash never leaves a half snapshot as the newest. The data order and
-all noise are derived from (seed, rank, images shown), so no sampler or generator state is
-stored.
+`state.json` (format version, images shown, configuration, and the size and CRC32 of every
+other file, checked whenever one is loaded). It is written under a temporary name and renamed,
+so a crash never leaves a half snapshot as the newest; it is refused (`NonFiniteError`) if any
+weight or optimizer tensor is not finite, and loading refuses such a snapshot too. The data
+order and all noise are derived from (seed, rank, images shown), so no sampler or generator
+state is stored.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from progressive.errors import UserError
 from progressive.files import first_line, fsync_path, temporary_path
 from progressive.networks import Energy, Generator, Inference, build_networks
 from progressive.presets import normalize
-from progressive.run_folder import STATE_NAME, resolve_snapshot, snapshot_dir
+from progressive.run_folder import STATE_NAME, list_snapshots, resolve_snapshot, snapshot_dir
 from progressive.schedule import Schedule
 
 SNAPSHOT_VERSION = 1
 WEIGHTS = ("generator", "generator_ema", "energy", "inference")
+# Hidden names of snapshots being written, and of published ones being replaced; and of any
+# file written under a temporary name and renamed (grids, JSON).
+_TEMP_RE = re.compile(r"^\.snapshot-(\d{9})\.(tmp|replaced)-\d+$")
+_TEMP_FILE_RE = re.compile(r"^\..+\.tmp-\d+(\.\w+)?$")
+
+
+class NonFiniteError(UserError):
+    """A snapshot's tensors hold NaN or infinity."""
+
+
+def _tensors(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in nested dicts and lists, with a dotted name."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or infinity."""
+    return [
+        name for name, t in named
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _nonfinite_message(where: str, names: list[str]) -> str:
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return f"{where} holds non-finite values (NaN or infinity) in {names[0]!r}{more}"
 
 
 def save_snapshot(
@@ -40,24 +80,76 @@ def save_snapshot(
 ) -> Path:
     """Write a complete snapshot atomically and return its path."""
     final = snapshot_dir(Path(run_dir), images_shown)
+    weights = {
+        name: {k: v.detach().cpu().contiguous() for k, v in networks[name].state_dict().items()}
+        for name in WEIGHTS
+    }
+    optimizer_states = {k: o.state_dict() for k, o in optimizers.items()}
+    bad = nonfinite(_tensors(weights)) + nonfinite(_tensors(optimizer_states, "optimizers"))
+    if bad:  # nothing is written: a snapshot is only ever a point worth continuing from
+        raise NonFiniteError(_nonfinite_message(f"the snapshot at {images_shown} images", bad))
     tmp = temporary_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in WEIGHTS:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in networks[name].state_dict().items()}
-        save_file(tensors, tmp / f"{name}.safetensors")
-    torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizers.pt")
-    state = {"version": SNAPSHOT_VERSION, "images_shown": images_shown, "config": cfg}
+        save_file(weights[name], tmp / f"{name}.safetensors")
+    torch.save(optimizer_states, tmp / "optimizers.pt")
+    state = {
+        "version": SNAPSHOT_VERSION,
+        "images_shown": images_shown,
+        "config": cfg,
+        # Size and CRC32 of every file as written: a file damaged later is refused on loading.
+        "files": {
+            f.name: {"bytes": len(data), "crc32": zlib.crc32(data)}
+            for f in sorted(tmp.iterdir()) for data in (f.read_bytes(),)
+        },
+    }
     (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
     # Every file reaches the disk before the rename publishes the snapshot, and the rename
     # itself before anything relies on it: a power cut leaves a whole snapshot or none.
     for f in tmp.iterdir():
         fsync_path(f)
-    if final.exists():  # the same point saved twice (e.g. a stage end that is also periodic)
-        shutil.rmtree(final)
+    fsync_path(tmp)
+    old = None
+    if final.exists():
+        # The same point saved again (a resumed run with other options): the published
+        # snapshot steps aside under a hidden name and is deleted only once the new one is in
+        # place; `clean_run_dir` puts it back if a crash comes between the two renames.
+        old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
     fsync_path(final.parent)
+    if old is not None:
+        shutil.rmtree(old)
     return final
+
+
+def clean_run_dir(run_dir: str | os.PathLike) -> list[str]:
+    """Remove what killed writers left in a run folder (temporary snapshot folders), and put
+    back a snapshot that was stepping aside for its replacement. Only the holder of the run
+    folder's lock may call this. Returns the names removed or restored."""
+    run_dir = Path(run_dir)
+    done = []
+    if not run_dir.is_dir():
+        return done
+    for p in sorted(run_dir.iterdir()):
+        m = _TEMP_RE.match(p.name)
+        if m is None:
+            if _TEMP_FILE_RE.match(p.name) and p.is_file():
+                p.unlink()
+                done.append(f"removed {p.name}")
+            continue
+        final = run_dir / f"snapshot-{m.group(1)}"
+        if m.group(2) == "replaced" and not final.exists():
+            os.replace(p, final)
+            done.append(f"restored {final.name}")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name}")
+    if done:
+        fsync_path(run_dir)
+    return done
 
 
 def read_state(snapshot: Path) -> dict:
@@ -84,29 +176,130 @@ def read_state(snapshot: Path) -> dict:
     return state
 
 
+def _cause(e: BaseException) -> str:
+    """The exception's type and the first line of its message."""
+    return f"{type(e).__name__}: {first_line(e)}"
+
+
+def _read_verified(snapshot: Path, name: str) -> bytes:
+    """The bytes of one file of `snapshot`, checked against the size and CRC32 that state.json
+    records (snapshots from before the record are taken as they are)."""
+    file = snapshot / name
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise UserError(f"{file} cannot be read ({_cause(e)}); use another snapshot") from None
+    try:
+        record = json.loads((snapshot / STATE_NAME).read_text()).get("files", {}).get(name)
+    except (OSError, ValueError, AttributeError):
+        record = None  # state.json itself is checked by read_state
+    if isinstance(record, dict):
+        if len(data) != record.get("bytes") or zlib.crc32(data) != record.get("crc32"):
+            raise UserError(
+                f"{file} is damaged (its size or CRC32 differs from what state.json records); "
+                "use another snapshot"
+            )
+    return data
+
+
+def read_weights(snapshot: Path, name: str) -> dict[str, torch.Tensor]:
+    """The tensors of one weight file of `snapshot`, verified and checked to be finite."""
+    file = snapshot / f"{name}.safetensors"
+    data = _read_verified(snapshot, file.name)
+    try:
+        tensors = load_safetensors(data)
+    except (OSError, SafetensorError, RuntimeError, ValueError) as e:
+        raise UserError(f"{file} cannot be loaded ({_cause(e)}); use another snapshot") from None
+    bad = nonfinite(tensors.items())
+    if bad:
+        raise NonFiniteError(_nonfinite_message(str(file), bad) + "; use an earlier snapshot")
+    return tensors
+
+
+def _check_shapes(file: Path, network: torch.nn.Module, tensors: dict) -> None:
+    """A one-line error naming the first tensor that does not fit `network`."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise UserError(
+            f"{file}: {k!r} has shape {list(tensors[k].shape)} but the snapshot's configuration "
+            f"builds {list(expected[k].shape)}{more}; the file belongs to another run"
+        )
+    if missing or unexpected:
+        what = f"lacks {missing[0]!r}" if missing else f"has an unknown tensor {unexpected[0]!r}"
+        n = len(missing) + len(unexpected)
+        raise UserError(
+            f"{file} {what}{f' ({n} mismatches)' if n > 1 else ''}; the file belongs to "
+            "another run or version"
+        )
+
+
 def load_weights(snapshot: Path, networks: dict[str, torch.nn.Module]) -> None:
-    """Load the four weight files of `snapshot` into `networks` (strict)."""
+    """Load the four weight files of `snapshot` into `networks` (strict, finite)."""
     for name in WEIGHTS:
         file = snapshot / f"{name}.safetensors"
+        tensors = read_weights(snapshot, name)
+        _check_shapes(file, networks[name], tensors)
         try:
-            networks[name].load_state_dict(load_file(file))
-        except (OSError, SafetensorError, RuntimeError, ValueError) as e:
+            networks[name].load_state_dict(tensors)
+        except (RuntimeError, ValueError) as e:
             raise UserError(
-                f"{file} cannot be loaded ({first_line(e)}); use another snapshot"
+                f"{file} cannot be loaded ({_cause(e)}); use another snapshot"
             ) from None
 
 
-def load_optimizers(snapshot: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    """Load optimizer states saved by `save_snapshot` (no arbitrary unpickling)."""
+def read_optimizers(snapshot: Path) -> dict:
+    """The optimizer states of `snapshot` (no arbitrary unpickling), checked to be finite."""
     file = snapshot / "optimizers.pt"
+    data = _read_verified(snapshot, file.name)
     try:
-        states = torch.load(file, map_location="cpu", weights_only=True)
-        for name, opt in optimizers.items():
+        states = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure here means a damaged file
+        raise UserError(f"{file} cannot be loaded ({_cause(e)}); use another snapshot") from None
+    if not isinstance(states, dict):
+        raise UserError(f"{file} holds {type(states).__name__}, not optimizer states")
+    bad = nonfinite(_tensors(states))
+    if bad:
+        raise NonFiniteError(_nonfinite_message(str(file), bad) + "; use an earlier snapshot")
+    return states
+
+
+def load_optimizers(snapshot: Path, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """Load optimizer states saved by `save_snapshot` into `optimizers`."""
+    file = snapshot / "optimizers.pt"
+    states = read_optimizers(snapshot)
+    for name, opt in optimizers.items():
+        try:
             opt.load_state_dict(states[name])
-    except Exception as e:  # any failure here means a damaged snapshot
-        raise UserError(
-            f"{file} cannot be loaded ({type(e).__name__}); use another snapshot"
-        ) from None
+        except Exception as e:  # a missing network, or groups that do not match
+            raise UserError(
+                f"{file} does not fit this run ({name}: {_cause(e)}); use another snapshot"
+            ) from None
+
+
+def check_snapshot(snapshot: Path) -> None:
+    """Raise a one-line `UserError` unless `snapshot` is whole and finite: its state, every
+    weight file and the optimizer states are read and checked."""
+    read_state(snapshot)
+    for name in WEIGHTS:
+        read_weights(snapshot, name)
+    read_optimizers(snapshot)
+
+
+def newest_usable_snapshot(run_dir: Path, notify=print) -> Path | None:
+    """The newest snapshot of a run that `check_snapshot` accepts; each one skipped is
+    reported through `notify`."""
+    for snapshot in reversed(list_snapshots(run_dir)):
+        try:
+            check_snapshot(snapshot)
+            return snapshot
+        except UserError as e:
+            notify(f"skipping {snapshot.name}: {e}")
+    return None
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:

@@ -7,7 +7,7 @@ import sys
 import click
 
 from progressive import __version__
-from progressive.errors import UserError
+from progressive.errors import UserError, one_line
 
 
 class _Group(click.Group):
@@ -18,7 +18,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {one_line(e)}", err=True)
             sys.exit(1)
         except click.UsageError as e:
             click.echo(f"Error: {e.format_message()}", err=True)
@@ -36,7 +36,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
-def info(path: str) -> None:
+@click.option("--verify", is_flag=True, help="Dataset: read and check every record.")
+def info(path: str, verify: bool) -> None:
     """Summarise a dataset directory or a checkpoint (run folder or snapshot)."""
     from pathlib import Path
 
@@ -44,9 +45,30 @@ def info(path: str) -> None:
 
     p = Path(path)
     if p.is_dir() and (p / META_NAME).exists() or (p.is_dir() and any(p.glob("shard-*.lmdb"))):
-        from progressive.info import dataset_summary
+        from progressive.info import dataset_summary, shard_problems
 
         click.echo(dataset_summary(p))
+        problems = shard_problems(p)
+        if not verify and not problems:
+            click.echo("  checked      shard sizes and headers (--verify reads every record)")
+        if verify and not problems:
+            from progressive.data import verify_dataset
+
+            result = verify_dataset(p)
+            problems = result["problems"]
+            if not problems:
+                click.echo(f"  verified     {result['records']:,} records, all intact")
+        for line in problems[1:20]:
+            click.echo(f"damaged: {line}", err=True)
+        if problems:
+            first = problems[0].split("; ")[0]
+            more = f" (and {len(problems) - 1} more, up to 19 listed above)" if problems[1:] else ""
+            raise UserError(
+                f"{first}{more}; re-create the dataset with tools/make_lmdb.py or restore the "
+                "damaged shards from a copy"
+            )
+    elif verify:
+        raise UserError(f"--verify checks datasets; {p} is not one (no {META_NAME})")
     else:
         from progressive.info import checkpoint_summary
 

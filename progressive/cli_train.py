@@ -58,7 +58,9 @@ def train(preset, out, name, resume, rec_scaling, dry_run, **overrides) -> None:
     if dry_run:
         click.echo(json.dumps(training.dry_run_summary(cfg), indent=2))
         return
-    cfg, run_dir, snapshot = training.resolve_run(cfg, overrides, Path(out), name, resume)
+    cfg, run_dir, snapshot = training.resolve_run(
+        cfg, overrides, Path(out), name, resume, notify=lambda m: click.echo(m, err=True)
+    )
     final = training.train(cfg, run_dir, snapshot)
     click.echo(f"final snapshot: {final}")
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from torchvision.io import decode_jpeg, decode_png
 
-from progressive.dataset_format import image_key, read_meta
+from progressive.dataset_format import check_shard, image_key, png_intact, read_meta, unseal
 from progressive.errors import UserError
 from progressive.files import first_line
 
@@ -76,7 +76,7 @@ def _open_shard(path: Path, identity: tuple[int, int]) -> lmdb.Environment:
 class ImageDataset(Dataset):
     """The images of the dataset at `root` at resolution `res`, as uint8 tensors (3, res, res)."""
 
-    def __init__(self, root: str | os.PathLike, res: int):
+    def __init__(self, root: str | os.PathLike, res: int, check_shards: bool = True):
         self.root = Path(root)
         self.meta = read_meta(self.root)
         self.resolutions: list[int] = self.meta["resolutions"]
@@ -91,7 +91,11 @@ class ImageDataset(Dataset):
         self.channels = int(self.meta["channels"])
         if self.channels not in (1, 3):
             raise UserError(f"{self.root}/meta.json: channels {self.channels} is not 1 or 3")
+        self.version = int(self.meta["version"])
         self.shards: list[dict] = self.meta["shards"]
+        for shard in self.shards if check_shards else ():
+            # before any shard is mapped: reading a page past a short file's end is a SIGBUS
+            check_shard(self.root, shard, len(self.resolutions), self.version)
         self._firsts = [s["first"] for s in self.shards]
         self._paths = [self.root / s["path"] for s in self.shards]
         self._identities = [_file_identity(p) for p in self._paths]
@@ -121,10 +125,7 @@ class ImageDataset(Dataset):
         if self.encoding == "raw":
             for index, v in zip(indices, values, strict=True):
                 if len(v) != res * res * c:
-                    raise UserError(
-                        f"{self._where(index)} is corrupt: {len(v)} bytes, "
-                        f"expected {res}x{res}x{c}"
-                    )
+                    raise self._damaged(index, f"{len(v)} bytes, expected {res}x{res}x{c}")
             hwc = np.frombuffer(b"".join(values), dtype=np.uint8)
             # numpy's HWC -> CHW copy of uint8 is ~5x faster than torch's permute().contiguous()
             np.copyto(dst, hwc.reshape(n, res, res, c).transpose(0, 3, 1, 2))  # c=1 broadcasts
@@ -134,7 +135,8 @@ class ImageDataset(Dataset):
         return out
 
     def _read(self, indices: list[int]) -> list[bytes]:
-        """The stored values of `indices`, one read transaction per shard."""
+        """The images at `indices` as stored (encoded), one read transaction per shard, each
+        verified against its checksum (version 2) before anything decodes it."""
         txns: dict[int, lmdb.Transaction] = {}
         out = []
         try:
@@ -143,21 +145,35 @@ class ImageDataset(Dataset):
                 if not 0 <= index < len(self):
                     raise IndexError(f"index {index} out of range for {len(self)} images")
                 shard = self._shard_of(index)
-                txn = txns.get(shard)
-                if txn is None:
-                    env = _open_shard(self._paths[shard], self._identities[shard])
-                    txn = txns[shard] = env.begin(buffers=False)
-                value = txn.get(image_key(self.res, index))
+                key = image_key(self.res, index)
+                try:
+                    txn = txns.get(shard)
+                    if txn is None:
+                        env = _open_shard(self._paths[shard], self._identities[shard])
+                        txn = txns[shard] = env.begin(buffers=False)
+                    value = txn.get(key)
+                except lmdb.Error as e:  # a damaged page of the shard's index
+                    raise self._damaged(index, str(e).strip().splitlines()[0]) from None
                 if value is None:
-                    raise UserError(
-                        f"{self._where(index)} is missing; re-create the dataset with "
-                        "tools/make_lmdb.py"
-                    )
+                    raise self._damaged(index, "missing")
+                if self.version >= 2:
+                    value = unseal(key, value)
+                    if value is None:
+                        raise self._damaged(index, "checksum mismatch")
+                elif self.encoding == "png" and not png_intact(value):
+                    raise self._damaged(index, "PNG chunk checksum mismatch")
                 out.append(value)
         finally:
             for txn in txns.values():
                 txn.abort()
         return out
+
+    def _damaged(self, index: int, reason: str) -> UserError:
+        return UserError(
+            f"{self._where(index)} is damaged ({reason}); re-create the dataset with "
+            f"tools/make_lmdb.py or restore the shard; `progressive info {self.root} --verify` "
+            "checks every record"
+        )
 
     def _shard_of(self, index: int) -> int:
         return bisect.bisect_right(self._firsts, index) - 1
@@ -175,15 +191,14 @@ class ImageDataset(Dataset):
             # UNCHANGED is ~15% faster than asking for RGB; convert the rare other layouts below
             image = (decode_png if self.encoding == "png" else decode_jpeg)(data)
         except RuntimeError as e:
-            raise UserError(f"{self._where(index)} is corrupt ({first_line(e)})") from None
+            raise self._damaged(index, first_line(e)) from None
         if image.shape[0] in (1, 2):  # gray, gray + alpha
             image = image[:1].expand(3, -1, -1)
         elif image.shape[0] == 4:  # RGBA
             image = image[:3]
         if image.shape != (3, res, res) or image.dtype != torch.uint8:
-            raise UserError(
-                f"{self._where(index)} is corrupt: decoded {tuple(image.shape)} {image.dtype}, "
-                f"expected (3, {res}, {res}) uint8"
+            raise self._damaged(
+                index, f"decoded {tuple(image.shape)} {image.dtype}, expected (3, {res}, {res})"
             )
         return image
 
@@ -270,3 +285,43 @@ def make_loader(
         dataset, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin_memory,
         persistent_workers=False, **extra,
     )
+
+
+def verify_dataset(root: str | os.PathLike, progress: bool = True, chunk: int = 256) -> dict:
+    """Read and check every record of the dataset at `root` the way training reads it: shard
+    sizes and headers, then each record's checksum (version 2) and decoding. Returns
+    {"records": records checked, "problems": one line per damaged shard or record, saying what
+    is wrong (not what to do)}."""
+    from tqdm import tqdm
+
+    meta = read_meta(root)
+    resolutions = meta["resolutions"]
+    problems: list[str] = []
+    whole = []
+    for shard in meta["shards"]:
+        try:
+            check_shard(Path(root), shard, len(resolutions), int(meta["version"]))
+            whole.append(shard)
+        except UserError as e:
+            problems.append(str(e).split("; ")[0])
+    checked = 0
+    total = sum(s["count"] for s in whole) * len(resolutions)
+    with tqdm(total=total, unit="rec", disable=not progress, desc="verifying") as bar:
+        for res in resolutions:
+            ds = ImageDataset(root, res, check_shards=False)  # checked above, one by one
+            for shard in whole:
+                for start in range(shard["first"], shard["first"] + shard["count"], chunk):
+                    indices = list(range(start, min(start + chunk, shard["first"] +
+                                                    shard["count"])))
+                    try:
+                        ds.batch(indices)
+                    except UserError:  # find which records of the chunk are damaged
+                        for index in indices:
+                            try:
+                                ds.batch([index])
+                            except UserError as e:
+                                problems.append(str(e).split("; ")[0])
+                    checked += len(indices)
+                    bar.update(len(indices))
+    return {"records": checked, "problems": problems}
+

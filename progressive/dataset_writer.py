@@ -420,7 +420,8 @@ def write_dataset(
         rej.flush()
         os.fsync(rej.fileno())
     shard_list = shard_table(count, shard_size)
-    sync_shards(output, len(shard_list))
+    for shard, size in zip(shard_list, sync_shards(output, len(shard_list)), strict=True):
+        shard["bytes"] = size
     if count == 0:
         raise UserError(
             f"no usable images in {source.input} ({rejected} rejected; see "

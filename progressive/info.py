@@ -14,8 +14,11 @@ def dataset_summary(path: Path) -> str:
 
     path = Path(path)
     meta = read_meta(path)
+    checks = ("per-record CRC32, shard sizes" if meta["version"] >= 2 else
+              "none stored (older format: shard headers, PNG chunk CRCs, decoding)")
     rows: list[tuple[str, str]] = [
         ("format", f"{FORMAT} version {meta['version']}"),
+        ("checksums", checks),
         ("images", f"{meta['count']:,}"),
         ("resolutions", ", ".join(str(r) for r in meta["resolutions"])),
         ("encoding", _ranges(meta["encoding"])),
@@ -57,6 +60,22 @@ def dataset_summary(path: Path) -> str:
             rows.append((key.replace("_", " "), _short(text)))
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"dataset {path}"] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def shard_problems(path: Path) -> list[str]:
+    """One line per shard of the dataset at `path` whose size or header is wrong (cheap: two
+    pages per shard are read)."""
+    from progressive.dataset_format import check_shard, read_meta
+    from progressive.errors import UserError
+
+    meta = read_meta(path)
+    problems = []
+    for shard in meta["shards"]:
+        try:
+            check_shard(Path(path), shard, len(meta["resolutions"]), int(meta["version"]))
+        except UserError as e:
+            problems.append(str(e))
+    return problems
 
 
 def _ranges(encoding: dict[int, str]) -> str:

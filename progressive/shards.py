@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lmdb
 
-from progressive.dataset_format import image_key, shard_name
+from progressive.dataset_format import image_key, seal, shard_name
 from progressive.files import fsync_path
 
 REOPEN_BYTES = 32 << 20
@@ -49,8 +49,8 @@ class ShardStore:
         while i < len(images):
             k = (first + i) // self.shard_size
             end = min(len(images), (k + 1) * self.shard_size - first)
-            pairs = [(image_key(r, first + j), v) for j in range(i, end)
-                     for r, v in images[j].items()]
+            pairs = [(key, seal(key, v)) for j in range(i, end)
+                     for r, v in images[j].items() for key in (image_key(r, first + j),)]
             self._put(k, pairs)
             self.written += sum(len(v) for _, v in pairs)
             i = end
@@ -79,14 +79,19 @@ class ShardStore:
         self.written = 0
 
 
-def sync_shards(output: Path, n_shards: int) -> None:
-    """Flush every shard of a finished conversion to disk (before meta.json is written)."""
+def sync_shards(output: Path, n_shards: int) -> list[int]:
+    """Flush every shard of a finished conversion to disk (before meta.json is written);
+    returns each shard's data file size, which meta.json records."""
+    sizes = []
     for k in range(n_shards):
-        env = lmdb.open(str(Path(output) / shard_name(k)), readahead=False, max_dbs=0)
+        path = Path(output) / shard_name(k)
+        env = lmdb.open(str(path), readahead=False, max_dbs=0)
         try:
             env.sync(True)
         finally:
             env.close()
+        sizes.append((path / "data.mdb").stat().st_size)
+    return sizes
 
 
 def flush_in_background(output: Path) -> threading.Thread:

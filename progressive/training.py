@@ -7,7 +7,6 @@ then one backward pass of the joint loss updates generator and inference model.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,11 +21,12 @@ from progressive import loss as triangle
 from progressive import run_folder as layout
 from progressive.data import ImageDataset, make_loader
 from progressive.dataset_format import META_NAME, read_meta
-from progressive.errors import UserError
+from progressive.errors import UserError, one_line
 from progressive.files import append_jsonl, write_json_atomic
 from progressive.grids import pairs, save_grid
 from progressive.images import to_float
 from progressive.networks import build_networks, fade_real, initial_networks, num_parameters
+from progressive.runlock import RunLock, Watchdog
 from progressive.schedule import NETWORKS, Phase, Schedule
 
 
@@ -316,22 +316,93 @@ class _Ticks:
             f"E+={means['energy_real']:.2f} E-={means['energy_fake']:.2f} "
             f"{record['images_per_s']:.0f} img/s"
         )
-        # Gradient norms are left out: under fp16 a step the loss scaler skips has an inf norm.
-        if not all(math.isfinite(v) for k, v in means.items() if not k.startswith("grad_norm")):
-            raise UserError(
-                f"training diverged at {images_shown} images (non-finite losses); "
-                f"see {self.stats_file}; resume from an earlier snapshot with lower --lr"
-            )
         self._reset(images_shown)
 
 
-def _save(trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int) -> Path:
-    """A snapshot at `images_shown`, written by the main process once all have arrived."""
+def _save(trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int) -> Path | None:
+    """A snapshot at `images_shown`, written by the main process once all have arrived;
+    None (on every rank) when it was refused for non-finite tensors."""
     acc = trainer.accelerator
     acc.wait_for_everyone()
+    refused = None
     if acc.is_main_process:
-        ckpt.save_snapshot(run_dir, images_shown, cfg, trainer.unwrapped(), trainer.optimizers)
+        try:
+            ckpt.save_snapshot(run_dir, images_shown, cfg, trainer.unwrapped(), trainer.optimizers)
+        except ckpt.NonFiniteError as e:
+            refused = str(e)
+    if _agree(acc, refused) is not None:
+        return None
     return layout.snapshot_dir(run_dir, images_shown)
+
+
+def _agree(acc: Accelerator, value: str | None) -> str | None:
+    """The main process's `value` on every rank."""
+    if acc.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def step_is_finite(stats: dict[str, torch.Tensor], precision: str) -> torch.Tensor:
+    """Whether a step's losses and gradients were finite, as a 0-dim bool tensor on the
+    step's device. The gradient norms are taken after the all-reduce, so every rank reaches
+    the same verdict at the same step; a non-finite loss on any rank makes every rank's
+    gradients non-finite. Under fp16 the loss scaler skips steps with overflowing gradients
+    by design, so only the local losses count there."""
+    keys = [k for k in stats if k.startswith("loss") or
+            (precision != "fp16" and k.startswith("grad_norm"))]
+    return torch.isfinite(torch.stack([stats[k] for k in keys])).all()
+
+
+class FiniteSteps:
+    """Every step checked for non-finite losses and gradients. On the CPU the verdict is read
+    at once; on a GPU it is folded into a flag on the device and read at each tick and before
+    each snapshot, so the check never makes the host wait for the GPU."""
+
+    def __init__(self, device: torch.device, precision: str, images_shown: int = 0):
+        self.at_once = device.type == "cpu"
+        self.precision = precision
+        self.flag: torch.Tensor | None = None
+        self.since = images_shown
+
+    def add(self, stats: dict[str, torch.Tensor], images_shown: int) -> str | None:
+        """None, or where training diverged (this step)."""
+        ok = step_is_finite(stats, self.precision)
+        if self.at_once:
+            return None if bool(ok) else f"at {images_shown:,} images"
+        self.flag = ok if self.flag is None else self.flag & ok
+        return None
+
+    def confirm(self, images_shown: int) -> str | None:
+        """None, or where training diverged (a step since the last confirmation)."""
+        flag, self.flag = self.flag, None
+        since, self.since = self.since, images_shown
+        if flag is None or bool(flag):
+            return None
+        return f"between {since:,} and {images_shown:,} images"
+
+
+def _diverged(where: str, last_good: Path | None, why: str) -> UserError:
+    if last_good is None:
+        then = "no snapshot of this run is usable; start again with a lower --lr"
+    else:
+        then = (f"the last good snapshot is {last_good}: continue from it with a lower --lr "
+                f"(progressive train --resume {last_good} --lr ...)")
+    return UserError(f"training diverged {where} ({why}); {then}")
+
+
+def _next_batch(loader_iter, data: str) -> torch.Tensor:
+    """The next batch; a worker that died (a signal while decoding) becomes a one-line error."""
+    try:
+        return next(loader_iter)
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        raise UserError(
+            f"a data loader process died reading {data} ({one_line(e)}); check the dataset "
+            f"with `progressive info {data} --verify`"
+        ) from None
 
 
 def _save_reals(fixed: dict, run_dir: Path, res: int, grid: int) -> None:
@@ -360,19 +431,67 @@ def train(
                 f"batch {cfg['batch'][res]} at {res}px does not divide over {world} processes"
             )
 
+    # One writer per run folder: the main process holds the lock until training ends; the
+    # kernel drops it if the process dies. Every rank learns whether it was taken.
+    lock, refused = None, None
+    if acc.is_main_process:
+        try:
+            lock = RunLock.acquire(run_dir)
+        except UserError as e:
+            refused = str(e)
+    refused = _agree(acc, refused)
+    if refused is not None:
+        raise UserError(refused)
+    watchdog = Watchdog.start_if_launched(rank, world)
+    try:
+        final = _train_locked(cfg, run_dir, snapshot, progress, trainer, schedule, total)
+    except RuntimeError as e:
+        if world == 1 or not _is_collective_failure(e):
+            raise
+        raise UserError(
+            f"rank {rank} lost the other processes ({one_line(e)[:160]}); stopping; continue "
+            "with --resume auto"
+        ) from None
+    finally:
+        if watchdog is not None:
+            watchdog.done()
+        if lock is not None:
+            lock.release()
+    return final
+
+
+def _is_collective_failure(e: RuntimeError) -> bool:
+    """Whether `e` comes from a collective whose peer went away (gloo, NCCL)."""
+    if isinstance(e, torch.distributed.DistError):
+        return True
+    text = str(e)
+    return any(s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed"))
+
+
+def _train_locked(
+    cfg: dict, run_dir: Path, snapshot: str | os.PathLike | None, progress: bool,
+    trainer: Trainer, schedule: Schedule, total: int,
+) -> Path:
+    acc = trainer.accelerator
+    world, rank = acc.num_processes, acc.process_index
+    if acc.is_main_process:
+        for line in ckpt.clean_run_dir(run_dir):  # what killed runs left behind
+            acc.print(f"run folder {run_dir}: {line}")
     images_shown = 0
+    last_good = None
     if snapshot is not None:
         snapshot = layout.resolve_snapshot(snapshot)
         images_shown = ckpt.read_state(snapshot)["images_shown"]
         ckpt.load_weights(snapshot, trainer.unwrapped())
         ckpt.load_optimizers(snapshot, trainer.optimizers)
+        last_good = snapshot
     cfg = _resolve_data(cfg, run_dir, acc)
     dataset_meta = check_dataset(cfg["data"], cfg["max_res"])
     fixed = _fixed_inputs(cfg, schedule, acc.device)
 
     final = None
     if images_shown == 0:  # the starting point, for metrics against initialization
-        final = _save(trainer, cfg, run_dir, 0)
+        final = last_good = _save(trainer, cfg, run_dir, 0)
         if acc.is_main_process:
             _save_grids(trainer, run_dir, fixed, schedule.at(0), 0)
     acc.print(
@@ -388,40 +507,54 @@ def train(
     # boundary resets its optimizers as an uninterrupted one does.
     stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else None
     batches = None  # this stage's loader, built anew at each stage (workers prefetch ahead)
-    while images_shown < total:
-        phase = schedule.at(images_shown)
-        if batches is None or phase.stage != stage:
-            if stage is not None and phase.stage != stage and cfg["reset_optimizers"]:
-                trainer.reset_optimizers()
-            stage = phase.stage
-            dataset = ImageDataset(cfg["data"], phase.res)
-            batches = iter(make_loader(
-                dataset, phase.batch // world, rank=rank, world_size=world, seed=cfg["seed"],
-                start=images_shown // world, workers=cfg["workers"],
-                pin_memory=acc.device.type == "cuda",
-            ))
-            if acc.is_main_process:
-                _save_reals(fixed, run_dir, phase.res, cfg["grid_size"])
-        trainer.set_lr(phase)
-        ticks.add(trainer.step(next(batches), phase, images_shown))
-        before, images_shown = images_shown, images_shown + phase.batch
-        bar.update(phase.batch)
+    finite = FiniteSteps(acc.device, cfg["mixed_precision"], images_shown)
+    try:  # the bar is closed first, so an error is printed on a line of its own
+        while images_shown < total:
+            phase = schedule.at(images_shown)
+            if batches is None or phase.stage != stage:
+                if stage is not None and phase.stage != stage and cfg["reset_optimizers"]:
+                    trainer.reset_optimizers()
+                stage = phase.stage
+                dataset = ImageDataset(cfg["data"], phase.res)
+                batches = iter(make_loader(
+                    dataset, phase.batch // world, rank=rank, world_size=world, seed=cfg["seed"],
+                    start=images_shown // world, workers=cfg["workers"],
+                    pin_memory=acc.device.type == "cuda",
+                ))
+                if acc.is_main_process:
+                    _save_reals(fixed, run_dir, phase.res, cfg["grid_size"])
+            trainer.set_lr(phase)
+            stats = trainer.step(_next_batch(batches, cfg["data"]), phase, images_shown)
+            if (where := finite.add(stats, images_shown)) is not None:
+                raise _diverged(where, last_good, "non-finite loss or gradient")
+            ticks.add(stats)
+            before, images_shown = images_shown, images_shown + phase.batch
+            bar.update(phase.batch)
 
-        stage_done = phase.stage_end is not None and images_shown >= phase.stage_end
-        done = images_shown >= total
-        if images_shown // tick_every != before // tick_every or stage_done or done:
-            ticks.log(images_shown, phase)
-        if acc.is_main_process and (stage_done or done):
-            _save_grids(trainer, run_dir, fixed, phase, images_shown)
-        if images_shown // snap_every != before // snap_every or stage_done or done:
-            final = _save(trainer, cfg, run_dir, images_shown)
-    bar.close()
+            stage_done = phase.stage_end is not None and images_shown >= phase.stage_end
+            done = images_shown >= total
+            tick = images_shown // tick_every != before // tick_every or stage_done or done
+            snap = images_shown // snap_every != before // snap_every or stage_done or done
+            if (tick or snap) and (where := finite.confirm(images_shown)) is not None:
+                raise _diverged(where, last_good, "non-finite loss or gradient")
+            if tick:
+                ticks.log(images_shown, phase)
+            if acc.is_main_process and (stage_done or done):
+                _save_grids(trainer, run_dir, fixed, phase, images_shown)
+            if snap:
+                final = _save(trainer, cfg, run_dir, images_shown)
+                if final is None:
+                    where = f"at {images_shown:,} images"
+                    raise _diverged(where, last_good, "non-finite weights, not saved")
+                last_good = final
+    finally:
+        bar.close()
     acc.wait_for_everyone()
     return final or layout.snapshot_dir(run_dir, images_shown)
 
 
 def resolve_run(
-    cfg: dict, overrides: dict, out: Path, name: str | None, resume: str | None
+    cfg: dict, overrides: dict, out: Path, name: str | None, resume: str | None, notify=print
 ) -> tuple[dict, Path, Path | None]:
     """Pick the run folder and the snapshot to continue from.
 
@@ -435,6 +568,7 @@ def resolve_run(
     snapshot = None
     if resume not in (None, "auto"):
         snapshot = layout.resolve_snapshot(resume)
+        ckpt.check_snapshot(snapshot)
         run_dir = snapshot.parent
     else:
         run_dir = out / (name or layout.run_name(cfg))
@@ -444,7 +578,12 @@ def resolve_run(
                 f"run {run_dir} already has snapshots; pass --resume auto to continue "
                 "it, or --name to start another run"
             )
-        snapshot = existing[-1] if existing else None
+        snapshot = ckpt.newest_usable_snapshot(run_dir, notify) if existing else None
+        if existing and snapshot is None:
+            raise UserError(
+                f"run {run_dir} has no usable snapshot (each is damaged or non-finite, see "
+                "above); pass --name to start another run"
+            )
     if snapshot is not None:
         saved = ckpt.read_state(snapshot)["config"]
         given = {k: v for k, v in overrides.items() if v is not None}

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from progressive.data import ImageDataset, InfiniteSampler, make_loader
+from progressive.data import ImageDataset, InfiniteSampler, make_loader, verify_dataset
 from progressive.dataset_format import (
     FORMAT,
     VERSION,
     image_key,
+    seal,
     shard_name,
 )
 from progressive.errors import UserError
@@ -41,8 +42,10 @@ def _encode(image: torch.Tensor, encoding: str) -> bytes:
 def write_dataset(
     root: Path, count: int = 10, max_res: int = 16, encoding: dict[int, str] | None = None,
     shard_counts: list[int] | None = None, seed: int = 0, extra_meta: dict | None = None,
+    version: int = VERSION,
 ) -> dict[int, torch.Tensor]:
     """Write a dataset as DESIGN.md section 3 describes; return the images stored per resolution.
+    Version 1 is the older format: no checksums, no shard sizes.
 
     Images are smooth random fields (so JPEG stays close); lower resolutions are 2x2 box averages.
     """
@@ -66,12 +69,16 @@ def write_dataset(
         with env.begin(write=True) as txn:
             for index in range(first, first + n):
                 for res in resolutions:
-                    txn.put(image_key(res, index), _encode(images[res][index], encoding[res]))
+                    key = image_key(res, index)
+                    value = _encode(images[res][index], encoding[res])
+                    txn.put(key, seal(key, value) if version >= 2 else value)
         env.close()
         shards.append({"path": shard_name(i), "first": first, "count": n})
+        if version >= 2:
+            shards[-1]["bytes"] = (root / shard_name(i) / "data.mdb").stat().st_size
         first += n
     meta = {
-        "format": FORMAT, "version": VERSION, "count": count, "max_res": max_res,
+        "format": FORMAT, "version": version, "count": count, "max_res": max_res,
         "resolutions": resolutions, "encoding": {str(r): e for r, e in encoding.items()},
         "channels": 3, "crop": "center", "resize": "lanczos, then 2x2 box average",
         "source": {"kind": "folder", "input": "/nowhere/images"}, "shards": shards,
@@ -167,32 +174,116 @@ def test_malformed_meta_and_unknown_version(tmp_path):
         ImageDataset(tmp_path / "d", 8)
 
 
-def test_missing_key_and_corrupt_value_name_shard_and_key(tmp_path):
+def test_older_format_damaged_values_name_shard_and_key(tmp_path):
     enc = {4: "raw", 8: "png"}
-    write_dataset(tmp_path / "d", count=4, max_res=8, encoding=enc, shard_counts=[2, 2])
+    write_dataset(tmp_path / "d", count=4, max_res=8, encoding=enc, shard_counts=[2, 2], version=1)
+    good_png = _encode(torch.zeros(3, 8, 8, dtype=torch.uint8), "png")
+    bad_png = bytearray(good_png)
+    bad_png[-20] ^= 0xFF  # inside the image data: the chunk's CRC no longer matches
     env = lmdb.open(str(tmp_path / "d" / shard_name(1)))
     with env.begin(write=True) as txn:
-        txn.delete(image_key(8, 3))
         txn.put(image_key(8, 2), b"\x89PNG garbage")
+        txn.put(image_key(8, 3), bytes(bad_png))
         txn.put(image_key(4, 2), b"short")
     env.close()
-    for res, index, what in ((8, 3, "missing"), (8, 2, "corrupt"), (4, 2, "corrupt")):
+    for res, index, what in ((8, 2, "PNG chunk"), (8, 3, "PNG chunk"), (4, 2, "bytes")):
         with pytest.raises(UserError) as e:
             ImageDataset(tmp_path / "d", res)[index]
         msg = str(e.value)
         assert what in msg and "shard-00001.lmdb" in msg and f"{res}/{index:08d}" in msg
-        assert "\n" not in msg
+        assert "damaged" in msg and "--verify" in msg and "\n" not in msg
+    problems = verify_dataset(tmp_path / "d", progress=False)["problems"]
+    assert len(problems) == 3 and all("shard-00001.lmdb" in p for p in problems)
 
 
-def test_missing_shard_directory(tmp_path):
-    write_dataset(tmp_path / "d", count=4, max_res=4, shard_counts=[2, 2])
+def _flip(root: Path, shard: int, value: bytes, offset: int = 0) -> None:
+    """Flip one byte of `value` where it lies in the shard's data file, in place."""
+    data = root / shard_name(shard) / "data.mdb"
+    blob = bytearray(data.read_bytes())
+    at = blob.find(value)
+    assert at >= 0 and blob.find(value, at + 1) < 0
+    blob[at + offset] ^= 0x01
+    data.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png"])
+def test_flipped_byte_fails_its_checksum_before_decoding(tmp_path, encoding, monkeypatch):
+    enc = {4: "raw", 8: encoding}
+    write_dataset(tmp_path / "d", count=4, max_res=8, encoding=enc, shard_counts=[2, 2])
+    ds = ImageDataset(tmp_path / "d", 8)
+    stored = ds._read([3])[0]
+    _flip(tmp_path / "d", 1, stored, offset=len(stored) // 2)
+    import progressive.data as data
+
+    decoded, real_decode = [], data.decode_png
+    monkeypatch.setattr(data, "decode_png", lambda b: decoded.append(1) or real_decode(b))
+    ds = ImageDataset(tmp_path / "d", 8)
+    assert ds.batch([0, 1, 2]).shape == (3, 3, 8, 8)
+    decoded.clear()
+    with pytest.raises(UserError) as e:
+        ds.batch([2, 3])
+    msg = str(e.value)
+    assert "checksum" in msg and "shard-00001.lmdb, key 8/00000003" in msg and "\n" not in msg
+    assert decoded == []  # every record of a batch is verified before any is decoded
+    monkeypatch.undo()
+    result = verify_dataset(tmp_path / "d", progress=False)
+    assert result["records"] == 8 and len(result["problems"]) == 1
+    assert "8/00000003" in result["problems"][0]
+
+
+def test_swapped_records_fail_their_checksums(tmp_path):
+    write_dataset(tmp_path / "d", count=2, max_res=4)
+    env = lmdb.open(str(tmp_path / "d" / shard_name(0)))
+    with env.begin() as txn:
+        a, b = txn.get(image_key(4, 0)), txn.get(image_key(4, 1))
+    env.close()
+    blob = bytearray((tmp_path / "d" / shard_name(0) / "data.mdb").read_bytes())
+    ia, ib = blob.find(a), blob.find(b)
+    blob[ia : ia + len(a)], blob[ib : ib + len(b)] = b, a  # same size, same file length
+    (tmp_path / "d" / shard_name(0) / "data.mdb").write_bytes(bytes(blob))
+    with pytest.raises(UserError, match="key 4/00000000 is damaged .checksum"):
+        ImageDataset(tmp_path / "d", 4)[0]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_short_or_missing_shards_are_refused_before_mapping(tmp_path, version):
+    write_dataset(tmp_path / "d", count=6, max_res=8, shard_counts=[3, 3], version=version)
+    data = tmp_path / "d" / shard_name(1) / "data.mdb"
+    size = data.stat().st_size
+    os_truncate = __import__("os").truncate
+    os_truncate(data, size // 2)
+    with pytest.raises(UserError) as e:
+        ImageDataset(tmp_path / "d", 8)
+    msg = str(e.value)
+    assert "shard-00001.lmdb" in msg and "cut short" in msg and "\n" not in msg
+    problems = verify_dataset(tmp_path / "d", progress=False)
+    assert problems["records"] == 6 and len(problems["problems"]) == 1  # shard 0 still read
     import shutil
 
     shutil.rmtree(tmp_path / "d" / shard_name(1))
-    ds = ImageDataset(tmp_path / "d", 4)
-    ds[0]
-    with pytest.raises(UserError, match="shard-00001.lmdb"):
-        ds[3]
+    with pytest.raises(UserError, match="shard-00001.lmdb is missing"):
+        ImageDataset(tmp_path / "d", 4)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_count_beyond_the_records_is_refused(tmp_path, version):
+    write_dataset(tmp_path / "d", count=4, max_res=4, version=version)
+    meta_path = tmp_path / "d" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["count"] = 6
+    meta["shards"][0]["count"] = 6
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="holds 4 records but meta.json promises 6"):
+        ImageDataset(tmp_path / "d", 4)
+
+
+def test_older_format_still_reads(tmp_path):
+    images = write_dataset(tmp_path / "d", count=3, max_res=8, version=1,
+                           encoding={4: "raw", 8: "png"})
+    for res in (4, 8):
+        ds = ImageDataset(tmp_path / "d", res)
+        assert torch.equal(ds.batch([0, 1, 2]), images[res])
+    assert verify_dataset(tmp_path / "d", progress=False) == {"records": 6, "problems": []}
 
 
 def test_pickles_after_reading(tmp_path):

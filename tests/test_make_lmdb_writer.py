@@ -18,7 +18,7 @@ from datasets_prep import make_source, write_dataset
 from datasets_prep.readback import iter_images, shard_keys
 from progressive import dataset_writer as writer
 from progressive import shards
-from progressive.dataset_format import image_key, read_meta
+from progressive.dataset_format import image_key, read_meta, unseal
 from progressive.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -333,7 +333,7 @@ def test_shard_writer_memory_stays_flat(tmp_path, monkeypatch):
     env = lmdb.open(str(tmp_path / "shard-00000.lmdb"), readonly=True, lock=False)
     with env.begin() as txn:
         assert txn.stat()["entries"] == 1920 * 6
-        assert txn.get(image_key(64, 1919)) == image[64]
+        assert unseal(image_key(64, 1919), txn.get(image_key(64, 1919))) == image[64]
     env.close()
 
 
@@ -345,7 +345,7 @@ def test_shards_are_flushed_while_the_last_batches_convert(tmp_path, monkeypatch
     monkeypatch.setattr(shards, "fsync_path", lambda path: events.append(("flush", str(path))))
     real_sync = writer.sync_shards
     monkeypatch.setattr(writer, "sync_shards", lambda *a: (events.append(("sync",)),
-                                                          real_sync(*a)))
+                                                          real_sync(*a))[1])
     meta = write_dataset(make_source("synthetic", "30"), tmp_path / "out", 8, workers=2,
                          shard_size=10, progress=False)
     assert meta["count"] == 30

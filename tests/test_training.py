@@ -250,7 +250,9 @@ def test_snapshot_files_reach_the_disk_before_it_is_published(tmp_path, monkeypa
     final = ckpt.save_snapshot(tmp_path / "run", 32, cfg, nets, optimizers)
     files = sorted(p.name for p in final.iterdir())
     assert len(files) == len(ckpt.WEIGHTS) + 2  # weights, optimizers.pt, state.json
-    assert sorted(name for name, published in synced[:-1] if not published) == files
+    # the files, then the temporary folder that lists them, all before the rename
+    assert sorted(name for name, published in synced[:-2] if not published) == files
+    assert synced[-2][0].startswith(".snapshot-000000032.tmp-") and not synced[-2][1]
     assert synced[-1] == ("run", True)  # then the rename, in its directory
 
 

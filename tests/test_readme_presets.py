@@ -1,0 +1,41 @@
+"""The README's preset table says what the presets in the code hold."""
+
+import re
+from pathlib import Path
+
+from progressive.presets import PRESETS, make_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _rows() -> dict[str, list[str]]:
+    text = README.read_text()
+    table = text.split("## Presets", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def _numbers(text: str) -> list[float]:
+    """Numbers outside parentheses (those name resolutions)."""
+    outside = re.sub(r"\([^)]*\)", "", text)
+    return [float(n) for n in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", outside)]
+
+
+def test_every_preset_has_a_row_that_matches_the_code():
+    rows = _rows()
+    assert set(rows) == set(PRESETS)
+    for name, (_, res, latent, widths, batch, lr, betas, kimg, _) in rows.items():
+        cfg = make_config(name)
+        resolutions = [r for r in cfg["batch"] if cfg["start_res"] <= r <= cfg["max_res"]]
+        assert res == f"{cfg['start_res']}→{cfg['max_res']}", name
+        assert int(latent) == cfg["latent"], name
+        assert [int(w) for w in widths.split("/")] == [cfg["fmap_base"], cfg["fmap_max"]], name
+        assert _numbers(batch)[0] == cfg["batch"][cfg["start_res"]], name
+        assert set(_numbers(batch)) == {cfg["batch"][r] for r in resolutions}, name
+        lrs = {cfg["lr"][n][r] for n in cfg["lr"] for r in resolutions}
+        assert set(_numbers(lr)) == lrs, name
+        assert [float(b) for b in betas.split(",")] == cfg["betas"], name
+        assert [float(k) for k in kimg.split("/")] == [cfg["fade_kimg"], cfg["stable_kimg"]], name
