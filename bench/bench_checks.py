@@ -38,7 +38,8 @@ from machine import describe  # noqa: E402
 
 from datasets_prep import make_source, write_dataset  # noqa: E402
 from progressive.data import ImageDataset  # noqa: E402
-from progressive.dataset_format import unseal, write_json_atomic  # noqa: E402
+from progressive.dataset_format import unseal  # noqa: E402
+from progressive.files import write_json_atomic  # noqa: E402
 from progressive.training import FiniteSteps  # noqa: E402
 
 

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import describe  # noqa: E402
 
-from progressive.dataset_format import image_key, read_meta, unseal, write_json_atomic  # noqa: E402
+from progressive.dataset_format import image_key, read_meta, unseal  # noqa: E402
+from progressive.files import write_json_atomic  # noqa: E402
 
 TINY = ["--latent", "8", "--fmap-base", "64", "--fmap-max", "16", "--mixed-precision", "no",
         "--max-res", "8", "--batch", "4", "--fade-kimg", "0.04", "--stable-kimg", "0.04"]
