@@ -3,11 +3,14 @@
     python bench/bench_train.py                          # 16, 32, 64; batch 16; CPU or GPU
     python bench/bench_train.py --res 32 --batch 4 --steps 2 --precision no
     python bench/bench_train.py --device cuda --precision no tf32 bf16 --steps 20
+    python bench/bench_train.py --res 32 64 --widths rule --steps 5   # fp32 vs auto, CPU sizes
 
 Each step is `Trainer.step` (energy contrastive step, then the joint generator + inference
 step, Adam updates and the generator average) at default widths (fmap_base 16384, fmap_max
 512, latent 512), stable phase (alpha 1). Precisions: `no` (exact fp32), `tf32` (fp32 with
-TensorFloat-32 matmuls and convolutions; NVIDIA GPUs), `bf16` and `fp16` (autocast). The FLOPs
+TensorFloat-32 matmuls and convolutions; NVIDIA GPUs), `bf16` and `fp16` (autocast), and `auto`
+(what training uses by default: bf16 where the device has it natively, else fp32). `--widths
+rule` uses the sizes the default rule gives this device at each resolution instead. The FLOPs
 of one step are counted with `torch.utils.flop_counter.FlopCounterMode` during the first
 warm-up step. The baseline, measured in the same run, is the machine's matmul peak in each
 precision: the best of several large square `torch.mm`, before and after the training steps
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from machine import describe  # noqa: E402
 
+from progressive import precision as mixed_precision  # noqa: E402
 from progressive.presets import make_config  # noqa: E402
 from progressive.schedule import NETWORKS, Phase  # noqa: E402
 from progressive.training import Trainer, set_float32_math  # noqa: E402
@@ -45,6 +49,17 @@ PRECISIONS = {  # name: (matmul dtype, accelerate mixed precision, tf32)
     "fp16": (torch.float16, "fp16", False),
 }
 LABELS = {"no": "fp32", "tf32": "tf32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+
+
+def resolved(precision: str, device: str) -> str:
+    """`auto` as training resolves it on `device`; any other precision unchanged."""
+    return mixed_precision.resolve("auto", device) if precision == "auto" else precision
+
+
+def label(precision: str, device: str) -> str:
+    if precision == "auto":
+        return f"auto ({LABELS[resolved(precision, device)]})"
+    return LABELS[precision]
 
 
 def sync(device: str) -> None:
@@ -78,9 +93,13 @@ def matmul_peak(precision: str, device: str) -> float:
 
 def make_trainer(res: int, batch: int, precision: str, widths: str = "default",
                  device: str = "cpu") -> tuple[Trainer, Phase]:
-    """A trainer in the stable phase at `res`: default widths, or the `demo` preset's."""
+    """A trainer in the stable phase at `res`: default widths, the `demo` preset's, or the
+    default rule's for max-res `res` on `device`."""
     sizes = {} if widths == "demo" else {"latent": 512, "fmap_base": 16384, "fmap_max": 512}
-    _, mixed, tf32 = PRECISIONS[precision]
+    _, mixed, tf32 = PRECISIONS[resolved(precision, device)]
+    if widths == "rule":
+        base = make_config(None, device=device, max_res=max(res, 8))
+        sizes = {k: base[k] for k in ("latent", "fmap_base", "fmap_max", "fmap_min")}
     cfg = make_config("demo", max_res=max(res, 8), start_res=res, batch=batch,
                       mixed_precision=mixed, tf32=tf32, workers=0, **sizes)
     trainer = Trainer.create(cfg, Accelerator(cpu=device == "cpu", mixed_precision=mixed))
@@ -91,8 +110,8 @@ def make_trainer(res: int, batch: int, precision: str, widths: str = "default",
 
 
 def bench_one(res: int, batch: int, precision: str, steps: int, warmup: int,
-              device: str) -> dict:
-    trainer, phase = make_trainer(res, batch, precision, device=device)
+              device: str, widths: str = "default") -> dict:
+    trainer, phase = make_trainer(res, batch, precision, widths, device=device)
     real = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
     counter = FlopCounterMode(display=False)
     with counter:  # the first warm-up step, counted
@@ -111,6 +130,7 @@ def bench_one(res: int, batch: int, precision: str, steps: int, warmup: int,
     step_s = statistics.median(times)
     memory = torch.cuda.max_memory_allocated() if device == "cuda" else None
     return {"res": res, "batch": batch, "precision": precision, "device": device,
+            "resolved_precision": resolved(precision, device), "widths": widths,
             "steps": steps, "warmup": warmup, "step_s": times, "median_step_s": step_s,
             "images_per_s": batch / step_s, "flops_per_image": flops_per_image,
             "flops_per_s": flops_per_image * batch / step_s, "finite": finite,
@@ -127,18 +147,21 @@ def main() -> None:
                     help="timed steps (default: 3 on CPU, 20 on GPU)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed steps first (default: 1 on CPU, 3 on GPU)")
-    ap.add_argument("--precision", nargs="+", default=None, choices=list(PRECISIONS),
-                    help="default: no bf16 on CPU; no tf32 bf16 on GPU")
+    ap.add_argument("--precision", nargs="+", default=None, choices=[*PRECISIONS, "auto"],
+                    help="default: no auto on CPU; no tf32 bf16 auto on GPU")
+    ap.add_argument("--widths", choices=["default", "demo", "rule"], default="default",
+                    help="network sizes: default (16384/512, latent 512), the demo's, or the "
+                    "default rule's for this device at each resolution")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train.json"))
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     gpu = args.device == "cuda"
     args.steps = args.steps or (20 if gpu else 3)
     args.warmup = args.warmup or (3 if gpu else 1)
-    args.precision = args.precision or (["no", "tf32", "bf16"] if gpu else ["no", "bf16"])
+    args.precision = args.precision or (["no", "tf32", "bf16", "auto"] if gpu else ["no", "auto"])
     if args.one:
         row = bench_one(args.res[0], args.batch, args.precision[0], args.steps, args.warmup,
-                        args.device)
+                        args.device, args.widths)
         print(json.dumps(row))
         return
 
@@ -147,7 +170,8 @@ def main() -> None:
     print(f"machine: {machine['cpu']}, {where}, torch {machine['torch']}, "
           f"{machine['threads']} threads, load average {machine['load_avg_start']:.1f}",
           flush=True)
-    peak = {p: matmul_peak(p, args.device) for p in ["no", *args.precision]}
+    used = dict.fromkeys(["no", *(resolved(p, args.device) for p in args.precision)])
+    peak = {p: matmul_peak(p, args.device) for p in used}
 
     rows = []
     for res in args.res:
@@ -155,7 +179,8 @@ def main() -> None:
             # A fresh process per configuration: accelerate's state is per process.
             cmd = [sys.executable, __file__, "--one", "--res", str(res), "--batch",
                    str(args.batch), "--precision", precision, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--device", args.device]
+                   "--warmup", str(args.warmup), "--device", args.device,
+                   "--widths", args.widths]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"res {res} {precision} failed:\n{proc.stderr[-2000:]}")
@@ -169,7 +194,7 @@ def main() -> None:
     fp32 = {r["res"]: r for r in rows if r["precision"] == "no"}
     for r in rows:
         r["share_of_fp32_peak"] = r["flops_per_s"] / peak["no"]
-        r["share_of_own_peak"] = r["flops_per_s"] / peak[r["precision"]]
+        r["share_of_own_peak"] = r["flops_per_s"] / peak[r["resolved_precision"]]
         if r["res"] in fp32:
             r["vs_fp32"] = r["images_per_s"] / fp32[r["res"]]["images_per_s"]
 
@@ -177,7 +202,7 @@ def main() -> None:
     print("\nmatmul peak (best of several, before/after): "
           + ", ".join(f"{LABELS[p]} {v / scale:.1f} {unit}" for p, v in peak.items()))
     print(f"batch {args.batch}, median of {args.steps} steps after {args.warmup} warm-up, "
-          "alpha 1, default widths")
+          f"alpha 1, {args.widths} widths")
     print(f"| res | precision | images/s | vs fp32 | GFLOP/image | {unit} "
           "| share of fp32 peak | share of own peak | peak memory |")
     print("|----:|-----------|---------:|--------:|------------:|------:"
@@ -185,7 +210,7 @@ def main() -> None:
     for r in rows:
         memory = (f"{r['peak_memory_bytes'] / 2**30:.1f} GiB" if r["peak_memory_bytes"]
                   else "-")
-        print(f"| {r['res']} | {LABELS[r['precision']]} "
+        print(f"| {r['res']} | {label(r['precision'], args.device)} "
               f"| {r['images_per_s']:.3f} | {r.get('vs_fp32', float('nan')):.2f}x "
               f"| {r['flops_per_image'] / 1e9:.1f} | {r['flops_per_s'] / scale:.1f} "
               f"| {100 * r['share_of_fp32_peak']:.0f}% | {100 * r['share_of_own_peak']:.0f}% "

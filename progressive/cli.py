@@ -37,7 +37,9 @@ def main() -> None:
 @main.command()
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--verify", is_flag=True, help="Dataset: read and check every record.")
-def info(path: str, verify: bool) -> None:
+@click.option("--plot", help="Run: draw SWD, losses and energies against images shown (PNG).",
+              type=click.Path(dir_okay=False, path_type=str))
+def info(path: str, verify: bool, plot: str | None) -> None:
     """Summarise a dataset directory or a checkpoint (run folder or snapshot)."""
     from pathlib import Path
 
@@ -47,6 +49,8 @@ def info(path: str, verify: bool) -> None:
     if p.is_dir() and (p / META_NAME).exists() or (p.is_dir() and any(p.glob("shard-*.lmdb"))):
         from progressive.info import dataset_summary, shard_problems
 
+        if plot:
+            raise UserError(f"--plot draws a run's progress; {p} is a dataset")
         click.echo(dataset_summary(p))
         problems = shard_problems(p)
         if not verify and not problems:
@@ -73,6 +77,10 @@ def info(path: str, verify: bool) -> None:
         from progressive.info import checkpoint_summary
 
         click.echo(checkpoint_summary(p))
+        if plot:
+            from progressive.plot import plot_run
+
+            click.echo(f"plot: {plot_run(p, plot)}")
 
 
 def _register() -> None:

@@ -15,13 +15,14 @@ COUNT = click.IntRange(min=1)
 RES = click.IntRange(4, 1024)
 FOLDER = click.Path(file_okay=False)
 SCALINGS = click.Choice(["fixed", "sum"])
-PRECISIONS = click.Choice(["no", "bf16", "fp16"])
+PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 
 
 @click.command()
 # Data and run layout.
 @click.option("--data", help="Dataset directory (make_lmdb.py). Default: built-in synthetic data.")
-@click.option("--preset", help="Experiment preset.", type=click.Choice(PRESETS), default="demo")
+@click.option("--preset", help="Experiment preset. Default: sizes from --max-res and the device.",
+              type=click.Choice([*PRESETS, "auto"]))
 @click.option("--out", help="Folder of run folders.", type=FOLDER, default="checkpoints")
 @click.option("--name", help="Run folder name. Default: preset[-dataset].")
 @click.option("--resume", help="'auto' (this run's newest snapshot) or a run folder or snapshot.")
@@ -42,21 +43,35 @@ PRECISIONS = click.Choice(["no", "bf16", "fp16"])
 @click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
 @click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
 # Speed.
-@click.option("--mixed-precision", help="Autocast precision.", type=PRECISIONS)
+@click.option("--mixed-precision", help="Default auto: bf16 where native, else fp32.",
+              type=PRECISIONS)
 @click.option("--tf32/--no-tf32", help="TensorFloat-32 on NVIDIA GPUs. Default: off.", default=None)
 @click.option("--workers", help="DataLoader worker processes per rank.", type=click.IntRange(min=0))
 # Bookkeeping.
 @click.option("--snapshot-kimg", help="Snapshot interval, thousands of images.", type=KIMG)
-@click.option("--dry-run", help="Print the configuration and stages (JSON) and stop.", is_flag=True)
-def train(preset, out, name, resume, rec_scaling, dry_run, **overrides) -> None:
+# Evaluation at every stage end, on the held-out end of the dataset.
+@click.option("--holdout", help="Share held out (the last images). Default 0.1.",
+              type=click.FloatRange(0, 0.5))
+@click.option("--eval-images", help="Held-out images per evaluation (0: none). Default 500.",
+              type=click.IntRange(min=0))
+@click.option("--dry-run", help="Print the plan (JSON: stages, time, memory, data) and stop.",
+              is_flag=True)
+@click.option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
+              type=click.FloatRange(min=0), default=20.0, show_default=True)
+def train(preset, out, name, resume, rec_scaling, dry_run, calibration_seconds,
+          **overrides) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive import training
     from progressive.presets import make_config
 
     overrides["loss"] = {"rec_scaling": rec_scaling} if rec_scaling else None
+    if preset is None and overrides["max_res"] is None and overrides["data"] is not None:
+        overrides["max_res"] = training.dataset_max_res(overrides["data"])  # grow to the data's
     cfg = make_config(preset, **overrides)
     if dry_run:
-        click.echo(json.dumps(training.dry_run_summary(cfg), indent=2))
+        from progressive.plan import dry_run_summary
+
+        click.echo(json.dumps(dry_run_summary(cfg, Path(out), calibration_seconds), indent=2))
         return
     cfg, run_dir, snapshot = training.resolve_run(
         cfg, overrides, Path(out), name, resume, notify=lambda m: click.echo(m, err=True)

@@ -45,12 +45,14 @@ _OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|
 
 def encodings_for(max_res: int, encoding: str) -> dict[int, str]:
     """Encoding per resolution; "auto" is raw up to 256 (PNG decoding would dominate reading
-    there) and PNG above."""
-    if encoding not in ("auto", "raw", "png", "jpeg"):
-        raise UserError(f"--encoding {encoding!r} must be auto, png, jpeg or raw")
+    there) and PNG above; "compact" is raw up to 256 and JPEG above (about a fifth of PNG's
+    size and twice as fast to write at 1024)."""
+    if encoding not in ("auto", "compact", "raw", "png", "jpeg"):
+        raise UserError(f"--encoding {encoding!r} must be auto, compact, png, jpeg or raw")
     res = resolutions(max_res)
-    if encoding == "auto":
-        return {r: "raw" if r <= 256 else "png" for r in res}
+    if encoding in ("auto", "compact"):
+        high = "png" if encoding == "auto" else "jpeg"
+        return {r: "raw" if r <= 256 else high for r in res}
     return dict.fromkeys(res, encoding)
 
 

@@ -159,6 +159,11 @@ def checkpoint_summary(path: Path) -> str:
                          f"{last['images_shown']:,} images shown")
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             lines.append(f"  {metric_file.stem:15s}unreadable")
+    from progressive.stage_evaluation import read_evaluations, summary_line
+
+    evals = read_evaluations(run_dir)
+    if evals:
+        lines.append(f"  evaluations    {len(evals)}; latest: {summary_line(evals[-1])}")
     return "\n".join(lines)
 
 

@@ -19,9 +19,9 @@ LRELU_SLOPE = 0.2
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
 
 
-def channels(res: int, fmap_base: int = 16384, fmap_max: int = 512) -> int:
-    """Feature maps at resolution `res`: min(fmap_base // res, fmap_max)."""
-    return min(fmap_base // res, fmap_max)
+def channels(res: int, fmap_base: int = 16384, fmap_max: int = 512, fmap_min: int = 16) -> int:
+    """Feature maps at resolution `res`: fmap_base // res, clamped to [fmap_min, fmap_max]."""
+    return max(min(fmap_base // res, fmap_max), fmap_min)
 
 
 def num_parameters(module: nn.Module) -> int:
@@ -135,10 +135,11 @@ class Generator(nn.Module):
         fmap_base: int = 16384,
         fmap_max: int = 512,
         pixel_norm: bool = True,
+        fmap_min: int = 16,
     ):
         super().__init__()
         self.max_res, self.latent, self.pixel_norm = max_res, latent, pixel_norm
-        ch = lambda r: channels(r, fmap_base, fmap_max)  # noqa: E731
+        ch = lambda r: channels(r, fmap_base, fmap_max, fmap_min)  # noqa: E731
         self.blocks = nn.ModuleDict()
         self.to_rgb = nn.ModuleDict()
         for r in resolutions(max_res):
@@ -225,10 +226,11 @@ class _Encoder(nn.Module):
         fmap_base: int = 16384,
         fmap_max: int = 512,
         mbstd_group: int = 0,
+        fmap_min: int = 16,
     ):
         super().__init__()
         self.max_res = max_res
-        ch = lambda r: channels(r, fmap_base, fmap_max)  # noqa: E731
+        ch = lambda r: channels(r, fmap_base, fmap_max, fmap_min)  # noqa: E731
         self.blocks = nn.ModuleDict()
         self.from_rgb = nn.ModuleDict()
         for r in resolutions(max_res):
@@ -259,11 +261,12 @@ class Energy(nn.Module):
     """Image (N, 3, res, res) -> energy (N,), fp32, raw (low energy = data-like)."""
 
     def __init__(
-        self, max_res: int, fmap_base: int = 16384, fmap_max: int = 512, mbstd_group: int = 0
+        self, max_res: int, fmap_base: int = 16384, fmap_max: int = 512, mbstd_group: int = 0,
+        fmap_min: int = 16,
     ):
         super().__init__()
         self.max_res = max_res
-        self.trunk = _Encoder(max_res, 1, fmap_base, fmap_max, mbstd_group)
+        self.trunk = _Encoder(max_res, 1, fmap_base, fmap_max, mbstd_group, fmap_min)
 
     def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
         return self.trunk(x, alpha)[:, 0].float()
@@ -281,11 +284,12 @@ class Inference(nn.Module):
     """
 
     def __init__(
-        self, max_res: int, latent: int = 512, fmap_base: int = 16384, fmap_max: int = 512
+        self, max_res: int, latent: int = 512, fmap_base: int = 16384, fmap_max: int = 512,
+        fmap_min: int = 16,
     ):
         super().__init__()
         self.max_res, self.latent = max_res, latent
-        self.trunk = _Encoder(max_res, 2 * latent, fmap_base, fmap_max)
+        self.trunk = _Encoder(max_res, 2 * latent, fmap_base, fmap_max, fmap_min=fmap_min)
 
     def forward(self, x: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
         mu, logvar = self.trunk(x, alpha).float().chunk(2, dim=1)
@@ -304,7 +308,11 @@ def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
 
 def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
     """The three networks and the generator average, at full size, from a configuration."""
-    widths = {"fmap_base": cfg["fmap_base"], "fmap_max": cfg["fmap_max"]}
+    widths = {
+        "fmap_base": cfg["fmap_base"],
+        "fmap_max": cfg["fmap_max"],
+        "fmap_min": cfg.get("fmap_min", 1),  # configurations from before the floor had none
+    }
     generator = Generator(cfg["max_res"], cfg["latent"], **widths)
     generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths)
     generator_ema.load_state_dict(generator.state_dict())

@@ -1,4 +1,5 @@
-"""Training configurations: one preset per experiment of the paper, plus `demo`.
+"""Training configurations: one preset per experiment of the paper, plus `demo`, plus `auto`
+(no preset named): sizes derived from --max-res and the device (`progressive.sizing`).
 
 A configuration is a plain JSON-able dict. `make_config` starts from a preset and applies
 overrides; per-resolution tables (batch, learning rates) are keyed by resolution.
@@ -10,6 +11,7 @@ import copy
 
 from progressive.errors import UserError
 from progressive.resolutions import ALL_RES, check_resolution
+from progressive.sizing import FMAP_MIN, default_device, rule
 
 # Everything a run needs; presets override parts of it.
 BASE: dict = {
@@ -35,6 +37,7 @@ BASE: dict = {
     "latent": 512,
     "fmap_base": 16384,
     "fmap_max": 512,
+    "fmap_min": FMAP_MIN,  # the narrowest any layer may be
     "mbstd_group": 0,  # minibatch-stddev layer in the energy model; 0 = none
     "loss": {
         "rec": 1.0,  # weight of the reconstruction term
@@ -46,12 +49,14 @@ BASE: dict = {
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
     },
     "seed": 0,
-    "mixed_precision": "no",
+    "mixed_precision": "auto",  # bf16 where the device runs it natively, else fp32
     "tf32": False,  # TensorFloat-32 for fp32 matmuls and convolutions on NVIDIA GPUs
     "workers": 2,
     "snapshot_kimg": 100.0,
     "tick_kimg": 4.0,  # stats and progress-bar granularity
     "grid_size": 8,  # samples per row/column in grids
+    "holdout": 0.1,  # fraction of the dataset held out (its last images by index) for evaluation
+    "eval_images": 500,  # held-out images evaluated at each stage end (at most); 0: none
 }
 
 
@@ -105,8 +110,6 @@ PRESETS: dict[str, dict] = {
         "fmap_base": 512,
         "fmap_max": 64,
         "ema_kimg": 2.0,
-        # bf16 autocast is ~16x slower than fp32 on CPUs without native bf16 (bench/README.md).
-        "mixed_precision": "no",
         "workers": 0,
         "snapshot_kimg": 20.0,
         "tick_kimg": 1.0,
@@ -144,15 +147,25 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def make_config(preset: str = "demo", **overrides) -> dict:
+AUTO = "auto"  # the preset name of a run that named none
+
+
+def make_config(preset: str | None = "demo", device: str | None = None, **overrides) -> dict:
     """Resolve a configuration: BASE, then the preset, then `overrides` (None means unset).
 
-    `batch` may be an int (every resolution) or a table; `lr` may be a float (every network and
-    resolution); `loss` a partial dict of loss weights.
+    `preset` None or "auto": the sizing rule for `max_res` (default 32) on `device` (default:
+    the GPU if there is one). `batch` may be an int (every resolution) or a table; `lr` may be
+    a float (every network and resolution); `loss` a partial dict of loss weights.
     """
-    if preset not in PRESETS:
-        raise UserError(f"--preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    cfg = _merge(_merge(BASE, PRESETS[preset]), {"preset": preset})
+    if preset is None or preset == AUTO:
+        max_res = overrides.get("max_res") or 32
+        check_resolution(max_res, "--max-res")
+        cfg = _merge(_merge(BASE, rule(max_res, device or default_device())), {"preset": AUTO})
+    elif preset not in PRESETS:
+        names = ", ".join([*PRESETS, AUTO])
+        raise UserError(f"--preset {preset!r} is unknown; choose one of {names}")
+    else:
+        cfg = _merge(_merge(BASE, PRESETS[preset]), {"preset": preset})
     for key, value in overrides.items():
         if value is None:
             continue
@@ -177,8 +190,14 @@ def normalize(cfg: dict) -> dict:
         raise UserError(f"--start-res {cfg['start_res']} is above --max-res {cfg['max_res']}")
     if cfg["loss"]["rec_scaling"] not in ("fixed", "sum"):
         raise UserError("loss rec_scaling must be 'fixed' or 'sum'")
-    if cfg["mixed_precision"] not in ("no", "bf16", "fp16"):
-        raise UserError("--mixed-precision must be no, bf16 or fp16")
+    if cfg["mixed_precision"] not in ("auto", "no", "bf16", "fp16"):
+        raise UserError("--mixed-precision must be auto, no, bf16 or fp16")
+    if not 1 <= cfg["fmap_min"] <= cfg["fmap_max"]:
+        raise UserError(
+            f"fmap_min {cfg['fmap_min']} must be from 1 to --fmap-max {cfg['fmap_max']}"
+        )
+    if not 0 <= cfg["holdout"] <= 0.5:
+        raise UserError(f"--holdout {cfg['holdout']} must be from 0 to 0.5")
     for name in ("fade_kimg", "stable_kimg"):
         if cfg[name] < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")

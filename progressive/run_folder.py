@@ -29,9 +29,12 @@ _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{9})$")
 
 
 def run_name(cfg: dict) -> str:
-    """Default run name: the preset, plus the dataset's folder name when there is one."""
+    """Default run name: the preset, plus the dataset's folder name when there is one; on the
+    built-in data the default rule's runs are named by their max-res (`auto-1024`)."""
     if cfg["data"]:
         return f"{cfg['preset']}-{Path(cfg['data']).name}"
+    if cfg["preset"] == "auto":
+        return f"auto-{cfg['max_res']}"
     return f"{cfg['preset']}"
 
 

@@ -14,18 +14,21 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from progressive import checkpoint as ckpt
 from progressive import loss as triangle
+from progressive import precision
 from progressive import run_folder as layout
+from progressive import stage_evaluation as evaluation
 from progressive.data import ImageDataset, make_loader
 from progressive.dataset_format import META_NAME, read_meta
 from progressive.errors import UserError, one_line
 from progressive.files import append_jsonl, write_json_atomic
 from progressive.grids import pairs, save_grid
 from progressive.images import to_float
-from progressive.networks import build_networks, fade_real, initial_networks, num_parameters
+from progressive.networks import fade_real, initial_networks
 from progressive.runlock import RunLock, Watchdog
 from progressive.schedule import NETWORKS, Phase, Schedule
 
@@ -54,8 +57,13 @@ def set_float32_math(tf32: bool) -> None:
 def make_accelerator(cfg: dict) -> Accelerator:
     """The accelerator for a run: its mixed precision; DDP told that blocks above the current
     resolution (and the faded-out RGB adapter) are legitimately unused."""
+    from progressive.sizing import default_device
+
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision=cfg["mixed_precision"], kwargs_handlers=[ddp])
+    # The device type as accelerate will pick it, without starting accelerate's process state
+    # before the Accelerator does (that would leave each rank a process of its own).
+    chosen = precision.resolve(cfg["mixed_precision"], default_device())
+    return Accelerator(mixed_precision=chosen, kwargs_handlers=[ddp])
 
 
 class GeneratorInference(torch.nn.Module):
@@ -201,34 +209,44 @@ class Trainer:
 
 
 def render_builtin_dataset(path: Path, max_res: int, count: int) -> None:
-    """Render the built-in synthetic dataset once; later runs reuse it."""
+    """Render the built-in synthetic dataset once; later runs reuse it. Raw pixels up to
+    256 px, JPEG above (`sizing.builtin_encoding`), so 1024 px stays small and quick."""
     from progressive.dataset_writer import write_dataset
+    from progressive.sizing import builtin_encoding
     from progressive.synthetic import SyntheticSource
 
     if not (path / META_NAME).exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_dataset(SyntheticSource(str(count)), str(path), max_res, overwrite=True)
+        write_dataset(
+            SyntheticSource(str(count)), str(path), max_res,
+            encoding=builtin_encoding(max_res), overwrite=True,
+        )
 
 
-def check_dataset(path: str | os.PathLike, max_res: int) -> dict:
-    """Validate that the dataset exists and has every resolution training needs."""
+def check_dataset(path: str | os.PathLike, max_res: int, holdout: float = 0.0) -> dict:
+    """Validate that the dataset exists, has every resolution training needs, and is large
+    enough to hold out `holdout` of its images for evaluation."""
     meta = read_meta(path)
     if meta["max_res"] < max_res:
         raise UserError(
             f"--max-res {max_res} is above the dataset's max_res {meta['max_res']} "
             f"({path}); lower --max-res or rebuild the dataset"
         )
+    evaluation.check_holdout(meta["count"], holdout, f"dataset {path}")
     return meta
 
 
-def dry_run_summary(cfg: dict) -> dict:
-    """The resolved configuration, the stage table and each network's parameter count."""
-    nets = build_networks(cfg)
-    return {
-        "config": cfg,
-        "stages": Schedule.from_config(cfg).stage_table(),
-        "parameters": {n: num_parameters(nets[n]) for n in NETWORKS},
-    }
+def dataset_max_res(path: str | os.PathLike) -> int:
+    """The largest resolution the dataset at `path` stores."""
+    return int(read_meta(path)["max_res"])
+
+
+def check_data(cfg: dict) -> None:
+    """Everything about the run's data that can be checked before anything is written."""
+    if cfg["data"] is not None:
+        check_dataset(cfg["data"], cfg["max_res"], cfg["holdout"])
+    else:
+        evaluation.check_holdout(cfg["synthetic_count"], cfg["holdout"], "the built-in dataset")
 
 
 def _save_grids(
@@ -253,6 +271,7 @@ def _resolve_data(cfg: dict, run_dir: Path, acc: Accelerator) -> dict:
     has none), written to the run folder's config.json."""
     if cfg["data"] is None:
         path = layout.builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
+        evaluation.check_holdout(cfg["synthetic_count"], cfg["holdout"], "the built-in dataset")
         if acc.is_main_process:
             render_builtin_dataset(path, cfg["max_res"], cfg["synthetic_count"])
         acc.wait_for_everyone()
@@ -287,6 +306,9 @@ class _Ticks:
         self.sums: dict[str, torch.Tensor] = {}
         self.steps, self.start, self.start_images = 0, time.perf_counter(), images_shown
 
+    def restart_clock(self) -> None:
+        self.start = time.perf_counter()
+
     def add(self, stats: dict[str, torch.Tensor]) -> None:
         for k, v in stats.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
@@ -303,6 +325,7 @@ class _Ticks:
             "res": phase.res,
             "alpha": round(phase.alpha, 6),
             "batch": phase.batch,
+            "mixed_precision": self.acc.mixed_precision,
             "images_per_s": shown / max(elapsed, 1e-9),
             "sec_per_kimg": elapsed * 1000 / max(shown, 1),
             **means,
@@ -486,18 +509,28 @@ def _train_locked(
         ckpt.load_optimizers(snapshot, trainer.optimizers)
         last_good = snapshot
     cfg = _resolve_data(cfg, run_dir, acc)
-    dataset_meta = check_dataset(cfg["data"], cfg["max_res"])
+    dataset_meta = check_dataset(cfg["data"], cfg["max_res"], cfg["holdout"])
+    train_count, held = evaluation.split_counts(dataset_meta["count"], cfg["holdout"])
     fixed = _fixed_inputs(cfg, schedule, acc.device)
+    evaluator = evaluation.StageEvaluator(cfg, run_dir, acc.device) if acc.is_main_process else None
+
+    def evaluate(phase: Phase, shown: int) -> None:
+        if evaluator is not None and evaluator.enabled:
+            record = evaluator.evaluate(trainer.unwrapped(), phase.res, phase.alpha, shown,
+                                        phase.stage)
+            tqdm.write(evaluation.summary_line(record))
 
     final = None
+    acc.print(
+        f"training on {train_count} of {dataset_meta['count']} images from {cfg['data']} "
+        f"(the last {held} held out for evaluation), {world} process(es), {acc.device}, "
+        f"{precision.describe(cfg['mixed_precision'], acc.device)}; run folder {run_dir}"
+    )
     if images_shown == 0:  # the starting point, for metrics against initialization
         final = last_good = _save(trainer, cfg, run_dir, 0)
         if acc.is_main_process:
             _save_grids(trainer, run_dir, fixed, schedule.at(0), 0)
-    acc.print(
-        f"training on {dataset_meta['count']} images from {cfg['data']}, {world} process(es), "
-        f"{acc.device}, mixed precision {acc.mixed_precision}; run folder {run_dir}"
-    )
+        evaluate(schedule.at(0), 0)
     bar = tqdm(total=total, initial=images_shown, unit="img", unit_scale=True,
                dynamic_ncols=True, disable=not (progress and acc.is_local_main_process))
     ticks = _Ticks(acc, run_dir / layout.STATS_NAME, bar, images_shown)
@@ -507,7 +540,7 @@ def _train_locked(
     # boundary resets its optimizers as an uninterrupted one does.
     stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else None
     batches = None  # this stage's loader, built anew at each stage (workers prefetch ahead)
-    finite = FiniteSteps(acc.device, cfg["mixed_precision"], images_shown)
+    finite = FiniteSteps(acc.device, acc.mixed_precision, images_shown)  # auto resolved
     try:  # the bar is closed first, so an error is printed on a line of its own
         while images_shown < total:
             phase = schedule.at(images_shown)
@@ -515,7 +548,8 @@ def _train_locked(
                 if stage is not None and phase.stage != stage and cfg["reset_optimizers"]:
                     trainer.reset_optimizers()
                 stage = phase.stage
-                dataset = ImageDataset(cfg["data"], phase.res)
+                # The held-out images (the last ones) are never trained on.
+                dataset = Subset(ImageDataset(cfg["data"], phase.res), range(train_count))
                 batches = iter(make_loader(
                     dataset, phase.batch // world, rank=rank, world_size=world, seed=cfg["seed"],
                     start=images_shown // world, workers=cfg["workers"],
@@ -541,6 +575,9 @@ def _train_locked(
                 ticks.log(images_shown, phase)
             if acc.is_main_process and (stage_done or done):
                 _save_grids(trainer, run_dir, fixed, phase, images_shown)
+            if stage_done or done:
+                evaluate(phase, images_shown)  # the stage that just ended, not the next one
+                ticks.restart_clock()  # images/s counts training, not the evaluation
             if snap:
                 final = _save(trainer, cfg, run_dir, images_shown)
                 if final is None:
@@ -563,8 +600,7 @@ def resolve_run(
     """
     from progressive.presets import make_config
 
-    if cfg["data"] is not None:
-        check_dataset(cfg["data"], cfg["max_res"])
+    check_data(cfg)
     snapshot = None
     if resume not in (None, "auto"):
         snapshot = layout.resolve_snapshot(resume)

@@ -164,14 +164,15 @@ def test_snapshot_without_state_is_not_the_latest(dataset, tmp_path):
 
 def test_dry_run_1024_lists_nine_stages_with_default_widths():
     result = CliRunner().invoke(
-        main, ["train", "--dry-run", "--max-res", "1024", "--preset", "celebahq1024"]
+        main, ["train", "--dry-run", "--max-res", "1024", "--preset", "celebahq1024",
+               "--calibration-seconds", "0"]
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert [s["res"] for s in out["stages"]] == [4 << i for i in range(9)]
     assert out["config"]["fmap_base"] == 16384 and out["config"]["fmap_max"] == 512
     for stage in out["stages"]:
-        assert set(stage) == {"res", "fade_kimg", "stable_kimg", "batch", "lr"}
+        assert {"res", "fade_kimg", "stable_kimg", "batch", "lr"} <= set(stage)
         assert set(stage["lr"]) == {"generator", "energy", "inference"}
     # Progressive GAN's generator at 1024 with these widths has about 23 million parameters.
     assert 20e6 < out["parameters"]["generator"] < 26e6
@@ -265,7 +266,9 @@ def _float32_mode() -> str:
 def test_tf32_is_off_unless_asked_for():
     from progressive.training import set_float32_math
 
-    result = CliRunner().invoke(main, ["train", "--dry-run", "--tf32"])
+    result = CliRunner().invoke(
+        main, ["train", "--dry-run", "--tf32", "--calibration-seconds", "0"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["config"]["tf32"] is True
     try:

@@ -25,10 +25,11 @@ from progressive.errors import UserError  # noqa: E402
 # What to write
 @click.option("--max-res", type=int, required=True,
               help="Largest resolution (power of two, 4-1024).")
-@click.option("--encoding", type=click.Choice(["auto", "png", "jpeg", "raw"]), default="auto",
-              show_default=True, help="Image encoding; auto is raw up to 256, PNG above.")
+@click.option("--encoding", type=click.Choice(["auto", "compact", "png", "jpeg", "raw"]),
+              default="auto", show_default=True,
+              help="Image encoding; auto is raw up to 256, PNG above; compact: JPEG above.")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
-              help="JPEG quality when --encoding jpeg.")
+              help="JPEG quality of JPEG-encoded levels.")
 # How to shard
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Images per shard.")

@@ -1,0 +1,225 @@
+"""Growth to high resolution: the default rule at every max-res, the width floor, a real
+default 1024 run, the dry-run plan, mixed precision auto, hold-out, stage-end evaluations and
+the progress plot."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from tiny import TINY_NETWORKS, cli_args
+
+from progressive import precision
+from progressive.cli import main
+from progressive.networks import EqualizedConv2d, EqualizedLinear, build_networks
+from progressive.presets import make_config
+from progressive.sizing import FMAP_MIN
+from progressive.stage_evaluation import EVALUATIONS, read_evaluations, split_counts
+from progressive.training import train
+
+ALL_RES = [4 << i for i in range(9)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    # accelerate keeps one process-wide precision; runs here use "auto" (bf16 on some CPUs)
+    # and others "no", which a fresh process each would give them.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from datasets_prep import make_source, write_dataset
+
+    path = tmp_path_factory.mktemp("data") / "synthetic"
+    write_dataset(make_source("synthetic", "40"), path, 16, workers=0, progress=False)
+    return path
+
+
+def _narrowest(cfg: dict) -> int:
+    """The fewest channels of any layer of the three networks, RGB adapters and outputs apart."""
+    with torch.device("meta"):
+        nets = build_networks(cfg)
+    widths = []
+    for name in ("generator", "energy", "inference"):
+        for path, m in nets[name].named_modules():
+            if isinstance(m, EqualizedConv2d) and "rgb" not in path:
+                widths += list(m.weight.shape[:2])
+            elif isinstance(m, EqualizedLinear) and "dense1" not in path:
+                widths.append(m.weight.shape[0])  # dense: latent in, features out
+    return min(widths)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("max_res", ALL_RES)
+def test_every_default_plan_keeps_every_layer_at_the_floor_or_wider(max_res, device):
+    cfg = make_config(None, device=device, max_res=max_res)
+    assert cfg["preset"] == "auto" and cfg["max_res"] == max_res
+    assert cfg["fmap_min"] == FMAP_MIN
+    assert _narrowest(cfg) >= FMAP_MIN
+    for r in (r for r in ALL_RES if r <= max_res):
+        assert cfg["batch"][r] >= 4 and cfg["lr"]["generator"][r] > 0
+
+
+def test_demo_widths_at_1024_are_floored_and_celebahq_keeps_its_latent():
+    # The demo's widths (512 / 64) would give 0 channels at 1024 without the floor.
+    assert _narrowest(make_config("demo", max_res=1024)) == FMAP_MIN
+    cfg = make_config("celebahq1024")
+    assert cfg["latent"] == 512 and _narrowest(cfg) == 16
+
+
+def test_default_rule_depends_on_device_and_max_res():
+    cpu32, cpu1024 = make_config(None, device="cpu"), make_config(None, device="cpu", max_res=1024)
+    gpu = make_config(None, device="cuda", max_res=1024)
+    demo = make_config("demo")
+    for key in ("fmap_base", "fmap_max", "latent", "fade_kimg", "stable_kimg", "ema_kimg"):
+        assert cpu32[key] == demo[key], key  # at 32 px on a CPU the rule is the demo
+    for r in (4, 8, 16, 32):
+        assert cpu32["batch"][r] == demo["batch"][r]
+        assert cpu32["lr"]["energy"][r] == demo["lr"]["energy"][r]
+    assert cpu1024["batch"][1024] == 4 and cpu1024["latent"] == 128
+    assert gpu["latent"] == 512 and gpu["fmap_max"] == 512 and gpu["batch"][4] == 128
+    assert cpu1024["synthetic_count"] < cpu32["synthetic_count"]
+
+
+def test_real_default_1024_run_on_cpu_trains_its_first_stage(tmp_path):
+    # The rule's configuration for 1024 on a CPU, on the built-in data rendered at 1024 (only
+    # fewer images, to keep the test quick), for two steps of the 4x4 stage.
+    cfg = make_config(None, device="cpu", max_res=1024, synthetic_count=20, total_kimg=0.064,
+                      eval_images=0)
+    final = train(cfg, tmp_path / "run", progress=False)
+    assert final.name == "snapshot-000000064"
+    meta = json.loads((tmp_path / "_builtin" / "synthetic-1024px-20" / "meta.json").read_text())
+    assert meta["encoding"]["1024"] == "jpeg" and meta["encoding"]["256"] == "raw"
+    stats = [json.loads(s) for s in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert stats[-1]["res"] == 4 and stats[-1]["images_shown"] == 64
+    assert all(torch.isfinite(torch.tensor(s["rec"])) for s in stats)
+    assert stats[-1]["mixed_precision"] == precision.resolve("auto", "cpu")
+
+
+def test_dry_run_plans_every_stage_with_time_memory_and_data_cost(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--max-res", "1024", "--dry-run",
+                                       "--calibration-seconds", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert [s["res"] for s in plan["stages"]] == ALL_RES
+    assert plan["config"]["preset"] == "auto" and "fmap_base/res" in plan["rule"]
+    assert plan["mixed_precision"].startswith(("bf16", "fp32"))
+    ends = [s["images_shown"] for s in plan["stages"]]
+    assert ends[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ends, ends[1:], strict=False))
+    mem = [s["peak_memory_bytes_expected"] for s in plan["stages"]]
+    assert mem == sorted(mem) and mem[0] > 0  # more pixels, more saved activations
+    assert min(s["width"] for s in plan["stages"]) >= FMAP_MIN
+    data = plan["builtin_data"]
+    assert data["images"] == plan["config"]["synthetic_count"] and not data["exists"]
+    assert 0 < data["disk_bytes_expected"] < 2e9 and data["seconds_expected"] > 0
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
+
+
+def test_dry_run_calibration_measures_the_first_stages(dataset, tmp_path):
+    args = ["train", "--dry-run", "--calibration-seconds", "2",
+            *cli_args(data=dataset, max_res=16, batch=4, **TINY_NETWORKS)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    stages = json.loads(result.output)["stages"]
+    assert stages[0]["seconds_source"] == "calibration: measured"
+    assert all(s["seconds_expected"] > 0 for s in stages)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--max-res", "12"], "--max-res 12 is not a power of two"),
+        (["--max-res", "2048"], "'--max-res': 2048 is not in the range 4<=x<=1024"),
+        (["--max-res", "2"], "'--max-res': 2 is not in the range 4<=x<=1024"),
+        (["--max-res", "32"], "above the dataset's max_res 16"),
+        (["--holdout", "0.02"], "too few to hold out 2%"),
+        (["--max-res", "16", "--holdout", "0.7"], "'--holdout': 0.7 is not in the range"),
+    ],
+)
+@pytest.mark.parametrize("dry", [False, True])
+def test_bad_growth_input_is_one_line_and_writes_nothing(dataset, tmp_path, extra, message, dry):
+    out = tmp_path / "runs"
+    args = ["train", "--data", str(dataset), "--out", str(out), *extra]
+    result = CliRunner().invoke(main, args + (["--dry-run"] if dry else []))
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message in result.output
+    if "range" not in message:  # click's own range errors add a usage line
+        assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_too_small_dataset_for_a_holdout_is_refused(tmp_path):
+    from datasets_prep import make_source, write_dataset
+
+    small = tmp_path / "small"
+    write_dataset(make_source("synthetic", "12"), small, 8, workers=0, progress=False)
+    result = CliRunner().invoke(main, ["train", "--data", str(small), "--out",
+                                       str(tmp_path / "runs"), "--max-res", "8"])
+    assert result.exit_code == 1 and "too few to hold out 10%" in result.output
+    assert "--holdout 0" in result.output and not (tmp_path / "runs").exists()
+    assert split_counts(12, 0.1) == (11, 1) and split_counts(40, 0.1) == (36, 4)
+    # With no preset and no --max-res, the run grows to the dataset's max_res.
+    dry = CliRunner().invoke(main, ["train", "--data", str(small), "--dry-run", "--holdout", "0",
+                                    "--calibration-seconds", "0"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output)["config"]["max_res"] == 8
+
+
+def test_mixed_precision_auto_follows_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert precision.resolve("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert precision.resolve("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert precision.resolve("auto", "cpu") == "no"
+    assert "no native bf16" in precision.describe("auto", "cpu")
+    assert precision.resolve("no", "cpu") == "no" and precision.resolve("fp16", "cpu") == "fp16"
+    assert make_config(None)["mixed_precision"] == "auto"
+
+
+def test_stage_ends_append_evaluations_and_never_train_on_held_out_images(
+    dataset, tmp_path, monkeypatch
+):
+    from progressive import training
+
+    read = []
+
+    class Recording(training.ImageDataset):
+        def batch(self, indices):
+            read.extend(indices)
+            return super().batch(indices)
+
+    monkeypatch.setattr(training, "ImageDataset", Recording)
+    cfg = make_config("demo", **TINY_NETWORKS, data=str(dataset), max_res=16, batch=4,
+                      fade_kimg=0.016, stable_kimg=0.018, workers=0, tick_kimg=0.016,
+                      grid_size=2)
+    train(cfg, tmp_path / "run", progress=False)
+    assert read and max(read) < 36  # 40 images, the last 4 held out
+    evals = read_evaluations(tmp_path / "run")
+    # Stages end at 18, 52 and 86 images; batches of 4 cross them at 20, 52 and 88, and each
+    # evaluation is of the stage that just ended.
+    assert [(e["images_shown"], e["res"]) for e in evals] == [(0, 4), (20, 4), (52, 8), (88, 16)]
+    assert all(e["alpha"] == 1.0 for e in evals)
+    assert all(e["n"] == 4 and e["heldout_first"] == 36 for e in evals)
+    assert evals[-1]["swd_levels"] == [16] and evals[-1]["swd"] > 0
+    assert evals[-1]["swd_at_init"] > 0 and evals[0]["swd"] is None  # SWD from 16 px up
+    for e in evals:
+        assert e["recon"] > 0 and e["recon_baseline"] > 0
+        assert {len(v) for v in e["energies"].values()} == {4}
+        assert e["ood_reference"].startswith("uniform noise")
+
+    # The plot of the run: SWD and losses against images shown, and the energy panels.
+    plot = tmp_path / "progress.png"
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "run"), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20_000
+    assert "evaluations    4" in result.output
+    bad = CliRunner().invoke(main, ["info", str(tmp_path / "run"), "--plot", "x.jpg"])
+    assert bad.exit_code == 1 and "must end in .png" in bad.output
+    (tmp_path / "run" / EVALUATIONS).write_text('{"torn')
+    assert read_evaluations(tmp_path / "run") == []
