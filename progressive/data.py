@@ -22,6 +22,7 @@ from torchvision.io import decode_jpeg, decode_png
 from progressive.dataset_format import check_shard, image_key, png_intact, read_meta, unseal
 from progressive.errors import UserError
 from progressive.files import first_line
+from progressive.masks import MASKS_NAME, unpack
 
 # With lock=False LMDB does not track readers, but the limit still applies to open transactions.
 _MAX_READERS = 1024
@@ -99,15 +100,41 @@ class ImageDataset(Dataset):
         self._firsts = [s["first"] for s in self.shards]
         self._paths = [self.root / s["path"] for s in self.shards]
         self._identities = [_file_identity(p) for p in self._paths]
+        # Incomplete data: one observation mask per image, returned with it by __getitem__.
+        self.has_masks = "masks" in self.meta
+        self._masks_path = self.root / MASKS_NAME
+        self._masks_identity = _file_identity(self._masks_path)
 
     def __len__(self) -> int:
         return self.meta["count"]
 
-    def __getitem__(self, index: int | list[int]) -> torch.Tensor:
-        """One image (3, res, res), or for a list of indices a batch (N, 3, res, res)."""
-        if isinstance(index, list | tuple):
-            return self.batch(index)
-        return self.batch([index])[0]
+    def __getitem__(self, index: int | list[int]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """One image (3, res, res), or for a list of indices a batch (N, 3, res, res); for a
+        dataset with masks, (images, masks) with masks uint8 (N, 1, res, res), 1 = observed."""
+        indices = list(index) if isinstance(index, list | tuple) else [index]
+        images = self.batch(indices)
+        if self.has_masks:
+            masks = self.masks(indices)
+            return (images, masks) if isinstance(index, list | tuple) else (images[0], masks[0])
+        return images if isinstance(index, list | tuple) else images[0]
+
+    def masks(self, indices: list[int]) -> torch.Tensor:
+        """The observation masks of `indices`, uint8 (N, 1, res, res); all ones without masks."""
+        res = self.res
+        if not self.has_masks:
+            return torch.ones(len(indices), 1, res, res, dtype=torch.uint8)
+        out = np.empty((len(indices), 1, res, res), dtype=np.uint8)
+        env = _open_shard(self._masks_path, self._masks_identity)
+        with env.begin(buffers=False) as txn:
+            for i, index in enumerate(indices):
+                value = txn.get(image_key(res, int(index)))
+                if value is None or len(value) != (res * res + 7) // 8:
+                    raise UserError(
+                        f"{self._masks_path} has no valid mask for image {index} at {res}px; "
+                        "re-create the dataset with tools/make_lmdb.py"
+                    )
+                out[i, 0] = unpack(value, res)
+        return torch.from_numpy(out)
 
     def batch(self, indices: list[int]) -> torch.Tensor:
         """The images at `indices` as one uint8 tensor (N, 3, res, res).

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import numpy as np
 from tqdm import tqdm
 
 from progressive import __version__
 from progressive import images as im
+from progressive import masks as mk
 from progressive.dataset_format import (
     FORMAT,
     META_NAME,
@@ -40,7 +42,9 @@ MAX_BATCH = 128  # images converted and written as one unit, at most
 BATCH_BYTES = 16 << 20  # and at most about this many raw pixel bytes
 MAX_HELD = 3  # batches a worker may have been given and not yet written
 TASK_TIMEOUT = 600  # seconds without any answer from the workers: one is stuck on a file
-_OURS = re.compile(r"(shard-\d{5}\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+.*)")
+_OURS = re.compile(
+    r"(shard-\d{5}\.lmdb|masks\.lmdb|rejected\.jsonl|labels\.json|meta\.json|\..*\.tmp-\d+.*)"
+)
 
 
 def encodings_for(max_res: int, encoding: str) -> dict[int, str]:
@@ -345,11 +349,18 @@ def write_dataset(
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    occlude: str | None = None,
+    masks_dir: str | os.PathLike | None = None,
+    mask_seed: int = 0,
 ) -> dict:
     """Convert `source` into a dataset at `output`; returns the meta dict written to meta.json.
 
     Bad inputs are listed in rejected.jsonl and skipped (with `strict`, the first one is a
-    `UserError`). meta.json is written last: an interrupted run leaves none."""
+    `UserError`). meta.json is written last: an interrupted run leaves none.
+
+    `occlude` (a kind of `progressive.masks`) or `masks_dir` (mask PNGs named as the images)
+    adds an observation mask per image at every resolution; bad masks are reported before
+    anything is written."""
     output = Path(output)
     res_list = resolutions(max_res)
     enc = encodings_for(max_res, encoding)
@@ -381,6 +392,11 @@ def write_dataset(
     if workers < 0:
         raise UserError(f"--workers {workers} must be 0 or more")
 
+    if occlude is not None and masks_dir is not None:
+        raise UserError("give --occlude or --masks, not both")
+    if occlude is not None:
+        mk.check_kind(occlude)
+    file_masks = _read_mask_dir(source, Path(masks_dir), max_res) if masks_dir else None
     source.prepare(max_res)
     prepare_output(output, overwrite)
     _job.clear()
@@ -388,6 +404,7 @@ def write_dataset(
                 shard_size=shard_size, map_size=initial_map_size(max_res, shard_size))
     labelled = type(source).label is not Source.label
     kept_labels: list = []
+    kept_names: list[str] = []
     count = rejected = 0
     start = time.perf_counter()
     bar = tqdm(total=total_hint, unit="img", disable=not progress, file=sys.stderr)
@@ -405,6 +422,8 @@ def write_dataset(
                 continue
             if labelled:
                 kept_labels.append(source.label(it))
+            if file_masks is not None:
+                kept_names.append(source.name(it))
             count += 1
             if max_images is not None and count >= max_images:
                 last = True
@@ -458,9 +477,56 @@ def write_dataset(
     if "jpeg" in enc.values():
         meta["jpeg_quality"] = jpeg_quality
         meta["jpeg_subsampling"] = im.JPEG_SUBSAMPLING
+    if occlude is not None:
+        masks = {i: mk.make_mask(occlude, mask_seed, i, max_res) for i in range(count)}
+        how = {"kind": occlude, "seed": mask_seed, "sized_at": mk.REFERENCE_RES}
+    elif file_masks is not None:
+        full = np.ones((max_res, max_res), dtype=bool)
+        masks = {i: file_masks.get(_stem(n), full) for i, n in enumerate(kept_names)}
+        how = {"kind": "files", "dir": str(Path(masks_dir).resolve()),
+               "files": len(file_masks), "images_without_mask": "fully observed",
+               "resize": "observed when no missing source pixel is within the Lanczos-3 reach"}
+    if occlude is not None or file_masks is not None:
+        observed = mk.write_masks(output, masks, res_list)
+        meta["masks"] = {**how, "path": mk.MASKS_NAME, "value": "1 observed, 0 missing",
+                         "pyramid": mk.RULE, "observed_share": observed,
+                         "images": "complete pixels stored; the mask says which are observed"}
     if labelled:
         write_json_atomic(output / LABELS_NAME, kept_labels)
         meta["labels"] = LABELS_NAME
     write_json_atomic(output / META_NAME, meta)
     meta["size_bytes"] = tree_size(output)
     return meta
+
+
+def _stem(name: str) -> str:
+    """An image's or mask's name without extension: how masks are matched to images."""
+    return str(Path(name).with_suffix(""))
+
+
+def _read_mask_dir(source: Source, masks_dir: Path, max_res: int) -> dict[str, np.ndarray]:
+    """Every mask PNG under `masks_dir`, checked and taken to max_res, keyed by its name
+    without extension; any bad mask is a UserError before anything is written."""
+    if not masks_dir.is_dir():
+        raise UserError(f"--masks {masks_dir} is not a folder of mask PNGs")
+    if not hasattr(source, "names"):
+        raise UserError(f"--masks needs a folder or zip source, not {source.kind}; "
+                        "use --occlude for generated masks")
+    items = {_stem(n): n for n in source.names}
+    files = sorted(p for p in masks_dir.rglob("*") if p.is_file())
+    if not files:
+        raise UserError(f"--masks {masks_dir} holds no mask files")
+    out = {}
+    for path in files:
+        key = _stem(str(path.relative_to(masks_dir)))
+        if key not in items:
+            raise UserError(f"mask {path} has no image named {key}.* in {source.input}; "
+                            "name each mask after its image")
+        try:
+            _, img = source.load(items[key])
+        except im.Reject as e:
+            raise UserError(f"mask {path}: its image {items[key]} is unusable ({e})") from None
+        size = img.size if hasattr(img, "size") and not isinstance(img, np.ndarray) else (
+            img.shape[1], img.shape[0])
+        out[key] = mk.load_mask_file(path, size, max_res)
+    return out

@@ -27,9 +27,13 @@ def rec_scale(res: int, weights: dict) -> float:
     return scale
 
 
-def reconstruction(x: Tensor, x_rec: Tensor) -> Tensor:
-    """Squared error summed over pixels and channels, averaged over the batch."""
-    return (x.float() - x_rec.float()).square().flatten(1).sum(1).mean()
+def reconstruction(x: Tensor, x_rec: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Squared error summed over pixels and channels, averaged over the batch; with a `mask`
+    (N, 1, H, W), 1 = observed, over observed pixels only (the observed data's likelihood)."""
+    diff = x.float() - x_rec.float()
+    if mask is not None:  # where, not a product: a missing pixel's value never enters
+        diff = torch.where(mask.bool(), diff, torch.zeros((), device=diff.device))
+    return diff.square().flatten(1).sum(1).mean()
 
 
 def kl_to_prior(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -69,9 +73,11 @@ def joint_loss(
     energy_fake: Tensor,
     res: int,
     weights: dict,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
-    """The generator's and inference model's loss, every term reported unweighted."""
-    rec = reconstruction(x, x_rec)
+    """The generator's and inference model's loss, every term reported unweighted; `mask`
+    restricts the reconstruction term to observed pixels."""
+    rec = reconstruction(x, x_rec, mask)
     kl = kl_to_prior(mu, logvar)
     nll = latent_nll(z, mu_fake, logvar_fake)
     e_fake = energy_fake.float().mean()
@@ -83,9 +89,16 @@ def joint_loss(
     )
     stats = {
         "rec": rec.detach(),
-        "rec_per_pixel": rec.detach() / x[0].numel(),
+        "rec_per_pixel": rec.detach() / _observed_per_image(x, mask),
         "kl": kl.detach(),
         "latent_nll": nll.detach(),
         "loss_joint": loss.detach(),
     }
     return loss, stats
+
+
+def _observed_per_image(x: Tensor, mask: Tensor | None) -> Tensor | int:
+    """Observed values per image (pixels times channels), batch mean."""
+    if mask is None:
+        return x[0].numel()
+    return (mask.float().flatten(1).sum(1).mean() * x.shape[1]).clamp(min=1.0)

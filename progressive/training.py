@@ -28,6 +28,7 @@ from progressive.errors import UserError, one_line
 from progressive.files import append_jsonl, write_json_atomic
 from progressive.grids import pairs, save_grid
 from progressive.images import to_float
+from progressive.masks import fade_mask, fill
 from progressive.networks import fade_real, initial_networks
 from progressive.runlock import RunLock, Watchdog
 from progressive.schedule import NETWORKS, Phase, Schedule
@@ -149,8 +150,11 @@ class Trainer:
         for opt in self.optimizers.values():
             opt.state.clear()
 
-    def step(self, real: torch.Tensor, phase: Phase, images_shown: int) -> dict[str, torch.Tensor]:
-        """One training step on a batch of uint8 real images; returns detached loss terms."""
+    def step(
+        self, real: torch.Tensor, phase: Phase, images_shown: int, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One training step on a batch of uint8 real images (and their uint8 observation
+        masks, 1 = observed, for incomplete data); returns detached loss terms."""
         acc, cfg, w = self.accelerator, self.cfg, self.cfg["loss"]
         res, alpha = phase.res, phase.alpha
         x = fade_real(to_float(real.to(acc.device, non_blocking=True)), alpha)
@@ -158,6 +162,10 @@ class Trainer:
         gen = step_generator(cfg["seed"], acc.process_index, images_shown, acc.device)
         z = torch.randn(n, cfg["latent"], device=acc.device, generator=gen)
         eps = torch.randn(n, cfg["latent"], device=acc.device, generator=gen)
+        observed = None
+        if mask is not None:
+            observed = fade_mask(mask.to(acc.device), alpha)
+            x = self.fill_missing(x, observed, res, alpha)
 
         with acc.autocast():
             mu, logvar, x_rec, x_fake, mu_fake, logvar_fake = self.pair(x, z, eps, res, alpha)
@@ -178,7 +186,7 @@ class Trainer:
         with acc.autocast():
             e_fake = energy_frozen(x_fake, alpha)
             loss_j, joint = triangle.joint_loss(
-                x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w
+                x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w, observed
             )
         stats.update(joint)
         opt_g, opt_i = self.optimizers["generator"], self.optimizers["inference"]
@@ -192,6 +200,19 @@ class Trainer:
         opt_i.step()
         self.update_ema(phase.batch)
         return {k: v.detach().float() for k, v in stats.items()}
+
+    @torch.no_grad()
+    def fill_missing(
+        self, x: torch.Tensor, observed: torch.Tensor, res: int, alpha: float
+    ) -> torch.Tensor:
+        """Missing pixels replaced by the model's completion g(mu(x0)), x0 being x with its
+        missing pixels set to 0 (mid-grey): one EM-style step, detached (see the README)."""
+        acc = self.accelerator
+        x0 = fill(x, observed, torch.zeros_like(x))
+        with acc.autocast():
+            mu, _ = self.inference(x0, alpha)
+            x_hat = self.generator(mu, res, alpha)
+        return fill(x, observed, x_hat.float())
 
     def _clip(self, optimizer: torch.optim.Optimizer, network: torch.nn.Module) -> torch.Tensor:
         """Clip one network's gradient norm; returns the norm before clipping.
@@ -415,7 +436,7 @@ def _diverged(where: str, last_good: Path | None, why: str) -> UserError:
     return UserError(f"training diverged {where} ({why}); {then}")
 
 
-def _next_batch(loader_iter, data: str) -> torch.Tensor:
+def _next_batch(loader_iter, data: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The next batch; a worker that died (a signal while decoding) becomes a one-line error."""
     try:
         return next(loader_iter)
@@ -558,7 +579,9 @@ def _train_locked(
                 if acc.is_main_process:
                     _save_reals(fixed, run_dir, phase.res, cfg["grid_size"])
             trainer.set_lr(phase)
-            stats = trainer.step(_next_batch(batches, cfg["data"]), phase, images_shown)
+            batch = _next_batch(batches, cfg["data"])
+            real, mask = batch if isinstance(batch, tuple | list) else (batch, None)
+            stats = trainer.step(real, phase, images_shown, mask)
             if (where := finite.add(stats, images_shown)) is not None:
                 raise _diverged(where, last_good, "non-finite loss or gradient")
             ticks.add(stats)

@@ -3,6 +3,7 @@
     python tools/make_lmdb.py folder ~/photos data/photos128 --max-res 128
     python tools/make_lmdb.py celeba img_align_celeba data/celeba64 --max-res 64 --split train
     python tools/make_lmdb.py synthetic 30000 data/synth256 --max-res 256
+    python tools/make_lmdb.py folder faces data/faces32-block20 --max-res 32 --occlude block20
 """
 
 from __future__ import annotations
@@ -42,13 +43,21 @@ from progressive.errors import UserError  # noqa: E402
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the celeba split.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None,
               help="Stop after this many images written.")
+# Incomplete data
+@click.option("--occlude", type=click.Choice(["pepper50", "pepper70", "block20", "block30",
+              "blocks10"]), default=None,
+              help="Store a generated observation mask per image (sized at 64 px, scaled).")
+@click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of mask PNGs named as the images (white observed, black missing).")
+@click.option("--mask-seed", type=int, default=0, show_default=True,
+              help="Seed of --occlude: mask i is a function of (seed, i).")
 # How to run
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Worker processes (default: all cores; 0 or 1: in this process).")
 @click.option("--strict", is_flag=True, help="Stop at the first unusable input.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in OUTPUT.")
 def main(source, input, output, max_res, encoding, jpeg_quality, shard_size, shards, split,
-         seed, max_images, workers, strict, overwrite) -> None:
+         seed, occlude, masks_dir, mask_seed, max_images, workers, strict, overwrite) -> None:
     """Convert INPUT of kind SOURCE into a dataset at OUTPUT (for synthetic, INPUT is a count)."""
     try:
         options = {"split": split}
@@ -58,7 +67,8 @@ def main(source, input, output, max_res, encoding, jpeg_quality, shard_size, sha
         meta = write_dataset(
             src, output, max_res, encoding=encoding, jpeg_quality=jpeg_quality,
             shard_size=shard_size, shards=shards, workers=workers, max_images=max_images,
-            strict=strict, overwrite=overwrite, progress=True,
+            strict=strict, overwrite=overwrite, progress=True, occlude=occlude,
+            masks_dir=masks_dir, mask_seed=mask_seed,
         )
     except UserError as e:
         click.echo(f"Error: {e}", err=True)

@@ -1,0 +1,179 @@
+"""Incomplete data: masks in datasets, and training that never reads a missing pixel."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from tiny import TINY_NETWORKS
+
+from datasets_prep import make_source, write_dataset
+from progressive import masks as mk
+from progressive.data import ImageDataset
+from progressive.errors import UserError
+from progressive.presets import make_config
+from progressive.schedule import Schedule
+from progressive.training import Trainer
+
+
+@pytest.mark.parametrize("kind", mk.KINDS)
+def test_masks_are_deterministic_and_sized_with_resolution(kind):
+    a = mk.make_mask(kind, 3, 7, 64)
+    assert np.array_equal(a, mk.make_mask(kind, 3, 7, 64))
+    assert not np.array_equal(a, mk.make_mask(kind, 3, 8, 64))
+    missing = 1 - a.mean()
+    expected = {"pepper50": 0.5, "pepper70": 0.7, "block20": 400 / 4096,
+                "block30": 900 / 4096}.get(kind)
+    if kind.startswith("pepper"):
+        assert abs(missing - expected) < 0.05
+    elif kind.startswith("block") and kind != "blocks10":
+        assert missing == pytest.approx(expected)
+        # the same square at 128 px covers the same share of the image
+        assert 1 - mk.make_mask(kind, 3, 7, 128).mean() == pytest.approx(expected)
+    else:
+        assert 100 / 4096 <= missing <= 1000 / 4096
+
+
+def test_mask_pyramid_observed_only_when_all_parents_are():
+    m = mk.make_mask("pepper50", 0, 0, 16)
+    levels = mk.mask_pyramid(m)
+    assert sorted(levels) == [4, 8, 16]
+    up = levels[8].repeat(2, 0).repeat(2, 1)
+    assert not (up & ~m).any()  # an observed parent pixel is never built on a missing child
+    for i, j in [(0, 0), (3, 5), (7, 7)]:
+        assert levels[8][i, j] == m[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].all()
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """A folder of 6 tiny colourful images and their source size."""
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / f"f{i}.png")
+    return root
+
+
+def test_occluded_dataset_reads_masks_consistent_with_meta(faces, tmp_path):
+    out = tmp_path / "d"
+    write_dataset(make_source("folder", str(faces)), out, 16, workers=0, progress=False,
+                  occlude="block20", mask_seed=5)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["masks"]["kind"] == "block20" and meta["masks"]["seed"] == 5
+    ds = ImageDataset(out, 16)
+    images, masks = ds[[0, 3]]
+    assert images.shape == (2, 3, 16, 16) and masks.shape == (2, 1, 16, 16)
+    assert np.array_equal(masks[1, 0].numpy().astype(bool), mk.make_mask("block20", 5, 3, 16))
+    low = ImageDataset(out, 8).masks([3])[0, 0].numpy().astype(bool)
+    assert np.array_equal(low, mk.mask_pyramid(mk.make_mask("block20", 5, 3, 16))[8])
+    # the images are those of a dataset without masks
+    plain = tmp_path / "plain"
+    write_dataset(make_source("folder", str(faces)), plain, 16, workers=0, progress=False)
+    ds_plain = ImageDataset(plain, 16)
+    assert not ds_plain.has_masks and isinstance(ds_plain[[0, 3]], torch.Tensor)
+    assert torch.equal(ds_plain[[0, 3]], images)
+
+
+def _mask_png(path, size, missing_box=(2, 2, 10, 10), values=(0, 255)):
+    a = np.full((size[1], size[0]), values[1], dtype=np.uint8)
+    x0, y0, x1, y1 = missing_box
+    a[y0:y1, x0:x1] = values[0]
+    Image.fromarray(a).save(path)
+
+
+def test_mask_folder_is_read_with_crop_and_conservative_resize(faces, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    _mask_png(masks / "f1.png", (24, 20))
+    out = tmp_path / "d"
+    write_dataset(make_source("folder", str(faces)), out, 16, workers=0, progress=False,
+                  masks_dir=masks)
+    ds = ImageDataset(out, 16)
+    m = ds.masks([0, 1])[:, 0].numpy().astype(bool)
+    assert m[0].all()  # an image without a mask file is fully observed
+    # source 24x20, crop x 2..22 -> 20x20, resized to 16: missing box covers x 0..8, y 2..10
+    assert not m[1, 4, 4] and m[1, 15, 15]
+    assert 1 - m[1].mean() > (8 * 8) / (20 * 20)  # never less missing than the source
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("size", "masks must have their image's size"),
+    ("binary", "not binary"),
+    ("empty", "every pixel missing"),
+    ("name", "has no image named"),
+])
+def test_bad_masks_give_one_line_and_write_nothing(faces, tmp_path, problem, message):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    if problem == "size":
+        _mask_png(masks / "f1.png", (20, 20))
+    elif problem == "binary":
+        _mask_png(masks / "f1.png", (24, 20), values=(0, 128))
+        _mask_png(masks / "f2.png", (24, 20), values=(7, 255))
+    elif problem == "empty":
+        _mask_png(masks / "f1.png", (24, 20), missing_box=(0, 0, 24, 20))
+    else:
+        _mask_png(masks / "nope.png", (24, 20))
+    out = tmp_path / "d"
+    with pytest.raises(UserError, match=message) as e:
+        write_dataset(make_source("folder", str(faces)), out, 16, workers=0, progress=False,
+                      masks_dir=masks)
+    assert "\n" not in str(e.value)
+    assert not out.exists()
+
+
+def test_make_lmdb_occlude_option(faces, tmp_path):
+    from tools.make_lmdb import main
+
+    out = tmp_path / "d"
+    r = CliRunner().invoke(main, ["folder", str(faces), str(out), "--max-res", "8",
+                                  "--workers", "0", "--occlude", "pepper50"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "meta.json").read_text())["masks"]["kind"] == "pepper50"
+    r = CliRunner().invoke(main, ["folder", str(faces), str(tmp_path / "e"), "--max-res", "8",
+                                  "--occlude", "nothing"])
+    assert r.exit_code != 0
+
+
+def _trainer(seed=0):
+    cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, seed=seed)
+    torch.manual_seed(0)
+    return cfg, Trainer.create(cfg)
+
+
+@pytest.mark.parametrize("images_shown", [0, 6000])  # stable 4x4, then 8x8 mid fade-in
+def test_missing_pixel_values_change_neither_loss_nor_gradients(images_shown):
+    from accelerate.state import AcceleratorState
+
+    g = torch.Generator().manual_seed(1)
+    cfg, _ = _trainer()
+    phase = Schedule.from_config(cfg).at(images_shown)
+    res = phase.res
+    real = torch.randint(0, 256, (4, 3, res, res), dtype=torch.uint8, generator=g)
+    mask = torch.from_numpy(np.stack([
+        mk.make_mask(k, 0, i, res) for i, k in enumerate(["block30", "pepper50"] * 2)
+    ]))[:, None].to(torch.uint8)
+    other = torch.where(mask.bool(), real,
+                        torch.randint(0, 256, real.shape, dtype=torch.uint8, generator=g))
+    assert not torch.equal(other, real)
+    results = []
+    for images in (real, other):
+        AcceleratorState._reset_state(True)
+        _, trainer = _trainer()
+        stats = trainer.step(images, phase, images_shown, mask)
+        params = {k: [p.detach().clone() for p in net.parameters()]
+                  for k, net in trainer.unwrapped().items()}
+        results.append((stats, params))
+    (s1, p1), (s2, p2) = results
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert torch.equal(s1[k], s2[k]), k
+    for k in p1:
+        assert all(torch.equal(a, b) for a, b in zip(p1[k], p2[k], strict=True)), k
+    # and the mask matters: the same change without a mask changes the step
+    AcceleratorState._reset_state(True)
+    _, trainer = _trainer()
+    s3 = trainer.step(other, phase, images_shown)
+    assert not torch.equal(s3["rec"], s1["rec"])
