@@ -177,3 +177,30 @@ def test_missing_pixel_values_change_neither_loss_nor_gradients(images_shown):
     _, trainer = _trainer()
     s3 = trainer.step(other, phase, images_shown)
     assert not torch.equal(s3["rec"], s1["rec"])
+
+
+def test_training_on_occluded_data_through_fade_in_and_resume(tmp_path):
+    from test_training import TINY, weights
+
+    from progressive import checkpoint as ckpt
+    from progressive.training import resolve_run, train
+
+    data = tmp_path / "occluded"
+    write_dataset(make_source("synthetic", "24"), data, 8, workers=0, progress=False,
+                  occlude="blocks10")
+    cfg = make_config("demo", **(TINY | {"data": str(data)}))
+    full = train(cfg, tmp_path / "full", progress=False)
+    stats = [json.loads(s) for s in (tmp_path / "full" / "stats.jsonl").read_text().splitlines()]
+    assert {s["res"] for s in stats} == {4, 8} and any(0 < s["alpha"] < 1 for s in stats)
+    assert all(np.isfinite(s["rec"]) for s in stats)
+    half = train(make_config("demo", **(TINY | {"data": str(data), "total_kimg": 0.024})),
+                 tmp_path / "parts", progress=False)
+    assert half != full
+    cfg, run_dir, snapshot = resolve_run(cfg, {"total_kimg": 0.064}, tmp_path, "parts", "auto")
+    assert snapshot == half
+    resumed = train(cfg, run_dir, snapshot, progress=False)
+    assert resumed.name == full.name
+    a, b = weights(full), weights(resumed)
+    for net in ckpt.WEIGHTS:
+        for key in a[net]:
+            torch.testing.assert_close(a[net][key], b[net][key], atol=1e-6, rtol=0)
