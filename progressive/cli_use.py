@@ -218,12 +218,14 @@ def energy(**options):
 @click.command()
 @_run_options
 @click.option("--data", help="Dataset directory to compare against.", required=True)
-@click.option("--metrics", "metric_names", help="Of swd, recon, fid, kid, diversity, energy.",
-              default="swd,recon")
+@click.option("--metrics", "metric_names", default="swd,recon",
+              help="Of swd, recon, fid, kid, diversity, energy, recovery.")
 @click.option("--n", help="Real and generated images.", type=click.IntRange(min=2), default=2000)
 @click.option("--inception-weights", help="torch-fidelity's InceptionV3 .pth file.", type=FILE)
-@click.option("--seed", help="Random seed.", type=int, default=0)
+@click.option("--seed", help="Random seed (and of --occlude's masks).", type=int, default=0)
 @_langevin_options
+@click.option("--occlude", help="recovery: the masks to recover from.",
+              type=click.Choice(["pepper50", "pepper70", "block20", "block30", "blocks10"]))
 def evaluate(**options):
     """Compute metrics and append them to metric-<name>.jsonl in the run folder."""
     from progressive.evaluation import METRICS
@@ -252,6 +254,10 @@ def evaluate(**options):
             extra = f"  (samples; real images {rec['real']:.5g})"
         if "refined" in rec:
             extra += f"  after {chain.steps} Langevin steps: {rec['refined']:.6g}"
+        if name == "recovery":
+            extra = (f"  MAE on [0, 1] over missing pixels, PSNR {rec['psnr']:.2f} dB "
+                     f"(mean-colour fill: MAE {rec['mean_colour_mae']:.4f}, "
+                     f"PSNR {rec['mean_colour_psnr']:.2f} dB; {rec['occlude']})")
         click.echo(f"{name:6s} {rec['value']:.6g}{extra}")
     if results:
         click.echo(
@@ -260,4 +266,42 @@ def evaluate(**options):
         )
 
 
-COMMANDS: list[click.Command] = [interpolate, sample, reconstruct, energy, evaluate]
+@click.command()
+@_run_options
+@click.option("--images", help="A folder of images (or a dataset).", required=True)
+@click.option("--masks", "masks_dir", help="Mask PNGs named as the images (white = visible).",
+              type=FOLDER)
+@click.option("--occlude", help="Or generated masks of this kind.",
+              type=click.Choice(["pepper50", "pepper70", "block20", "block30", "blocks10"]))
+@click.option("--seed", help="Seed of --occlude: mask i is a function of (seed, i).", type=int,
+              default=0)
+@click.option("--out", help="Folder for the completed images and grid.png.", type=FOLDER,
+              required=True)
+@click.option("--n", help="Only the first N images.", type=COUNT)
+@click.option("--em-rounds", help="Encode-fill rounds before decoding.", type=COUNT, default=2)
+@click.option("--z-steps", help="Adam steps on z fitting the visible pixels.",
+              type=click.IntRange(min=0), default=0)
+@click.option("--z-lr", help="Their learning rate.", type=POSITIVE, default=0.05)
+@click.option("--energy-steps", help="Gradient steps lowering the energy of the missing pixels.",
+              type=click.IntRange(min=0), default=0)
+@click.option("--energy-lr", help="Their step size.", type=POSITIVE, default=0.01)
+def inpaint(**options):
+    """Fill the missing pixels of images with the model; visible pixels are kept exactly."""
+    from progressive import inpaint as fill
+    from progressive import use
+
+    masks_dir, occlude = options["masks_dir"], options["occlude"]
+    if (masks_dir is None) == (occlude is None):
+        raise UserError("give exactly one of --masks DIR or --occlude KIND")
+    run = _load(options)
+    max_res = run.config["max_res"]
+    how = fill.Completion(options["em_rounds"], options["z_steps"], options["z_lr"],
+                          options["energy_steps"], options["energy_lr"])
+    written = use.inpaint(run, options["images"], options["out"], how, masks_dir=masks_dir,
+                          occlude=occlude, seed=options["seed"], n=options["n"],
+                          max_res=max_res)
+    click.echo(f"wrote {written} completed images at {run.res}px and grid.png to "
+               f"{options['out']}")
+
+
+COMMANDS: list[click.Command] = [interpolate, sample, reconstruct, energy, evaluate, inpaint]

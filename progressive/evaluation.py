@@ -22,7 +22,7 @@ from progressive.networks import initial_networks
 from progressive.run_folder import METRIC_CACHE_NAME, metric_file
 from progressive.sampling import energies, prepare_real, reconstruct, sample, sample_energies
 
-METRICS = ("swd", "recon", "fid", "kid", "diversity", "energy")
+METRICS = ("swd", "recon", "fid", "kid", "diversity", "energy", "recovery")
 
 
 def evaluate(
@@ -34,6 +34,7 @@ def evaluate(
     inception_weights: str | None = None,
     seed: int = 0,
     chain: Langevin | None = None,
+    occlude: str | None = None,
     notify=print,
 ) -> dict[str, dict]:
     """Compute the metrics `names` on `n` images of dataset `data` against `n` generated ones,
@@ -42,6 +43,7 @@ def evaluate(
     With a Langevin `chain` of at least one step, swd, diversity and energy are also measured
     on the refined samples (`refined`, beside `value` for the raw ones).
     FID/KID without usable Inception weights are skipped with one notice (via `notify`).
+    "recovery" fills the pixels that `occlude` masks (or the dataset's own masks) hide.
     """
     unknown = [m for m in names if m not in METRICS]
     if unknown:
@@ -124,6 +126,8 @@ def evaluate(
             max=err.max().item(),
             mean_image_baseline=baseline.mean().item(),
         )
+    if "recovery" in names:
+        record("recovery", **_recovery(run, ds, real, occlude, seed))
     wanted = [m for m in ("fid", "kid") if m in names]
     if wanted:
         try:
@@ -145,6 +149,26 @@ def evaluate(
             if "kid" in wanted:
                 record("kid", scores["kid"], std=scores["kid_std"])
     return results
+
+
+def _recovery(
+    run: LoadedRun, ds: ImageDataset, real: Tensor, occlude: str | None, seed: int
+) -> dict:
+    """The recovery error of the model's completion and of the mean-colour fill."""
+    from progressive import inpaint
+
+    if occlude is not None:
+        masks = inpaint.occlusion_masks(occlude, seed, len(real), ds.max_res, run.res)
+        how = {"occlude": occlude, "mask_seed": seed}
+    elif ds.has_masks:
+        masks = ds.masks(list(range(len(real))))
+        how = {"occlude": ds.meta["masks"].get("kind"), "mask_seed": ds.meta["masks"].get("seed")}
+    else:
+        raise UserError("--metrics recovery needs --occlude KIND or a dataset with masks")
+    model = inpaint.recovery_error(inpaint.complete(run, real, masks), real, masks)
+    mean = inpaint.recovery_error(inpaint.mean_colour_fill(real, masks), real, masks)
+    return {"value": model["mae"], "psnr": model["psnr"], "mean_colour_mae": mean["mae"],
+            "mean_colour_psnr": mean["psnr"], "missing_share": model["missing_share"], **how}
 
 
 def _initial_generator(cfg: dict) -> torch.nn.Module:

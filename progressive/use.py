@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from progressive.checkpoint import LoadedRun
 from progressive.data import ImageDataset
 from progressive.dataset_format import META_NAME
 from progressive.errors import UserError
-from progressive.files import check_suffix, write_text_atomic
+from progressive.files import atomic_write, check_suffix, write_text_atomic
 from progressive.grids import save_animation, save_grid, to_frames
 from progressive.images import EXTENSIONS, Reject, image_files, load_image_file
 from progressive.latents import seed_latents, smooth_latents, walk_latents
@@ -137,3 +138,35 @@ def write_energy_csv(names: list[str], scores: Tensor, path: str | os.PathLike) 
     writer.writerows((name, f"{value:.6g}") for name, value in rows)
     write_text_atomic(path, buf.getvalue())
     return rows
+
+
+# --------------------------------------------------------------------------- inpainting
+
+
+def inpaint(
+    run: LoadedRun, images: str | os.PathLike, out: str | os.PathLike, how,
+    *, masks_dir: str | None, occlude: str | None, seed: int, n: int | None, max_res: int,
+) -> int:
+    """Complete the images of `images` (a folder or dataset) whose pixels the masks hide;
+    writes one PNG per image and grid.png (occluded | completed | original) into `out`."""
+    from progressive import inpaint as fill
+
+    names, real = load_images(images, run.res, max_res, n)
+    if occlude is not None:
+        masks = fill.occlusion_masks(occlude, seed, len(real), max_res, run.res)
+    elif (Path(images) / META_NAME).is_file():
+        raise UserError("--masks needs a folder of images; for a dataset use --occlude")
+    else:
+        masks = fill.file_masks(masks_dir, images, names, max_res, run.res)
+    completed = fill.complete(run, real, masks, how)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, image in zip(names, completed, strict=True):
+        path = out / Path(name).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:  # the uint8 pixels as they are: visible ones exact
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    rows = torch.stack([fill.occluded_view(real, masks), completed.float() / 127.5 - 1,
+                        real.float() / 127.5 - 1], 1).flatten(0, 1)
+    save_grid(rows[: 3 * 16], out / "grid.png", nrow=3 * min(4, len(real)))
+    return len(real)
