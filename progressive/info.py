@@ -39,6 +39,12 @@ def dataset_summary(path: Path) -> str:
         rows.append(("source", _short(source)))
     if "split" in meta:
         rows.append(("split", _short(meta["split"])))
+    masks = meta.get("masks")
+    if isinstance(masks, dict):
+        share = masks.get("observed_share", {})
+        seen = ", ".join(f"{r}px {v:.0%}" for r, v in share.items() if isinstance(v, float))
+        rows.append(("masks", _short(f"{masks.get('kind', '?')} (seed {masks.get('seed', '-')}); "
+                                     f"observed {seen}")))
     rejected_file = path / REJECTED_NAME
     listed = None
     if rejected_file.exists():
@@ -53,7 +59,7 @@ def dataset_summary(path: Path) -> str:
     if "created" in meta:
         rows.append(("created", str(meta["created"])))
     shown = {"format", "version", "count", "max_res", "resolutions", "encoding", "channels",
-             "shards", "source", "split", "rejected", "created"}
+             "shards", "source", "split", "rejected", "created", "masks"}
     for key, value in meta.items():  # whatever else the writer recorded (crop, resize, ...)
         if key not in shown:
             text = json.dumps(value) if isinstance(value, dict | list) else str(value)
