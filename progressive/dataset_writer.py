@@ -478,16 +478,21 @@ def write_dataset(
         meta["jpeg_quality"] = jpeg_quality
         meta["jpeg_subsampling"] = im.JPEG_SUBSAMPLING
     if occlude is not None:
-        masks = {i: mk.make_mask(occlude, mask_seed, i, max_res) for i in range(count)}
+        def mask_of(i: int) -> np.ndarray:
+            return mk.make_mask(occlude, mask_seed, i, max_res)
+
         how = {"kind": occlude, "seed": mask_seed, "sized_at": mk.REFERENCE_RES}
     elif file_masks is not None:
-        full = np.ones((max_res, max_res), dtype=bool)
-        masks = {i: file_masks.get(_stem(n), full) for i, n in enumerate(kept_names)}
+        full = mk.pack(np.ones((max_res, max_res), dtype=bool))
+
+        def mask_of(i: int) -> np.ndarray:
+            return mk.unpack(file_masks.get(_stem(kept_names[i]), full), max_res)
+
         how = {"kind": "files", "dir": str(Path(masks_dir).resolve()),
                "files": len(file_masks), "images_without_mask": "fully observed",
                "resize": "observed when no missing source pixel is within the Lanczos-3 reach"}
     if occlude is not None or file_masks is not None:
-        observed = mk.write_masks(output, masks, res_list)
+        observed = mk.write_masks(output, count, mask_of, res_list)
         meta["masks"] = {**how, "path": mk.MASKS_NAME, "value": "1 observed, 0 missing",
                          "pyramid": mk.RULE, "observed_share": observed,
                          "images": "complete pixels stored; the mask says which are observed"}
@@ -504,9 +509,9 @@ def _stem(name: str) -> str:
     return str(Path(name).with_suffix(""))
 
 
-def _read_mask_dir(source: Source, masks_dir: Path, max_res: int) -> dict[str, np.ndarray]:
-    """Every mask PNG under `masks_dir`, checked and taken to max_res, keyed by its name
-    without extension; any bad mask is a UserError before anything is written."""
+def _read_mask_dir(source: Source, masks_dir: Path, max_res: int) -> dict[str, bytes]:
+    """Every mask PNG under `masks_dir`, checked, taken to max_res and packed, keyed by its
+    name without extension; any bad mask is a UserError before anything is written."""
     if not masks_dir.is_dir():
         raise UserError(f"--masks {masks_dir} is not a folder of mask PNGs")
     if not hasattr(source, "names"):
@@ -528,5 +533,5 @@ def _read_mask_dir(source: Source, masks_dir: Path, max_res: int) -> dict[str, n
             raise UserError(f"mask {path}: its image {items[key]} is unusable ({e})") from None
         size = img.size if hasattr(img, "size") and not isinstance(img, np.ndarray) else (
             img.shape[1], img.shape[0])
-        out[key] = mk.load_mask_file(path, size, max_res)
+        out[key] = mk.pack(mk.load_mask_file(path, size, max_res))
     return out

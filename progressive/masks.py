@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -147,24 +148,27 @@ def _resized_observed(missing: np.ndarray, res: int) -> np.ndarray:
 # ---- storage ------------------------------------------------------------------------------
 
 
-def write_masks(output: Path, masks: dict[int, np.ndarray], resolutions: list[int]) -> dict:
-    """Store each image's mask pyramid in `output/masks.lmdb` (keys as the images'); returns
-    the observed share per resolution."""
+def write_masks(
+    output: Path, count: int, mask_of: Callable[[int], np.ndarray], resolutions: list[int]
+) -> dict:
+    """Store the mask pyramid of images 0..count-1 (`mask_of(index)` at max_res) in
+    `output/masks.lmdb`, keys as the images'; returns the observed share per resolution."""
     per_image = sum(math.ceil(r * r / 8) + 16 for r in resolutions)
-    env = lmdb.open(str(output / MASKS_NAME), map_size=len(masks) * per_image * 2 + (16 << 20),
-                    max_dbs=0, readahead=False)
+    env = lmdb.open(str(output / MASKS_NAME), map_size=count * per_image * 2 + (16 << 20),
+                    max_dbs=0, readahead=False, sync=False, metasync=False)
     observed = dict.fromkeys(resolutions, 0.0)
     try:
-        with env.begin(write=True) as txn:
-            for index, mask in masks.items():
-                levels = mask_pyramid(mask, min(resolutions))
-                for r in resolutions:
-                    txn.put(image_key(r, index), pack(levels[r]))
-                    observed[r] += float(levels[r].mean())
+        for start in range(0, count, 1000):  # bounded transactions: memory stays flat
+            with env.begin(write=True) as txn:
+                for index in range(start, min(count, start + 1000)):
+                    levels = mask_pyramid(mask_of(index), min(resolutions))
+                    for r in resolutions:
+                        txn.put(image_key(r, index), pack(levels[r]))
+                        observed[r] += float(levels[r].mean())
         env.sync(True)
     finally:
         env.close()
-    return {str(r): round(v / max(len(masks), 1), 4) for r, v in observed.items()}
+    return {str(r): round(v / max(count, 1), 4) for r, v in observed.items()}
 
 
 # ---- masks in the model's terms -----------------------------------------------------------
