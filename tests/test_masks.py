@@ -143,7 +143,7 @@ def _trainer(seed=0):
     return cfg, Trainer.create(cfg)
 
 
-@pytest.mark.parametrize("images_shown", [0, 6000])  # stable 4x4, then 8x8 mid fade-in
+@pytest.mark.parametrize("images_shown", [0, 9000])  # stable 4x4, then 8x8 mid fade-in
 def test_missing_pixel_values_change_neither_loss_nor_gradients(images_shown):
     from accelerate.state import AcceleratorState
 
@@ -151,6 +151,7 @@ def test_missing_pixel_values_change_neither_loss_nor_gradients(images_shown):
     cfg, _ = _trainer()
     phase = Schedule.from_config(cfg).at(images_shown)
     res = phase.res
+    assert phase.alpha in (1.0, 0.5)
     real = torch.randint(0, 256, (4, 3, res, res), dtype=torch.uint8, generator=g)
     mask = torch.from_numpy(np.stack([
         mk.make_mask(k, 0, i, res) for i, k in enumerate(["block30", "pepper50"] * 2)
