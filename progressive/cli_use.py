@@ -280,7 +280,7 @@ def evaluate(**options):
 @click.option("--n", help="Only the first N images.", type=COUNT)
 @click.option("--em-rounds", help="Encode-fill rounds before decoding.", type=COUNT, default=2)
 @click.option("--z-steps", help="Adam steps on z fitting the visible pixels.",
-              type=click.IntRange(min=0), default=0)
+              type=click.IntRange(min=0), default=20)
 @click.option("--z-lr", help="Their learning rate.", type=POSITIVE, default=0.05)
 @click.option("--energy-steps", help="Gradient steps lowering the energy of the missing pixels.",
               type=click.IntRange(min=0), default=0)

@@ -33,7 +33,7 @@ class Completion:
     """How `complete` fills: EM rounds of encode-fill, z steps, energy steps."""
 
     em_rounds: int = 2
-    z_steps: int = 0
+    z_steps: int = 20
     z_lr: float = 0.05
     energy_steps: int = 0
     energy_lr: float = 0.01
