@@ -161,10 +161,10 @@ def checkpoint_summary(path: Path) -> str:
     for metric_file in metric_files(run_dir):
         try:
             last = json.loads(metric_file.read_text().strip().splitlines()[-1])
-            lines.append(f"  {metric_file.stem:15s}{last['value']:.5g} at {last['res']}px, "
+            lines.append(f"  {metric_file.stem:17s} {last['value']:.5g} at {last['res']}px, "
                          f"{last['images_shown']:,} images shown")
         except (OSError, ValueError, KeyError, IndexError, TypeError):
-            lines.append(f"  {metric_file.stem:15s}unreadable")
+            lines.append(f"  {metric_file.stem:17s} unreadable")
     from progressive.stage_evaluation import read_evaluations, summary_line
 
     evals = read_evaluations(run_dir)
