@@ -216,7 +216,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     data = root / "data"
     write_dataset(make_source("synthetic", "16"), data, 8, workers=0, progress=False)
-    train(make_config("demo", **(TINY | {"data": str(data), "total_kimg": 0.056})),
+    train(make_config("demo", **(TINY | {"data": str(data), "total_kimg": 0.056, "holdout": 0})),
           root / "run", progress=False)
     return root / "run", data
 
