@@ -218,8 +218,14 @@ def energy(**options):
 @click.command()
 @_run_options
 @click.option("--data", help="Dataset directory to compare against.", required=True)
-@click.option("--metrics", "metric_names", default="swd,recon",
-              help="Of swd, recon, fid, kid, diversity, energy, recovery.")
+@click.option(
+    "--metrics",
+    "metric_names",
+    help="Of swd, recon, fid, kid, diversity, energy, recovery, recon-synth, latent-recovery, "
+    "energy-auroc.",
+    default="swd,recon",
+)
+@click.option("--ood", help="Dataset or image folder for energy-auroc; repeatable.", multiple=True)
 @click.option("--n", help="Real and generated images.", type=click.IntRange(min=2), default=2000)
 @click.option("--inception-weights", help="torch-fidelity's InceptionV3 .pth file.", type=FILE)
 @click.option("--seed", help="Random seed (and of --occlude's masks).", type=int, default=0)
@@ -228,7 +234,7 @@ def energy(**options):
               type=click.Choice(["pepper50", "pepper70", "block20", "block30", "blocks10"]))
 def evaluate(**options):
     """Compute metrics and append them to metric-<name>.jsonl in the run folder."""
-    from progressive.evaluation import METRICS
+    from progressive.evaluation import METRICS, quality_summary
     from progressive.evaluation import evaluate as run_metrics
     from progressive.run_folder import metric_file
 
@@ -246,10 +252,12 @@ def evaluate(**options):
             extra = "  (" + ", ".join(f"{r}px {v:.4g}" for r, v in levels)
             extra += f"; at initialization {rec['at_init']:.4g})"
         if name == "recon":
-            extra = f"  (mean-image baseline {rec['mean_image_baseline']:.5g})"
+            extra = f"  (mean-image baseline {rec['mean_image_baseline']:.5g}, PCA with "
+            extra += f"{rec['pca_components']} components {rec['pca_baseline']:.5g})"
         if name == "diversity":
             nn = f"samples {rec['samples']:.4g}, real {rec['real']:.4g}"
-            extra = f"  (nearest-neighbour RMS distance: {nn})"
+            extra = f"  (nearest-neighbour RMS distance: {nn}; precision {rec['precision']:.3f}, "
+            extra += f"recall {rec['recall']:.3f})"
         if name == "energy":
             extra = f"  (samples; real images {rec['real']:.5g})"
         if "refined" in rec:
@@ -258,7 +266,8 @@ def evaluate(**options):
             extra = (f"  MAE on [0, 1] over missing pixels, PSNR {rec['psnr']:.2f} dB "
                      f"(mean-colour fill: MAE {rec['mean_colour_mae']:.4f}, "
                      f"PSNR {rec['mean_colour_psnr']:.2f} dB; {rec['occlude']})")
-        click.echo(f"{name:6s} {rec['value']:.6g}{extra}")
+        extra = extra or quality_summary(rec)
+        click.echo(f"{name:15s} {rec['value']:.6g}{extra}")
     if results:
         click.echo(
             f"appended to {metric_file(run.run_dir, '<name>')} "

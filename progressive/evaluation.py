@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from progressive import metrics
+from progressive import quality_metrics as quality
 from progressive.checkpoint import LoadedRun
 from progressive.data import ImageDataset
 from progressive.errors import UserError
@@ -22,7 +23,9 @@ from progressive.networks import initial_networks
 from progressive.run_folder import METRIC_CACHE_NAME, metric_file
 from progressive.sampling import energies, prepare_real, reconstruct, sample, sample_energies
 
-METRICS = ("swd", "recon", "fid", "kid", "diversity", "energy", "recovery")
+METRICS = ("swd", "recon", "fid", "kid", "diversity", "energy", "recovery",
+           *quality.QUALITY_METRICS)
+PCA_TRAINING_IMAGES = 10000  # training images the recon metric's PCA baseline is fitted on
 
 
 def evaluate(
@@ -36,6 +39,7 @@ def evaluate(
     chain: Langevin | None = None,
     occlude: str | None = None,
     notify=print,
+    ood: list[str] | tuple[str, ...] = (),
 ) -> dict[str, dict]:
     """Compute the metrics `names` on `n` images of dataset `data` against `n` generated ones,
     append each to the run's `metric-<name>.jsonl`, and return the records by name.
@@ -44,6 +48,8 @@ def evaluate(
     on the refined samples (`refined`, beside `value` for the raw ones).
     FID/KID without usable Inception weights are skipped with one notice (via `notify`).
     "recovery" fills the pixels that `occlude` masks (or the dataset's own masks) hide.
+    `ood`: datasets or image folders that energy-auroc tells apart from `data` (up to `n`
+    images each).
     """
     unknown = [m for m in names if m not in METRICS]
     if unknown:
@@ -56,9 +62,11 @@ def evaluate(
         raise UserError(f"--data {data} has {len(ds)} image(s); metrics need at least 2")
     real = ds.batch(list(range(n)))
     real_in = to_uint8(prepare_real(real, run.alpha))
+    if "energy-auroc" in names and not ood:
+        raise UserError("--metrics energy-auroc needs --ood DIR (a dataset or image folder)")
     fake = refined = None
     args = (run.generator, n, seed, run.latent, run.res, run.alpha)
-    if {"swd", "fid", "kid", "diversity", "energy"} & set(names):
+    if {"swd", "fid", "kid", "diversity", "energy", "energy-auroc"} & set(names):
         fake = sample(*args)
     if chain is not None and chain.steps and {"swd", "diversity", "energy"} & set(names):
         refined = sample(*args, energy=run.energy, chain=chain)
@@ -97,7 +105,8 @@ def evaluate(
             record("swd", swd["mean"], **extra)
     if "diversity" in names:
         div = metrics.diversity(fake, real_in)
-        extra = dict(samples=div["samples"], real=div["real"])
+        precision, recall = quality.precision_recall(real_in, fake)
+        extra = dict(samples=div["samples"], real=div["real"], precision=precision, recall=recall)
         if refined is not None:
             div_r = metrics.diversity(refined, real_in)
             extra.update(chain_info, refined=div_r["value"], refined_samples=div_r["samples"])
@@ -115,19 +124,53 @@ def evaluate(
     if "recon" in names:
         recon = reconstruct(run.generator, run.inference, real, run.res, run.alpha)
         err = metrics.reconstruction_error(real_in, recon)
-        train_mean = _training_images(run, run.res, n)
-        baseline = metrics.mean_image_baseline(
-            train_mean if train_mean is not None else real, real_in
-        )
+        train = _training_images(run, run.res, PCA_TRAINING_IMAGES)
+        baseline = metrics.mean_image_baseline(train if train is not None else real, real_in)
+        # PCA with as many components as the latent, fitted on training images (held-out ones
+        # when the training set is gone, which flatters the baseline).
+        pca = quality.pca_baseline(train if train is not None else real, real_in, run.latent)
         record(
             "recon",
             err.mean().item(),
             median=err.median().item(),
             max=err.max().item(),
             mean_image_baseline=baseline.mean().item(),
+            pca_baseline=pca.mean().item(),
+            pca_components=run.latent,
+            pca_fitted_on="training" if train is not None else "held-out",
         )
     if "recovery" in names:
         record("recovery", **_recovery(run, ds, real, occlude, seed))
+    if {"recon-synth", "latent-recovery"} & set(names):
+        cycle = quality.synth_cycle(
+            run.generator, run.inference, n, run.latent, run.res, run.alpha, seed
+        )
+        if "recon-synth" in names:
+            record("recon-synth", cycle["mse"].mean().item(), median=cycle["mse"].median().item())
+        if "latent-recovery" in names:
+            per_dim = cycle["r2_per_dim"]
+            record(
+                "latent-recovery",
+                cycle["r2"],
+                r2_per_dim_min=per_dim.min().item(),
+                r2_per_dim_median=per_dim.median().item(),
+                posterior_std=cycle["posterior_std"],
+            )
+    if "energy-auroc" in names:
+        from progressive.use import load_images
+
+        others: dict[str, Tensor] = {}
+        for source in ood:
+            others[_set_name(source, others)] = load_images(
+                source, run.res, run.config["max_res"], n
+            )[1]
+        scores = quality.energy_auroc(
+            run.energy, run.generator, run.inference, real, others, fake, run.res, run.alpha
+        )
+        first = next(iter(scores["sets"].values()))
+        previous = _previous_energy(run, real)
+        record("energy-auroc", first["auroc_energy"], **scores, previous_snapshot=previous)
+
     wanted = [m for m in ("fid", "kid") if m in names]
     if wanted:
         try:
@@ -169,6 +212,62 @@ def _recovery(
     mean = inpaint.recovery_error(inpaint.mean_colour_fill(real, masks), real, masks)
     return {"value": model["mae"], "psnr": model["psnr"], "mean_colour_mae": mean["mae"],
             "mean_colour_psnr": mean["psnr"], "missing_share": model["missing_share"], **how}
+def _set_name(source: str, taken: dict) -> str:
+    name, i = Path(source).name or str(source), 2
+    while name in taken:
+        name, i = f"{Path(source).name}-{i}", i + 1
+    return name
+
+
+def _previous_energy(run: LoadedRun, real: Tensor) -> dict | None:
+    """Mean and std of the held-out energies under the run's snapshot before this one (not the
+    one at initialization), to see whether the energy's scale holds still."""
+    from progressive.checkpoint import load_weights, read_state
+    from progressive.networks import build_networks
+    from progressive.run_folder import list_snapshots
+
+    earlier = [s for s in list_snapshots(run.run_dir) if s.name < Path(run.snapshot).name]
+    earlier = [s for s in earlier if read_state(s)["images_shown"] > 0]
+    if not earlier:
+        return None
+    nets = build_networks(run.config)
+    load_weights(earlier[-1], nets)
+    energy = nets["energy"].to(run.device).eval().requires_grad_(False)
+    values = quality.energy_of(energy, real, run.alpha)
+    return {
+        "snapshot": str(earlier[-1]),
+        "images_shown": read_state(earlier[-1])["images_shown"],
+        "heldout_energy": {"mean": float(values.mean()), "std": float(values.std())},
+    }
+
+
+def quality_summary(rec: dict) -> str:
+    """The details of a quality metric's record in one line, for the command's output."""
+    name = rec["metric"]
+    if name == "latent-recovery":
+        return (
+            f"  (R^2; per dimension min {rec['r2_per_dim_min']:.3g}, median "
+            f"{rec['r2_per_dim_median']:.3g})"
+        )
+    if name == "energy-auroc":
+        held = rec["heldout"]["energy"]
+        parts = [
+            f"held-out energy {held['mean']:.4g} ± {held['std']:.3g}",
+            f"samples {rec['samples']['energy']['mean']:.4g}",
+        ]
+        for set_name, s in rec["sets"].items():
+            parts.append(
+                f"{set_name}: energy {s['energy']['mean']:.4g}, AUROC by energy "
+                f"{s['auroc_energy']:.3f} / KL {s['auroc_kl']:.3f} / recon {s['auroc_recon']:.3f}"
+            )
+        prev = rec.get("previous_snapshot")
+        if prev:
+            parts.append(
+                f"held-out energy at {prev['images_shown']} images "
+                f"{prev['heldout_energy']['mean']:.4g}"
+            )
+        return "  (" + "; ".join(parts) + ")"
+    return ""
 
 
 def _initial_generator(cfg: dict) -> torch.nn.Module:

@@ -36,10 +36,12 @@ def reconstruction(x: Tensor, x_rec: Tensor, mask: Tensor | None = None) -> Tens
     return diff.square().flatten(1).sum(1).mean()
 
 
-def kl_to_prior(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)), averaged over batch and latent dimensions."""
+def kl_to_prior(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), averaged over the batch and, with `reduction` "mean"
+    (the reference code), over latent dimensions; "sum" sums them (the ELBO's KL)."""
     mu, logvar = mu.float(), logvar.float()
-    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).mean()
+    kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
+    return kl.sum(1).mean() if reduction == "sum" else kl.mean()
 
 
 def latent_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -78,7 +80,7 @@ def joint_loss(
     """The generator's and inference model's loss, every term reported unweighted; `mask`
     restricts the reconstruction term to observed pixels."""
     rec = reconstruction(x, x_rec, mask)
-    kl = kl_to_prior(mu, logvar)
+    kl = kl_to_prior(mu, logvar, weights.get("kl_reduction", "mean"))
     nll = latent_nll(z, mu_fake, logvar_fake)
     e_fake = energy_fake.float().mean()
     loss = (

@@ -308,6 +308,8 @@ def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
 
 def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
     """The three networks and the generator average, at full size, from a configuration."""
+    if cfg.get("architecture", "progressive") == "reference":
+        return _reference_networks(cfg)
     widths = {
         "fmap_base": cfg["fmap_base"],
         "fmap_max": cfg["fmap_max"],
@@ -322,4 +324,25 @@ def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
         "generator_ema": generator_ema,
         "energy": Energy(cfg["max_res"], mbstd_group=cfg["mbstd_group"], **widths),
         "inference": Inference(cfg["max_res"], cfg["latent"], **widths),
+    }
+
+
+def _reference_networks(cfg: dict) -> dict[str, nn.Module]:
+    """The DCGAN-sized networks of `reference_networks` (fixed resolution, no growing)."""
+    from progressive.reference_networks import (
+        ReferenceEnergy,
+        ReferenceGenerator,
+        ReferenceInference,
+    )
+
+    res, latent = cfg["max_res"], cfg["latent"]
+    generator = ReferenceGenerator(res, latent)
+    generator_ema = ReferenceGenerator(res, latent)
+    generator_ema.load_state_dict(generator.state_dict())
+    generator_ema.requires_grad_(False).eval()
+    return {
+        "generator": generator,
+        "generator_ema": generator_ema,
+        "energy": ReferenceEnergy(res),
+        "inference": ReferenceInference(res, latent),
     }

@@ -39,11 +39,13 @@ BASE: dict = {
     "fmap_max": 512,
     "fmap_min": FMAP_MIN,  # the narrowest any layer may be
     "mbstd_group": 0,  # minibatch-stddev layer in the energy model; 0 = none
+    "architecture": "progressive",  # or "reference": DCGAN-sized networks at max_res only
     "loss": {
         "rec": 1.0,  # weight of the reconstruction term
         "rec_scaling": "fixed",  # "fixed": summed error times (rec_ref_res/res)^2; "sum": plain sum
         "rec_ref_res": 32,
         "kl": 1.0,
+        "kl_reduction": "mean",  # "mean" over latent dimensions (reference code) or "sum" (ELBO)
         "latent_nll": 0.1,  # lambda_lat on generated pairs
         "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
@@ -190,6 +192,15 @@ def normalize(cfg: dict) -> dict:
         raise UserError(f"--start-res {cfg['start_res']} is above --max-res {cfg['max_res']}")
     if cfg["loss"]["rec_scaling"] not in ("fixed", "sum"):
         raise UserError("loss rec_scaling must be 'fixed' or 'sum'")
+    if cfg["loss"]["kl_reduction"] not in ("mean", "sum"):
+        raise UserError("loss kl_reduction must be 'mean' or 'sum'")
+    if cfg["architecture"] not in ("progressive", "reference"):
+        raise UserError("architecture must be 'progressive' or 'reference'")
+    if cfg["architecture"] == "reference" and cfg["start_res"] != cfg["max_res"]:
+        raise UserError(
+            f"the reference networks do not grow: give --start-res {cfg['max_res']} "
+            f"(= --max-res)"
+        )
     if cfg["mixed_precision"] not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--mixed-precision must be auto, no, bf16 or fp16")
     if not 1 <= cfg["fmap_min"] <= cfg["fmap_max"]:

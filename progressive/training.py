@@ -227,6 +227,10 @@ class Trainer:
         beta = 0.5 ** (batch / max(self.cfg["ema_kimg"] * 1000, 1e-8))
         src = list(self.generator.parameters())
         torch._foreach_lerp_(list(self.generator_ema.parameters()), src, 1.0 - beta)
+        # Buffers (batch-norm statistics of the reference networks) are copied as they are.
+        buffers = zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True)
+        for ema_buf, buf in buffers:
+            ema_buf.copy_(buf)
 
 
 def render_builtin_dataset(path: Path, max_res: int, count: int) -> None:

@@ -1,0 +1,247 @@
+"""Quality of the triangle per configuration: one row per configuration, equal budgets.
+
+    python bench/bench_quality.py --train data/celeba32-train --heldout data/celeba32-test \\
+        --ood cifar=data/cifar32-test --ood ffhq=data/ffhq32 --kimg 20 --out checkpoints/quality
+
+Every configuration trains at 32x32 from the start (no growing: the comparison is between
+optimisation, loss weighting and network choices, not schedules) for the same number of images
+shown (`--kimg`), on one CPU thread, then is evaluated on the held-out set with the figures of
+`progressive evaluate --metrics recon,recon-synth,latent-recovery,energy-auroc,diversity,swd`.
+Configurations whose name ends in `@time` get equal wall time instead: their images shown are
+`--kimg` times the ratio of their training speed to the median speed of the other rows, all
+measured in one calibration pass at the start of the same run (best of three timings of three
+steps on random images). Runs
+already finished under `--out` are evaluated again, not retrained. Writes a table to stdout
+and `quality.json` under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from machine import describe  # noqa: E402
+
+from progressive import checkpoint as ckpt  # noqa: E402
+from progressive.evaluation import evaluate  # noqa: E402
+from progressive.presets import make_config  # noqa: E402
+from progressive.run_folder import list_snapshots  # noqa: E402
+from progressive.schedule import Schedule  # noqa: E402
+from progressive.training import Trainer, train  # noqa: E402
+
+PAPER_OPT = {"lr": {"generator": 3e-4, "energy": 1e-4, "inference": 3e-4}, "betas": [0.5, 0.999]}
+
+# name: overrides of the demo preset (the networks the demo trains on two cores).
+CONFIGS: dict[str, dict] = {
+    "demo": {},
+    "paper-opt": PAPER_OPT,
+    "paper-opt+kl-sum": {**PAPER_OPT, "loss": {"kl_reduction": "sum"}},
+    "reference@time": {
+        **PAPER_OPT,
+        "architecture": "reference",
+        "latent": 100,
+        "weight_decay_generator": 5e-4,
+        "loss": {"energy_drift": 0.0},
+    },
+    "paper-opt+raw-energy": {**PAPER_OPT, "loss": {"energy_drift": 0.0}},
+    "paper-opt+mbstd": {**PAPER_OPT, "mbstd_group": 4},
+    "demo-lr+betas-0.5": {"betas": [0.5, 0.999]},
+    "paper-opt+wide@time": {**PAPER_OPT, "fmap_base": 1024, "fmap_max": 128},
+}
+
+
+def config_for(name: str, data: str, kimg: float, seed: int) -> dict:
+    over = dict(CONFIGS[name])
+    lr = over.pop("lr", None)
+    if isinstance(lr, dict):
+        lr = {n: {r: v for r in (4, 8, 16, 32, 64)} for n, v in lr.items()}
+    return make_config(
+        "demo",
+        data=data,
+        max_res=32,
+        start_res=32,
+        stable_kimg=kimg,
+        snapshot_kimg=kimg / 2,
+        workers=0,
+        seed=seed,
+        lr=lr,
+        **over,
+    )
+
+
+def images_per_second(cfg: dict, steps: int = 3, repeats: int = 3) -> float:
+    """Training images per second of `cfg` at 32x32 on random uint8 images after one warm-up
+    step: the best of `repeats` timings of `steps` steps (the least disturbed by other load)."""
+    trainer = Trainer.create(cfg)
+    phase = Schedule.from_config(cfg).at(0)
+    real = torch.randint(0, 256, (phase.batch, 3, 32, 32), dtype=torch.uint8)
+    trainer.step(real, phase, 0)
+    best = float("inf")
+    for r in range(repeats):
+        start = time.perf_counter()
+        for i in range(steps):
+            trainer.step(real, phase, (r * steps + i + 1) * phase.batch)
+        best = min(best, time.perf_counter() - start)
+    return steps * phase.batch / best
+
+
+def evaluate_run(run_dir: Path, heldout: str, ood: list[str], n: int, seed: int) -> dict:
+    """Every figure of one run's final snapshot, via `progressive evaluate` (which also appends
+    them to the run's metric JSONL files), flattened into one row."""
+    run = ckpt.load_run(run_dir, device="cpu")
+    names = ["recon", "recon-synth", "latent-recovery", "diversity", "swd"]
+    if ood:
+        names.append("energy-auroc")
+    recs = evaluate(run, heldout, names, n, seed=seed, ood=ood, notify=print)
+    row = {
+        "images_shown": run.images_shown,
+        "recon": recs["recon"]["value"],
+        "recon_pca": recs["recon"]["pca_baseline"],
+        "recon_mean_image": recs["recon"]["mean_image_baseline"],
+        "recon_synth": recs["recon-synth"]["value"],
+        "latent_r2": recs["latent-recovery"]["value"],
+        "diversity": recs["diversity"]["value"],
+        "precision": recs["diversity"]["precision"],
+        "recall": recs["diversity"]["recall"],
+        "swd": recs["swd"]["value"],
+        "swd_init": recs["swd"]["at_init"],
+    }
+    if ood:
+        e = recs["energy-auroc"]
+        row["energy_heldout"] = e["heldout"]["energy"]
+        row["energy_samples"] = e["samples"]["energy"]
+        prev = e.get("previous_snapshot")
+        row["energy_heldout_previous"] = prev["heldout_energy"] if prev else None
+        row["sets"] = e["sets"]
+    return row
+
+
+def format_table(rows: list[dict], ood_names: list[str]) -> str:
+    """A markdown table: one row per configuration."""
+    head = [
+        "config",
+        "kimg",
+        "train min",
+        "recon (PCA)",
+        "recon-synth",
+        "latent R^2",
+        "diversity",
+        "prec/rec",
+        "SWD (init/now)",
+        "E held-out (prev)",
+        "E samples",
+    ]
+    for name in ood_names:
+        head += [f"E {name}", f"AUROC {name} E/KL/rec"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        prev = r.get("energy_heldout_previous")
+        cells = [
+            r["config"],
+            f"{r['kimg']:.1f}",
+            f"{r['train_s'] / 60:.1f}" if r.get("train_s") else "-",
+            f"{r['recon']:.4f} ({r['recon_pca']:.4f})",
+            f"{r['recon_synth']:.4f}",
+            f"{r['latent_r2']:.2f}",
+            f"{r['diversity']:.2f}",
+            f"{r['precision']:.2f}/{r['recall']:.2f}",
+            f"{r['swd_init'] / r['swd']:.1f}x ({r['swd']:.1f})",
+        ]
+        if "energy_heldout" in r:
+            cells += [
+                f"{r['energy_heldout']['mean']:.3g}" + (f" ({prev['mean']:.3g})" if prev else ""),
+                f"{r['energy_samples']['mean']:.3g}",
+            ]
+            for name in ood_names:
+                s = r["sets"][name]
+                cells += [
+                    f"{s['energy']['mean']:.3g}",
+                    f"{s['auroc_energy']:.2f}/{s['auroc_kl']:.2f}/{s['auroc_recon']:.2f}",
+                ]
+        else:
+            cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", required=True, help="training dataset (32 px or more)")
+    ap.add_argument("--heldout", required=True, help="held-out dataset of the same kind")
+    ap.add_argument("--ood", action="append", default=[], help="NAME=DATASET, repeatable")
+    ap.add_argument("--kimg", type=float, default=20.0, help="thousands of images per row")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names")
+    ap.add_argument("--out", default="checkpoints/quality")
+    ap.add_argument("--n", type=int, default=500, help="held-out images evaluated")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-only", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [c for c in args.configs.split(",") if c]
+    for name in names:
+        if name not in CONFIGS:
+            sys.exit(f"--configs: unknown {name!r}; choose from {', '.join(CONFIGS)}")
+    ood = dict(o.split("=", 1) for o in args.ood)
+
+    speed_file = out / "speed.json"
+    speeds = json.loads(speed_file.read_text()) if speed_file.exists() else {}
+    if not speeds:
+        for name in names:
+            cfg = config_for(name, args.train, args.kimg, args.seed)
+            speeds[name] = images_per_second(cfg)
+            print(f"calibration {name}: {speeds[name]:.1f} img/s", flush=True)
+        speed_file.write_text(json.dumps(speeds, indent=1))
+    # Equal time is relative to the median speed of the equal-images rows (the same networks
+    # measured several times, which evens out other load on the machine).
+    base_speed = statistics.median(speeds[n] for n in names if not n.endswith("@time"))
+
+    rows = []
+    for name in names:
+        kimg = args.kimg
+        if name.endswith("@time"):
+            kimg = args.kimg * speeds[name] / base_speed
+        cfg = config_for(name, args.train, kimg, args.seed)
+        run_dir = out / name
+        existing = list_snapshots(run_dir)
+        final = round(kimg * 1000)
+        done = [s for s in existing if ckpt.read_state(s)["images_shown"] >= final]
+        start = time.perf_counter()
+        if not done:
+            print(f"training {name}: {kimg:.2f} kimg", flush=True)
+            train(cfg, run_dir, snapshot=existing[-1] if existing else None, progress=False)
+            (run_dir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+        if args.train_only:
+            continue
+        print(f"evaluating {name}", flush=True)
+        row = evaluate_run(run_dir, args.heldout, list(ood.values()), args.n, args.seed)
+        if ood:  # the sets by the names given on the command line, in order
+            row["sets"] = dict(zip(ood, row["sets"].values(), strict=True))
+        wall = run_dir / "wall_s.txt"
+        row = {
+            "config": name,
+            "kimg": kimg,
+            "train_s": float(wall.read_text()) if wall.exists() else None,
+            "img_per_s_calibrated": speeds[name],
+            **row,
+        }
+        rows.append(row)
+        (out / "quality.json").write_text(
+            json.dumps({"machine": describe(), "args": vars(args), "rows": rows}, indent=1)
+        )
+    if rows:
+        print(format_table(rows, list(ood)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""What the triangle claims, measured: faithful inference, a well-formed energy, diverse samples.
+
+- `pca_baseline`: reconstruction error of held-out images by PCA fitted on training images,
+  with as many components as the latent: the linear encoder-decoder a model must beat.
+- `synth_cycle`: z ~ N(0, I), x = g(z), mu = q(x); the error of g(mu) against x
+  (reconstruction of synthesized data) and R^2 of mu against z (latent recovery).
+- `energy_auroc`: how well the energy (low = data-like) tells held-out images of the training
+  distribution from another set, beside the same AUROC by the inference model's KL to the
+  prior and by reconstruction error, so one sees what the energy adds.
+- `diversity`: mean nearest-neighbour distance among samples against the same among as many
+  real images, and k-NN precision and recall (Kynkäänniemi et al. 2019), both in pixel space
+  at the model's resolution (computable offline, no pretrained features).
+
+Images are uint8 or float in [-1, 1] (N, 3, R, R), as in `progressive.images`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from progressive.images import to_float, to_uint8
+from progressive.networks import fade_real
+
+QUALITY_METRICS = ("recon-synth", "latent-recovery", "energy-auroc")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _device(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+@torch.no_grad()
+def _batched(fn, x: Tensor, batch: int = 100) -> Tensor | tuple[Tensor, ...]:
+    """fn over `x` in batches on fn's device, results concatenated on the CPU."""
+    outs = [fn(x[i : i + batch]) for i in range(0, len(x), batch)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat([o[k].cpu() for o in outs]) for k in range(len(outs[0])))
+    return torch.cat([o.cpu() for o in outs])
+
+
+def model_input(images: Tensor, alpha: float) -> Tensor:
+    """uint8 or float images as the energy and inference models saw them in training: float
+    in [-1, 1], blended like the fade-in when alpha < 1."""
+    return fade_real(to_float(images), alpha)
+
+
+def posterior(inference: torch.nn.Module, images: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """(mu, logvar) of q(z|x) for each image, on the CPU."""
+    dev = _device(inference)
+    x = model_input(images, alpha)
+    return _batched(lambda b: inference(b.to(dev), alpha), x)
+
+
+def energy_of(energy: torch.nn.Module, images: Tensor, alpha: float) -> Tensor:
+    """Energy of each image (N,), on the CPU."""
+    dev = _device(energy)
+    return _batched(lambda b: energy(b.to(dev), alpha), model_input(images, alpha))
+
+
+def decode(generator: torch.nn.Module, z: Tensor, res: int, alpha: float) -> Tensor:
+    """g(z) as float images in [-1, 1] (N, 3, res, res), on the CPU."""
+    dev = _device(generator)
+    return _batched(lambda b: generator(b.to(dev), res, alpha).float(), z)
+
+
+def per_image_mse(a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared error per image in the [-1, 1] range, both rounded to uint8 first (images
+    are measured as they would be saved)."""
+    return (to_float(to_uint8(a)) - to_float(to_uint8(b))).square().flatten(1).mean(1)
+
+
+def kl_per_image(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(q(z|x) || N(0, I)) per image, summed over latent dimensions (N,)."""
+    return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(1)
+
+
+# --------------------------------------------------------------------------- reconstruction
+
+
+def pca_baseline(train: Tensor, heldout: Tensor, components: int) -> Tensor:
+    """MSE per held-out image of its projection on the top `components` principal components
+    of the training images (mean included); the linear baseline of the same code size."""
+    x_train = to_float(train).flatten(1).double()
+    x_held = to_float(heldout).flatten(1).double()
+    mean = x_train.mean(0, keepdim=True)
+    k = min(components, min(x_train.shape) - 1)
+    # Right singular vectors of the centred data are the principal directions.
+    _, _, vh = torch.linalg.svd(x_train - mean, full_matrices=False)
+    basis = vh[:k]
+    rec = (x_held - mean) @ basis.T @ basis + mean
+    rec = rec.float().view_as(to_float(heldout)).clamp(-1, 1)
+    return per_image_mse(heldout, rec)
+
+
+def r_squared(target: Tensor, prediction: Tensor) -> float:
+    """Coefficient of determination of `prediction` for `target` (N, D), pooled over
+    dimensions: 1 - sum (t - p)^2 / sum (t - mean t)^2. 1 is perfect, 0 the per-dimension mean,
+    below 0 worse than the mean."""
+    t, p = target.double(), prediction.double()
+    residual = (t - p).square().sum()
+    total = (t - t.mean(0, keepdim=True)).square().sum()
+    return float(1.0 - residual / total.clamp_min(1e-12))
+
+
+def synth_cycle(
+    generator: torch.nn.Module,
+    inference: torch.nn.Module,
+    n: int,
+    latent: int,
+    res: int,
+    alpha: float,
+    seed: int = 0,
+) -> dict:
+    """z ~ N(0, I) (seeded), x = g(z), (mu, logvar) = q(x), x' = g(mu).
+
+    Returns `{"mse": per-image MSE of x' against x (N,), "r2": R^2 of mu against z,
+    "r2_per_dim": (latent,), "posterior_std": mean sigma of q(x)}`."""
+    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
+    x = decode(generator, z, res, alpha)
+    mu, logvar = posterior(inference, x, alpha)
+    x_rec = decode(generator, mu, res, alpha)
+    zd, md = z.double(), mu.double()
+    per_dim = 1 - (zd - md).square().sum(0) / (zd - zd.mean(0)).square().sum(0).clamp_min(1e-12)
+    return {
+        "mse": per_image_mse(x, x_rec),
+        "r2": r_squared(z, mu),
+        "r2_per_dim": per_dim.float(),
+        "posterior_std": float(torch.exp(0.5 * logvar).mean()),
+    }
+
+
+# --------------------------------------------------------------------------- energy
+
+
+def auroc(inside: Tensor, outside: Tensor) -> float:
+    """Area under the ROC curve of telling `outside` from `inside` by a score that should be
+    LOWER inside (energy, KL, error): P(score_in < score_out) + P(tie) / 2, by ranks."""
+    a, b = inside.double().flatten(), outside.double().flatten()
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("AUROC needs at least one score on each side")
+    both = torch.cat([a, b])
+    order = both.argsort()
+    ranks = torch.empty_like(both)
+    ranks[order] = torch.arange(1, len(both) + 1, dtype=both.dtype)
+    # Average the ranks of ties so equal scores count one half.
+    uniq, inverse = both.unique(return_inverse=True)
+    sums = torch.zeros(len(uniq), dtype=both.dtype).index_add_(0, inverse, ranks)
+    counts = torch.zeros(len(uniq), dtype=both.dtype).index_add_(0, inverse, torch.ones_like(both))
+    ranks = (sums / counts)[inverse]
+    rank_out = ranks[len(a) :].sum()
+    u = rank_out - len(b) * (len(b) + 1) / 2  # pairs where the outside score is larger
+    return float(u / (len(a) * len(b)))
+
+
+def _spread(values: Tensor) -> dict:
+    return {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0}
+
+
+def image_scores(
+    energy: torch.nn.Module,
+    generator: torch.nn.Module,
+    inference: torch.nn.Module,
+    images: Tensor,
+    res: int,
+    alpha: float,
+) -> dict[str, Tensor]:
+    """Per-image energy, KL of q(z|x) to the prior, and reconstruction error g(mu(x))."""
+    mu, logvar = posterior(inference, images, alpha)
+    rec = decode(generator, mu, res, alpha)
+    return {
+        "energy": energy_of(energy, images, alpha),
+        "kl": kl_per_image(mu, logvar),
+        "recon": per_image_mse(model_input(images, alpha), rec),
+    }
+
+
+def energy_auroc(
+    energy: torch.nn.Module,
+    generator: torch.nn.Module,
+    inference: torch.nn.Module,
+    heldout: Tensor,
+    others: dict[str, Tensor],
+    samples: Tensor,
+    res: int,
+    alpha: float,
+) -> dict:
+    """AUROC of held-out images against each set of `others` by energy, by KL and by
+    reconstruction error, with the mean and std of every set's energy and of the samples'.
+
+    Returns `{"heldout": {...}, "samples": {...}, "sets": {name: {"auroc_energy",
+    "auroc_kl", "auroc_recon", "energy": {...}}}}`."""
+    inside = image_scores(energy, generator, inference, heldout, res, alpha)
+    out = {
+        "heldout": {"energy": _spread(inside["energy"]), "kl": _spread(inside["kl"])},
+        "samples": {"energy": _spread(energy_of(energy, samples, alpha))},
+        "sets": {},
+    }
+    for name, images in others.items():
+        s = image_scores(energy, generator, inference, images, res, alpha)
+        out["sets"][name] = {
+            "n": len(images),
+            "auroc_energy": auroc(inside["energy"], s["energy"]),
+            "auroc_kl": auroc(inside["kl"], s["kl"]),
+            "auroc_recon": auroc(inside["recon"], s["recon"]),
+            "energy": _spread(s["energy"]),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- diversity
+
+
+def _pairwise(a: Tensor, b: Tensor) -> Tensor:
+    """Euclidean distances between rows of a (N, D) and b (M, D), float64."""
+    return torch.cdist(a.double(), b.double())
+
+
+def nearest_neighbour_distances(images: Tensor) -> Tensor:
+    """Each image's RMS pixel distance ([-1, 1] range) to its nearest other image in the set."""
+    x = to_float(images).flatten(1)
+    d = _pairwise(x, x)
+    d.fill_diagonal_(float("inf"))
+    return d.min(1).values / x.shape[1] ** 0.5
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
+    """k-NN precision (share of samples inside the real images' k-NN balls) and recall (share
+    of real images inside the samples' balls), in pixel space."""
+    r, f = to_float(real).flatten(1), to_float(fake).flatten(1)
+
+    def radii(x: Tensor) -> Tensor:
+        d = _pairwise(x, x)
+        d.fill_diagonal_(float("inf"))
+        return d.kthvalue(k, dim=1).values
+
+    rr, rf = radii(r), radii(f)
+    d_fr = _pairwise(f, r)  # (fake, real)
+    precision = (d_fr <= rr[None, :]).any(1).double().mean()
+    recall = (d_fr.T <= rf[None, :]).any(1).double().mean()
+    return float(precision), float(recall)
+
+
+def diversity(real: Tensor, samples: Tensor, k: int = 3) -> dict:
+    """Mean nearest-neighbour distance among `samples` over the same among `real` (as many
+    images; 1 = as diverse as the data, near 0 = near-copies), and k-NN precision and recall."""
+    n = min(len(real), len(samples))
+    real, samples = real[:n], samples[:n]
+    nn_real = nearest_neighbour_distances(real)
+    nn_fake = nearest_neighbour_distances(samples)
+    precision, recall = precision_recall(real, samples, k)
+    return {
+        "ratio": float(nn_fake.mean() / nn_real.mean().clamp_min(1e-12)),
+        "nn_samples": float(nn_fake.mean()),
+        "nn_real": float(nn_real.mean()),
+        "precision": precision,
+        "recall": recall,
+        "k": k,
+        "n": n,
+    }

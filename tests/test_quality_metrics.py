@@ -1,0 +1,157 @@
+"""Quality metrics: PCA baseline, R^2, AUROC, diversity, the synthetic cycle, `evaluate` with
+every quality metric, and the reference networks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_use import invoke, model, run_dir  # noqa: F401 (fixtures)
+from tiny import TINY_NETWORKS
+
+from progressive import loss
+from progressive import quality_metrics as qm
+from progressive.presets import make_config
+from progressive.reference_networks import ReferenceEnergy, ReferenceGenerator, ReferenceInference
+from progressive.schedule import Schedule
+from progressive.training import Trainer
+
+
+def test_auroc_matches_pair_counting_with_ties():
+    gen = torch.Generator().manual_seed(0)
+    inside = torch.randint(0, 6, (40,), generator=gen).float()
+    outside = torch.randint(2, 9, (30,), generator=gen).float()
+    pairs = (inside[:, None] < outside[None, :]).double() + 0.5 * (
+        inside[:, None] == outside[None, :]
+    ).double()
+    assert qm.auroc(inside, outside) == pytest.approx(pairs.mean().item())
+    assert qm.auroc(torch.zeros(5), torch.ones(5)) == 1.0
+    assert qm.auroc(torch.ones(5), torch.zeros(5)) == 0.0
+    assert qm.auroc(torch.ones(5), torch.ones(7)) == 0.5
+
+
+def test_r_squared():
+    z = torch.randn(200, 4, generator=torch.Generator().manual_seed(1))
+    assert qm.r_squared(z, z) == pytest.approx(1.0)
+    assert qm.r_squared(z, z.mean(0, keepdim=True).expand_as(z)) == pytest.approx(0.0)
+    assert qm.r_squared(z, -z) < -2.9  # residual 4x the variance
+    assert 0.7 < qm.r_squared(z, 0.5 * z) < 0.8  # 1 - 0.25
+
+
+def test_pca_baseline_recovers_low_rank_images_and_improves_with_components():
+    gen = torch.Generator().manual_seed(2)
+    basis = torch.randn(3, 3 * 8 * 8, generator=gen) * 0.1
+    codes = torch.randn(120, 3, generator=gen)
+    images = (codes @ basis).view(-1, 3, 8, 8).clamp(-1, 1)
+    train, held = images[:100], images[100:]
+    assert images.abs().max() < 1  # no clipping: exactly rank 3
+    assert qm.pca_baseline(train, held, 3).mean() < 1e-4  # only uint8 rounding left
+    noisy = (images + 0.3 * torch.randn(images.shape, generator=gen)).clamp(-1, 1)
+    errs = [qm.pca_baseline(noisy[:100], noisy[100:], k).mean().item() for k in (1, 3, 20)]
+    assert errs[0] > errs[1] > 0
+
+
+def test_diversity_ratio_and_precision_recall():
+    gen = torch.Generator().manual_seed(3)
+    real = torch.rand(64, 3, 8, 8, generator=gen) * 2 - 1
+    same = qm.diversity(real, real.clone())
+    assert same["ratio"] == pytest.approx(1.0)
+    assert same["precision"] == 1.0 and same["recall"] == 1.0
+    copies = real[:1].expand(64, -1, -1, -1) + 0.01 * torch.randn(64, 3, 8, 8, generator=gen)
+    collapsed = qm.diversity(real, copies)
+    assert collapsed["ratio"] < 0.1
+    assert collapsed["recall"] < 0.2
+
+
+def _tiny_networks(latent=8):
+    from progressive.networks import Energy, Generator, Inference
+
+    torch.manual_seed(0)
+    widths = {"fmap_base": 64, "fmap_max": 16}
+    return Generator(16, latent, **widths), Energy(16, **widths), Inference(16, latent, **widths)
+
+
+def test_synth_cycle_and_energy_auroc_on_tiny_networks():
+    g, e, i = _tiny_networks()
+    cycle = qm.synth_cycle(g, i, 20, 8, 16, 1.0, seed=0)
+    assert cycle["mse"].shape == (20,) and (cycle["mse"] >= 0).all()
+    assert math.isfinite(cycle["r2"]) and cycle["r2_per_dim"].shape == (8,)
+    held = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    other = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
+    samples = g(torch.randn(10, 8), 16).detach()
+    out = qm.energy_auroc(e, g, i, held, {"other": other}, samples, 16, 1.0)
+    s = out["sets"]["other"]
+    assert s["n"] == 12 and 0 <= s["auroc_energy"] <= 1 and 0 <= s["auroc_kl"] <= 1
+    expected = qm.auroc(qm.energy_of(e, held, 1.0), qm.energy_of(e, other, 1.0))
+    assert s["auroc_energy"] == pytest.approx(expected)
+    assert out["heldout"]["energy"]["std"] > 0
+
+
+def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  # noqa: F811
+    data = model.config["data"]
+    folder = tmp_path / "ood"
+    folder.mkdir()
+    from PIL import Image
+
+    for k in range(6):
+        Image.new("RGB", (20, 20), (40 * k, 200, 10)).save(folder / f"{k}.png")
+    r = invoke(
+        "evaluate", "--ckpt", run_dir, "--data", data, "--n", 12, "--ood", folder,
+        "--ood", data, "--metrics", "recon,recon-synth,latent-recovery,energy-auroc,diversity",
+    )
+    assert r.exit_code == 0, r.output
+    read = lambda name: json.loads(  # noqa: E731
+        (run_dir / f"metric-{name}.jsonl").read_text().splitlines()[-1]
+    )
+    recon = read("recon")
+    assert recon["pca_components"] == 8 and recon["pca_baseline"] > 0
+    assert read("recon-synth")["value"] > 0
+    assert math.isfinite(read("latent-recovery")["value"])
+    auroc = read("energy-auroc")
+    assert len(auroc["sets"]) == 2 and list(auroc["sets"])[0] == "ood"
+    assert auroc["sets"]["ood"]["n"] == 6
+    assert auroc["previous_snapshot"] is None or "heldout_energy" in auroc["previous_snapshot"]
+    assert read("diversity")["value"] > 0
+    assert "AUROC by energy" in r.output
+
+
+def test_energy_auroc_without_ood_is_one_line_error(run_dir, model):  # noqa: F811
+    r = invoke("evaluate", "--ckpt", run_dir, "--data", model.config["data"],
+               "--metrics", "energy-auroc", "--n", 4)
+    assert r.exit_code != 0 and "--ood" in r.output and "Traceback" not in r.output
+
+
+def test_kl_sum_is_latent_times_mean():
+    mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
+    assert loss.kl_to_prior(mu, logvar, "sum") == pytest.approx(
+        7 * loss.kl_to_prior(mu, logvar, "mean").item(), rel=1e-5
+    )
+
+
+def test_reference_networks_shapes_and_one_training_step():
+    g, e, i = ReferenceGenerator(32, 10, base=8), ReferenceEnergy(32, 8), ReferenceInference(
+        32, 10, 8
+    )
+    x = g(torch.randn(4, 10), 32)
+    assert x.shape == (4, 3, 32, 32) and x.abs().max() <= 1
+    assert e(x).shape == (4,) and [t.shape for t in i(x)] == [(4, 10), (4, 10)]
+    with pytest.raises(ValueError):
+        g(torch.randn(2, 10), 16)
+    cfg = make_config("demo", architecture="reference", max_res=32, start_res=32, batch=4,
+                      latent=10, mixed_precision="no")
+    trainer = Trainer.create(cfg)
+    before = [b.clone() for b in trainer.generator_ema.buffers()]
+    real = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    stats = trainer.step(real, Schedule.from_config(cfg).at(0), 0)
+    assert all(math.isfinite(v.item()) for v in stats.values())
+    after = list(trainer.generator_ema.buffers())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_reference_networks_refuse_growing():
+    from progressive.errors import UserError
+
+    with pytest.raises(UserError, match="start-res"):
+        make_config("demo", architecture="reference", **TINY_NETWORKS)
