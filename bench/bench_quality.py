@@ -52,6 +52,12 @@ CONFIGS: dict[str, dict] = {
         "weight_decay_generator": 5e-4,
         "loss": {"energy_drift": 0.0},
     },
+    "demo+energy-0.1": {"loss": {"energy": 0.1}},
+    "demo+kl-sum": {"loss": {"kl_reduction": "sum"}},
+    "demo+latent-nll-1": {"loss": {"latent_nll": 1.0}},
+    "demo+latent-nll-1+energy-0.1": {"loss": {"latent_nll": 1.0, "energy": 0.1}},
+    "demo+drift-both": {"loss": {"energy_drift_fake": 1e-3}},
+    "demo+wide@time": {"fmap_base": 1024, "fmap_max": 128},
     "paper-opt+raw-energy": {**PAPER_OPT, "loss": {"energy_drift": 0.0}},
     "paper-opt+mbstd": {**PAPER_OPT, "mbstd_group": 4},
     "demo-lr+betas-0.5": {"betas": [0.5, 0.999]},
@@ -184,6 +190,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500, help="held-out images evaluated")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="only rows already trained")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -196,15 +203,20 @@ def main() -> None:
 
     speed_file = out / "speed.json"
     speeds = json.loads(speed_file.read_text()) if speed_file.exists() else {}
-    if not speeds:
-        for name in names:
+    missing = [name for name in names if name not in speeds]
+    if missing:  # calibrated in this run
+        for name in missing:
             cfg = config_for(name, args.train, args.kimg, args.seed)
             speeds[name] = images_per_second(cfg)
             print(f"calibration {name}: {speeds[name]:.1f} img/s", flush=True)
         speed_file.write_text(json.dumps(speeds, indent=1))
     # Equal time is relative to the median speed of the equal-images rows (the same networks
     # measured several times, which evens out other load on the machine).
-    base_speed = statistics.median(speeds[n] for n in names if not n.endswith("@time"))
+    # Rows added later are calibrated then, under other load: the base stays the first pass's.
+    first_pass = [n for n in speeds if not n.endswith("@time") and n not in missing]
+    base_speed = statistics.median(
+        speeds[n] for n in (first_pass or [n for n in names if not n.endswith("@time")])
+    )
 
     rows = []
     for name in names:
@@ -217,16 +229,31 @@ def main() -> None:
         final = round(kimg * 1000)
         done = [s for s in existing if ckpt.read_state(s)["images_shown"] >= final]
         start = time.perf_counter()
+        if not done and args.eval_only:
+            continue
         if not done:
             print(f"training {name}: {kimg:.2f} kimg", flush=True)
             train(cfg, run_dir, snapshot=existing[-1] if existing else None, progress=False)
             (run_dir / "wall_s.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
         if args.train_only:
             continue
-        print(f"evaluating {name}", flush=True)
-        row = evaluate_run(run_dir, args.heldout, list(ood.values()), args.n, args.seed)
-        if ood:  # the sets by the names given on the command line, in order
-            row["sets"] = dict(zip(ood, row["sets"].values(), strict=True))
+        # A row is evaluated once per final snapshot and evaluation settings.
+        key = {
+            "heldout": args.heldout,
+            "ood": ood,
+            "n": args.n,
+            "seed": args.seed,
+            "snapshot": ckpt.list_snapshots(run_dir)[-1].name,
+        }
+        cached = run_dir / "quality-row.json"
+        if cached.exists() and json.loads(cached.read_text())["key"] == key:
+            row = json.loads(cached.read_text())["row"]
+        else:
+            print(f"evaluating {name}", flush=True)
+            row = evaluate_run(run_dir, args.heldout, list(ood.values()), args.n, args.seed)
+            if ood:  # the sets by the names given on the command line, in order
+                row["sets"] = dict(zip(ood, row["sets"].values(), strict=True))
+            cached.write_text(json.dumps({"key": key, "row": row}, indent=1))
         wall = run_dir / "wall_s.txt"
         row = {
             "config": name,

@@ -56,6 +56,9 @@ def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tupl
     loss = e_real.mean() - e_fake.mean()
     if weights["energy_drift"]:
         loss = loss + weights["energy_drift"] * e_real.square().mean()
+    if weights.get("energy_drift_fake"):
+        # The same pull toward zero on generated images: both ends of the scale are held.
+        loss = loss + weights["energy_drift_fake"] * e_fake.square().mean()
     stats = {
         "energy_real": e_real.mean().detach(),
         "energy_fake": e_fake.mean().detach(),

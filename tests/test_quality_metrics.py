@@ -155,3 +155,20 @@ def test_reference_networks_refuse_growing():
 
     with pytest.raises(UserError, match="start-res"):
         make_config("demo", architecture="reference", **TINY_NETWORKS)
+
+
+def test_energy_drift_on_generated_images():
+    e_real, e_fake = torch.tensor([1.0, 3.0]), torch.tensor([4.0, -2.0])
+    w = {"energy_drift": 0.0, "energy_drift_fake": 0.5}
+    loss_value, _ = loss.energy_loss(e_real, e_fake, w)
+    assert loss_value.item() == pytest.approx(2.0 - 1.0 + 0.5 * 10.0)
+
+
+def test_paper_presets_cost_about_the_reference_networks():
+    from progressive.checkpoint import build_networks
+    from progressive.networks import num_parameters
+
+    for preset in ("cifar10", "celeba64", "imagenet32"):
+        cfg = make_config(preset)
+        params = num_parameters(build_networks(cfg)["generator"])
+        assert 1e6 < params < 4e6, (preset, params)  # a few million, like DCGAN-sized networks
