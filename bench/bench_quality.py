@@ -11,8 +11,9 @@ Configurations whose name ends in `@time` get equal wall time instead: their ima
 `--kimg` times the ratio of their training speed to the median speed of the other rows, all
 measured in one calibration pass at the start of the same run (best of three timings of three
 steps on random images). Runs
-already finished under `--out` are evaluated again, not retrained. Writes a table to stdout
-and `quality.json` under `--out`.
+already finished under `--out` are not retrained, and a row already evaluated on the same final
+snapshot and settings is read back. Writes a table to stdout and `quality.json` under `--out`
+and `bench/results/`.
 """
 
 from __future__ import annotations
@@ -212,11 +213,14 @@ def main() -> None:
         speed_file.write_text(json.dumps(speeds, indent=1))
     # Equal time is relative to the median speed of the equal-images rows (the same networks
     # measured several times, which evens out other load on the machine).
-    # Rows added later are calibrated then, under other load: the base stays the first pass's.
-    first_pass = [n for n in speeds if not n.endswith("@time") and n not in missing]
-    base_speed = statistics.median(
-        speeds[n] for n in (first_pass or [n for n in names if not n.endswith("@time")])
-    )
+    # Rows added later are calibrated then, under other load: the base stays the one computed
+    # when the first @time row needed it, and is kept in speed.json.
+    if "_base" not in speeds:
+        speeds["_base"] = statistics.median(
+            speeds[n] for n in names if not n.endswith("@time") and n in speeds
+        )
+        speed_file.write_text(json.dumps(speeds, indent=1))
+    base_speed = speeds["_base"]
 
     rows = []
     for name in names:
@@ -263,9 +267,10 @@ def main() -> None:
             **row,
         }
         rows.append(row)
-        (out / "quality.json").write_text(
-            json.dumps({"machine": describe(), "args": vars(args), "rows": rows}, indent=1)
-        )
+        report = json.dumps({"machine": describe(), "args": vars(args), "rows": rows}, indent=1)
+        (out / "quality.json").write_text(report)
+        (ROOT / "bench" / "results").mkdir(exist_ok=True)
+        (ROOT / "bench" / "results" / "quality.json").write_text(report)
     if rows:
         print(format_table(rows, list(ood)))
 
