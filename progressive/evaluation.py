@@ -13,15 +13,16 @@ from torch import Tensor
 
 from progressive import metrics
 from progressive import quality_metrics as quality
-from progressive.checkpoint import LoadedRun
+from progressive.checkpoint import LoadedRun, load_weights, read_state
 from progressive.data import ImageDataset
 from progressive.errors import UserError
 from progressive.files import append_jsonl
 from progressive.images import to_uint8
 from progressive.langevin import Langevin
-from progressive.networks import initial_networks
-from progressive.run_folder import METRIC_CACHE_NAME, metric_file
+from progressive.networks import build_networks, initial_networks
+from progressive.run_folder import METRIC_CACHE_NAME, list_snapshots, metric_file
 from progressive.sampling import energies, prepare_real, reconstruct, sample, sample_energies
+from progressive.use import load_images
 
 METRICS = ("swd", "recon", "fid", "kid", "diversity", "energy", "recovery",
            *quality.QUALITY_METRICS)
@@ -157,8 +158,6 @@ def evaluate(
                 posterior_std=cycle["posterior_std"],
             )
     if "energy-auroc" in names:
-        from progressive.use import load_images
-
         others: dict[str, Tensor] = {}
         for source in ood:
             others[_set_name(source, others)] = load_images(
@@ -222,10 +221,6 @@ def _set_name(source: str, taken: dict) -> str:
 def _previous_energy(run: LoadedRun, real: Tensor) -> dict | None:
     """Mean and std of the held-out energies under the run's snapshot before this one (not the
     one at initialization), to see whether the energy's scale holds still."""
-    from progressive.checkpoint import load_weights, read_state
-    from progressive.networks import build_networks
-    from progressive.run_folder import list_snapshots
-
     earlier = [s for s in list_snapshots(run.run_dir) if s.name < Path(run.snapshot).name]
     earlier = [s for s in earlier if read_state(s)["images_shown"] > 0]
     if not earlier:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from progressive.reference_networks import ReferenceEnergy, ReferenceGenerator, ReferenceInference
 from progressive.resolutions import check_resolution, resolutions
 
 LRELU_SLOPE = 0.2
@@ -329,12 +330,6 @@ def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
 
 def _reference_networks(cfg: dict) -> dict[str, nn.Module]:
     """The DCGAN-sized networks of `reference_networks` (fixed resolution, no growing)."""
-    from progressive.reference_networks import (
-        ReferenceEnergy,
-        ReferenceGenerator,
-        ReferenceInference,
-    )
-
     res, latent = cfg["max_res"], cfg["latent"]
     generator = ReferenceGenerator(res, latent)
     generator_ema = ReferenceGenerator(res, latent)

@@ -12,9 +12,10 @@ ignored (there is no growing).
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from progressive.networks import LOGVAR_MAX, LOGVAR_MIN, soft_clamp
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0  # as the progressive inference model's
 
 
 def _check(res: int, fixed: int) -> None:
@@ -101,4 +102,7 @@ class ReferenceInference(nn.Module):
 
     def forward(self, x: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
         mu, logvar = self.trunk(x).float().chunk(2, dim=1)
-        return mu, soft_clamp(logvar, LOGVAR_MIN, LOGVAR_MAX)
+        # Smoothly within (LOGVAR_MIN, LOGVAR_MAX), never a zero gradient, like Inference.
+        lo, hi = LOGVAR_MIN, LOGVAR_MAX
+        logvar = hi - F.softplus(hi - (lo + F.softplus(logvar - lo)))
+        return mu, logvar
