@@ -247,7 +247,7 @@ def main() -> None:
             "ood": ood,
             "n": args.n,
             "seed": args.seed,
-            "snapshot": ckpt.list_snapshots(run_dir)[-1].name,
+            "snapshot": list_snapshots(run_dir)[-1].name,
         }
         cached = run_dir / "quality-row.json"
         if cached.exists() and json.loads(cached.read_text())["key"] == key:
