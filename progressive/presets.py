@@ -188,8 +188,16 @@ def make_config(preset: str | None = "demo", device: str | None = None, **overri
 
 
 def normalize(cfg: dict) -> dict:
-    """Validate and make per-resolution tables int-keyed (JSON turns them into strings)."""
+    """Validate and make per-resolution tables int-keyed (JSON turns them into strings).
+
+    A configuration saved before a key existed gets the behaviour it was trained with: no
+    width floor, and BASE's value for every other missing key."""
     cfg = copy.deepcopy(cfg)
+    cfg.setdefault("fmap_min", 1)
+    for key, value in BASE.items():
+        cfg.setdefault(key, copy.deepcopy(value))
+    for key, value in BASE["loss"].items():
+        cfg["loss"].setdefault(key, value)
     cfg["batch"] = {int(r): int(b) for r, b in cfg["batch"].items()}
     cfg["lr"] = {n: {int(r): float(v) for r, v in t.items()} for n, t in cfg["lr"].items()}
     check_resolution(cfg["max_res"], "--max-res")

@@ -172,3 +172,15 @@ def test_paper_presets_cost_about_the_reference_networks():
         cfg = make_config(preset)
         params = num_parameters(build_networks(cfg)["generator"])
         assert 1e6 < params < 4e6, (preset, params)  # a few million, like DCGAN-sized networks
+
+
+def test_configuration_saved_before_new_keys_loads_as_trained():
+    from progressive.presets import normalize
+
+    cfg = make_config("demo", **TINY_NETWORKS)
+    for key in ("architecture", "fmap_min"):
+        del cfg[key]
+    del cfg["loss"]["kl_reduction"]
+    old = normalize(cfg)
+    assert old["architecture"] == "progressive" and old["loss"]["kl_reduction"] == "mean"
+    assert old["fmap_min"] == 1
