@@ -12,15 +12,12 @@ is re-run with --overwrite and must give byte-identical records.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import describe  # noqa: E402
+from soak import alive, soak_arguments  # noqa: E402
 
 from progressive.data import ImageDataset, verify_dataset  # noqa: E402
 from progressive.errors import UserError  # noqa: E402
@@ -61,25 +59,10 @@ def records(root: Path) -> dict[bytes, bytes]:
     return out
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="soak-convert-"))
-    out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(args.seed)
-    start = time.perf_counter()
+    args, out, rng, start = soak_arguments(__doc__, "convert")
 
     ref_dir = out / "reference"
     shutil.rmtree(ref_dir, ignore_errors=True)

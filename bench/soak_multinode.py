@@ -11,14 +11,12 @@ every process of both machines must stop within seconds. Both are launched again
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import describe  # noqa: E402
+from soak import alive, soak_arguments  # noqa: E402
 from soak_resume import final_tensors, identical  # noqa: E402
 
 RUN = ["--latent", "8", "--fmap-base", "64", "--fmap-max", "16", "--max-res", "8", "--batch",
@@ -53,12 +52,6 @@ def launch(machine: int, port: int, data: Path, out: Path, name: str, log: Path,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def alive(pid: int) -> bool:
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def descendants(pid: int) -> list[int]:
@@ -87,12 +80,7 @@ def both(data: Path, out: Path, name: str, tag: str, *extra: str) -> list[subpro
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="soak-multinode-"))
-    out.mkdir(parents=True, exist_ok=True)
+    args, out, _, _ = soak_arguments(__doc__, "multinode", trials=None)
     data = out / "data"
     if not (data / "meta.json").exists():
         subprocess.run([sys.executable, "tools/make_lmdb.py", "synthetic", "64", str(data),

@@ -13,15 +13,12 @@ a time, one thread.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import describe  # noqa: E402
+from soak import soak_arguments  # noqa: E402
 
 from progressive.schedule import Schedule  # noqa: E402
 
@@ -73,16 +71,7 @@ def identical(a: dict, b: dict) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="soak-resume-"))
-    out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(args.seed)
-    start = time.perf_counter()
+    args, out, rng, start = soak_arguments(__doc__, "resume")
 
     data = out / "data"
     if not (data / "meta.json").exists():

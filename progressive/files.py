@@ -84,7 +84,25 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append `record` as one JSON line to `path`."""
+def append_jsonl(path: str | os.PathLike, record: dict, durable: bool = False) -> None:
+    """Append `record` as one JSON line to `path`; `durable` also syncs it to the disk."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file, oldest first; unreadable lines (a torn last line)
+    skipped; no file, no records."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

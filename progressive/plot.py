@@ -9,26 +9,14 @@ resolution starts fading in) are dotted vertical lines on every panel against im
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from progressive.errors import UserError
+from progressive.files import read_jsonl
+from progressive.run_folder import STATS_NAME
 
 LOSSES = ("rec_per_pixel", "kl", "latent_nll", "energy_real", "energy_fake")
-
-
-def _stats(run_dir: Path) -> list[dict]:
-    path = run_dir / "stats.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def plot_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -50,7 +38,7 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise UserError(f"--plot {out}: folder {out.parent} does not exist")
     snapshot = resolve_snapshot(run)
     run_dir, cfg = snapshot.parent, read_state(snapshot)["config"]
-    evals, stats = read_evaluations(run_dir), _stats(run_dir)
+    evals, stats = read_evaluations(run_dir), read_jsonl(run_dir / STATS_NAME)
     if not evals and not stats:
         raise UserError(f"{run_dir} has no stats.jsonl or evaluations.jsonl to plot yet")
     schedule = Schedule.from_config(cfg)

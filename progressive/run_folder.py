@@ -3,7 +3,9 @@
     checkpoints/<run>/
       config.json                             the resolved configuration
       stats.jsonl                             one line per tick
+      evaluations.jsonl                       one line per stage end (SWD, recon, energies)
       metric-<name>.jsonl                     one line per evaluation
+      lock                                    held by the one training that writes here
       metric-cache/                           real-image features of the FID/KID datasets
       reals-0032px.png                        the fixed real images of the grids
       samples-0032px-000056000.png            samples from fixed latents, per stage end
@@ -23,6 +25,7 @@ from progressive.errors import UserError
 
 CONFIG_NAME = "config.json"
 STATS_NAME = "stats.jsonl"
+EVALUATIONS_NAME = "evaluations.jsonl"  # one line per stage end
 STATE_NAME = "state.json"  # inside a snapshot; a snapshot without it is incomplete
 METRIC_CACHE_NAME = "metric-cache"
 _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{9})$")

@@ -17,7 +17,6 @@ on. Datasets made from a folder or zip are numbered in file-name order, so this 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -28,10 +27,12 @@ from torch import Tensor
 
 from progressive import metrics
 from progressive.errors import UserError
+from progressive.files import append_jsonl, read_jsonl
 from progressive.images import to_float, to_uint8
 from progressive.networks import fade_real
+from progressive.run_folder import EVALUATIONS_NAME
 
-EVALUATIONS = "evaluations.jsonl"
+EVALUATIONS = EVALUATIONS_NAME
 HOLDOUT_MIN = 2  # held-out images a dataset must leave at least
 OOD_REFERENCE = "uniform noise in [-1, 1]"
 
@@ -56,26 +57,9 @@ def check_holdout(count: int, holdout: float, where: str) -> tuple[int, int]:
     return train, held
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line and make it durable (a stage's evaluation is not cheap to redo)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def read_evaluations(run_dir: str | os.PathLike) -> list[dict]:
     """The evaluations of a run, oldest first; unreadable lines (a torn last line) skipped."""
-    path = Path(run_dir) / EVALUATIONS
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    return read_jsonl(Path(run_dir) / EVALUATIONS)
 
 
 def chunk_size(res: int) -> int:
@@ -209,7 +193,7 @@ class StageEvaluator:
             "seconds": time.perf_counter() - start,
             "time": time.time(),
         }
-        append_jsonl(self.run_dir / EVALUATIONS, record)
+        append_jsonl(self.run_dir / EVALUATIONS, record, durable=True)
         return record
 
 
