@@ -27,6 +27,23 @@ from progressive.errors import UserError
 LOCK_NAME = "lock"
 
 
+# flock belongs to the open file, which a forked child (a loader worker, say) shares: a child
+# that outlived its parent would keep the run locked. Children close their copy at once.
+_HELD: set[int] = set()
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)  # not LOCK_UN: that would release the parent's lock too
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 class RunLock:
     """The exclusive lock of one run folder (see the module docstring)."""
 
@@ -53,12 +70,14 @@ class RunLock:
                 "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[:8]}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        _HELD.add(fd)
         return cls(run_dir, fd)
 
     def release(self) -> None:
         if self._fd >= 0:
             os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = -1
 

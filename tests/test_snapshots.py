@@ -259,3 +259,28 @@ def test_a_loader_process_killed_by_a_signal_is_one_line(tmp_path):
     msg = str(e.value)
     assert "data loader process died reading data/faces" in msg and "--verify" in msg
     assert "\n" not in msg
+
+
+def test_a_forked_child_does_not_keep_the_run_locked(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, time\n"
+        "from progressive.runlock import RunLock\n"
+        f"RunLock.acquire({str(tmp_path / 'run')!r})\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        f"open({str(tmp_path / 'child')!r}, 'w').write(str(pid))\n"
+        "os._exit(0)\n"  # the holder dies; its forked child lives on
+    )
+    subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, check=True)
+    child = int((tmp_path / "child").read_text())
+    try:
+        RunLock.acquire(tmp_path / "run").release()
+    finally:
+        os.kill(child, signal.SIGKILL)
