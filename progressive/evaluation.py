@@ -228,7 +228,7 @@ def _previous_energy(run: LoadedRun, real: Tensor) -> dict | None:
     nets = build_networks(run.config)
     load_weights(earlier[-1], nets)
     energy = nets["energy"].to(run.device).eval().requires_grad_(False)
-    values = quality.energy_of(energy, real, run.alpha)
+    values = energies(energy, real, run.alpha)
     return {
         "snapshot": str(earlier[-1]),
         "images_shown": read_state(earlier[-1])["images_shown"],

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from progressive.images import to_float, to_uint8
-from progressive.networks import fade_real
+from progressive.sampling import energies, prepare_real
 
 QUALITY_METRICS = ("recon-synth", "latent-recovery", "energy-auroc")
 
@@ -41,23 +41,11 @@ def _batched(fn, x: Tensor, batch: int = 100) -> Tensor | tuple[Tensor, ...]:
     return torch.cat([o.cpu() for o in outs])
 
 
-def model_input(images: Tensor, alpha: float) -> Tensor:
-    """uint8 or float images as the energy and inference models saw them in training: float
-    in [-1, 1], blended like the fade-in when alpha < 1."""
-    return fade_real(to_float(images), alpha)
-
-
 def posterior(inference: torch.nn.Module, images: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     """(mu, logvar) of q(z|x) for each image, on the CPU."""
     dev = _device(inference)
-    x = model_input(images, alpha)
+    x = prepare_real(images, alpha)
     return _batched(lambda b: inference(b.to(dev), alpha), x)
-
-
-def energy_of(energy: torch.nn.Module, images: Tensor, alpha: float) -> Tensor:
-    """Energy of each image (N,), on the CPU."""
-    dev = _device(energy)
-    return _batched(lambda b: energy(b.to(dev), alpha), model_input(images, alpha))
 
 
 def decode(generator: torch.nn.Module, z: Tensor, res: int, alpha: float) -> Tensor:
@@ -171,9 +159,9 @@ def image_scores(
     mu, logvar = posterior(inference, images, alpha)
     rec = decode(generator, mu, res, alpha)
     return {
-        "energy": energy_of(energy, images, alpha),
+        "energy": energies(energy, images, alpha),
         "kl": kl_per_image(mu, logvar),
-        "recon": per_image_mse(model_input(images, alpha), rec),
+        "recon": per_image_mse(prepare_real(images, alpha), rec),
     }
 
 
@@ -195,7 +183,7 @@ def energy_auroc(
     inside = image_scores(energy, generator, inference, heldout, res, alpha)
     out = {
         "heldout": {"energy": _spread(inside["energy"]), "kl": _spread(inside["kl"])},
-        "samples": {"energy": _spread(energy_of(energy, samples, alpha))},
+        "samples": {"energy": _spread(energies(energy, samples, alpha))},
         "sets": {},
     }
     for name, images in others.items():
@@ -218,14 +206,6 @@ def _pairwise(a: Tensor, b: Tensor) -> Tensor:
     return torch.cdist(a.double(), b.double())
 
 
-def nearest_neighbour_distances(images: Tensor) -> Tensor:
-    """Each image's RMS pixel distance ([-1, 1] range) to its nearest other image in the set."""
-    x = to_float(images).flatten(1)
-    d = _pairwise(x, x)
-    d.fill_diagonal_(float("inf"))
-    return d.min(1).values / x.shape[1] ** 0.5
-
-
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
     """k-NN precision (share of samples inside the real images' k-NN balls) and recall (share
     of real images inside the samples' balls), in pixel space."""
@@ -241,22 +221,3 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
     precision = (d_fr <= rr[None, :]).any(1).double().mean()
     recall = (d_fr.T <= rf[None, :]).any(1).double().mean()
     return float(precision), float(recall)
-
-
-def diversity(real: Tensor, samples: Tensor, k: int = 3) -> dict:
-    """Mean nearest-neighbour distance among `samples` over the same among `real` (as many
-    images; 1 = as diverse as the data, near 0 = near-copies), and k-NN precision and recall."""
-    n = min(len(real), len(samples))
-    real, samples = real[:n], samples[:n]
-    nn_real = nearest_neighbour_distances(real)
-    nn_fake = nearest_neighbour_distances(samples)
-    precision, recall = precision_recall(real, samples, k)
-    return {
-        "ratio": float(nn_fake.mean() / nn_real.mean().clamp_min(1e-12)),
-        "nn_samples": float(nn_fake.mean()),
-        "nn_real": float(nn_real.mean()),
-        "precision": precision,
-        "recall": recall,
-        "k": k,
-        "n": n,
-    }

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from tiny import TINY_NETWORKS
+from tiny import train_tiny_run
 
 from progressive import latents, metrics, sampling, use
 from progressive.checkpoint import load_run
@@ -20,31 +20,14 @@ from progressive.errors import UserError
 from progressive.langevin import Langevin, langevin, latent_potential, refine
 
 RES = 16
+# A short noiseless chain in image space, for the command tests.
+CHAIN = ["--langevin-steps", 2, "--step-size", 1e-3, "--noise", 0, "--space", "image"]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny run trained to 16x16 (stages 4 and 8 done, 16 faded in to alpha 0.5)."""
-    from progressive.presets import make_config
-    from progressive.training import train
-
-    root = tmp_path_factory.mktemp("runs")
-    cfg = make_config(
-        "demo",
-        max_res=RES,
-        synthetic_count=32,
-        fade_kimg=0.016,
-        stable_kimg=0.016,
-        total_kimg=0.056,
-        batch=8,
-        tick_kimg=0.016,
-        snapshot_kimg=1,
-        grid_size=2,
-        workers=0,
-        **TINY_NETWORKS,
-    )
-    train(cfg, root / "run", progress=False)
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("runs"), RES)
 
 
 @pytest.fixture(scope="module")
@@ -155,19 +138,7 @@ def test_sample_with_langevin(run_dir, model, tmp_path):
     r = invoke(*base, "--out", zero, "--langevin-steps", 0, "--step-size", 7)
     assert r.exit_code == 0, r.output
     assert zero.read_bytes() == plain.read_bytes()
-    r = invoke(
-        *base,
-        "--out",
-        refined,
-        "--langevin-steps",
-        2,
-        "--step-size",
-        1e-3,
-        "--noise",
-        0,
-        "--space",
-        "image",
-    )
+    r = invoke(*base, "--out", refined, *CHAIN)
     assert r.exit_code == 0, r.output
     line = next(x for x in r.output.splitlines() if "Langevin" in x)
     before, after = (float(v) for v in line.split("mean energy ")[1].split(" -> "))
@@ -202,19 +173,7 @@ def test_bad_langevin_options(run_dir, tmp_path):
 def test_evaluate_raw_and_refined(run_dir, model, tmp_path):
     data = model.config["data"]
     base = ["evaluate", "--ckpt", run_dir, "--data", data, "--n", 12]
-    r = invoke(
-        *base,
-        "--metrics",
-        "swd,diversity,energy",
-        "--langevin-steps",
-        2,
-        "--step-size",
-        1e-3,
-        "--noise",
-        0,
-        "--space",
-        "image",
-    )
+    r = invoke(*base, "--metrics", "swd,diversity,energy", *CHAIN)
     assert r.exit_code == 0, r.output
     records = {
         name: json.loads((run_dir / f"metric-{name}.jsonl").read_text().splitlines()[-1])

@@ -11,10 +11,11 @@ import torch
 from test_use import invoke, model, run_dir  # noqa: F401 (fixtures)
 from tiny import TINY_NETWORKS
 
-from progressive import loss
+from progressive import loss, metrics
 from progressive import quality_metrics as qm
 from progressive.presets import make_config
 from progressive.reference_networks import ReferenceEnergy, ReferenceGenerator, ReferenceInference
+from progressive.sampling import energies
 from progressive.schedule import Schedule
 from progressive.training import Trainer
 
@@ -56,13 +57,11 @@ def test_pca_baseline_recovers_low_rank_images_and_improves_with_components():
 def test_diversity_ratio_and_precision_recall():
     gen = torch.Generator().manual_seed(3)
     real = torch.rand(64, 3, 8, 8, generator=gen) * 2 - 1
-    same = qm.diversity(real, real.clone())
-    assert same["ratio"] == pytest.approx(1.0)
-    assert same["precision"] == 1.0 and same["recall"] == 1.0
+    assert metrics.diversity(real.clone(), real)["value"] == pytest.approx(1.0)
+    assert qm.precision_recall(real, real.clone()) == (1.0, 1.0)
     copies = real[:1].expand(64, -1, -1, -1) + 0.01 * torch.randn(64, 3, 8, 8, generator=gen)
-    collapsed = qm.diversity(real, copies)
-    assert collapsed["ratio"] < 0.1
-    assert collapsed["recall"] < 0.2
+    assert metrics.diversity(copies, real)["value"] < 0.1
+    assert qm.precision_recall(real, copies)[1] < 0.2
 
 
 def _tiny_networks(latent=8):
@@ -84,7 +83,7 @@ def test_synth_cycle_and_energy_auroc_on_tiny_networks():
     out = qm.energy_auroc(e, g, i, held, {"other": other}, samples, 16, 1.0)
     s = out["sets"]["other"]
     assert s["n"] == 12 and 0 <= s["auroc_energy"] <= 1 and 0 <= s["auroc_kl"] <= 1
-    expected = qm.auroc(qm.energy_of(e, held, 1.0), qm.energy_of(e, other, 1.0))
+    expected = qm.auroc(energies(e, held, 1.0), energies(e, other, 1.0))
     assert s["auroc_energy"] == pytest.approx(expected)
     assert out["heldout"]["energy"]["std"] > 0
 

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import TINY_NETWORKS
+from tiny import train_tiny_run
 
 from progressive import latents, metrics, sampling, use
 from progressive.checkpoint import load_run
@@ -29,26 +29,7 @@ PAD = GRID_PADDING
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """A run trained for 56 images: stages 4 and 8 done, 16 half faded in (alpha 0.5)."""
-    from progressive.presets import make_config
-    from progressive.training import train
-
-    root = tmp_path_factory.mktemp("runs")
-    cfg = make_config(
-        "demo",
-        max_res=RES,
-        synthetic_count=32,
-        fade_kimg=0.016,
-        stable_kimg=0.016,
-        total_kimg=0.056,
-        batch=8,
-        tick_kimg=0.016,
-        snapshot_kimg=1,
-        grid_size=2,
-        workers=0,
-        **TINY_NETWORKS,
-    )
-    train(cfg, root / "run", progress=False)
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("runs"), RES)
 
 
 @pytest.fixture(scope="session")

@@ -9,3 +9,17 @@ def cli_args(**options: object) -> list[str]:
     for name, value in options.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
     return args
+
+
+def train_tiny_run(root, max_res: int = 16):
+    """A run trained for 56 images: stages 4 and 8 done, 16 half faded in (alpha 0.5)."""
+    from progressive.presets import make_config
+    from progressive.training import train
+
+    cfg = make_config(
+        "demo", max_res=max_res, synthetic_count=32, fade_kimg=0.016, stable_kimg=0.016,
+        total_kimg=0.056, batch=8, tick_kimg=0.016, snapshot_kimg=1, grid_size=2, workers=0,
+        **TINY_NETWORKS,
+    )
+    train(cfg, root / "run", progress=False)
+    return root / "run"
