@@ -36,10 +36,17 @@ class ShardStore:
         if k not in self.envs:
             # No fsync per commit: a crash mid-way loses the run anyway (no meta.json);
             # `sync_shards` syncs each shard once before meta.json is written.
-            self.envs[k] = lmdb.open(
-                str(self.output / shard_name(k)), map_size=self.map_size, readahead=False,
-                meminit=False, max_dbs=0, sync=False, metasync=False,
-            )
+            map_size = self.map_size
+            while k not in self.envs:
+                try:
+                    self.envs[k] = lmdb.open(
+                        str(self.output / shard_name(k)), map_size=map_size, readahead=False,
+                        meminit=False, max_dbs=0, sync=False, metasync=False,
+                    )
+                except lmdb.MapResizedError:
+                    # Opening reads the shard in a transaction, which fails when another
+                    # process has grown the map past ours: open with a larger one.
+                    map_size *= 2
         return self.envs[k]
 
     def put(self, first: int, images: list[dict[int, bytes]]) -> None:

@@ -354,3 +354,21 @@ def test_shards_are_flushed_while_the_last_batches_convert(tmp_path, monkeypatch
     assert flushed[:2] == [str(tmp_path / "out" / f"shard-0000{k}.lmdb" / "data.mdb")
                            for k in (0, 1)]
     assert events[-1] == ("sync",)
+
+
+def test_shard_opened_while_another_process_grows_its_map(tmp_path, monkeypatch):
+    from progressive.shards import ShardStore
+
+    real_open, sizes = lmdb.open, []
+
+    def racing_open(path, map_size, **kw):
+        sizes.append(map_size)
+        if len(sizes) == 1:  # another worker grew the map between our open and its first read
+            raise lmdb.MapResizedError("mdb_txn_begin: MDB_MAP_RESIZED")
+        return real_open(path, map_size=map_size, **kw)
+
+    monkeypatch.setattr(lmdb, "open", racing_open)
+    store = ShardStore(tmp_path, shard_size=10, map_size=64 << 10)
+    store.put(0, [{4: bytes(48)}])
+    store.close()
+    assert sizes == [64 << 10, 128 << 10]
