@@ -283,7 +283,14 @@ def _save_grids(
     with torch.no_grad():
         samples = g(fixed["z"], res, alpha)
         real = fade_real(to_float(fixed["real"][res]), alpha)
-        recon = g(inference(real, alpha)[0], res, alpha)
+        encoded = real
+        if res in fixed["mask"]:
+            # Incomplete data: the grid shows what training sees, missing pixels mid-grey,
+            # and reconstructs from the model's completion, as in training.
+            observed = fade_mask(fixed["mask"][res], alpha)
+            encoded = trainer.fill_missing(real, observed, res, alpha)
+            real = fill(real, observed, torch.zeros_like(real))
+        recon = g(inference(encoded, alpha)[0], res, alpha)
     n = trainer.cfg["grid_size"]
     save_grid(samples, layout.grid_file(run_dir, "samples", res, images_shown), nrow=n)
     # Real images in even columns, their reconstructions beside them.
@@ -311,11 +318,14 @@ def _fixed_inputs(cfg: dict, schedule: Schedule, device: torch.device) -> dict:
     """The latents and real images every grid of the run shows, the same at every stage."""
     grid = cfg["grid_size"]
     seeded = torch.Generator().manual_seed(cfg["seed"])
-    fixed = {"z": torch.randn(grid * grid, cfg["latent"], generator=seeded).to(device), "real": {}}
+    z = torch.randn(grid * grid, cfg["latent"], generator=seeded).to(device)
+    fixed = {"z": z, "real": {}, "mask": {}}
     for res in schedule.resolutions:
         ds = ImageDataset(cfg["data"], res)
-        count = min(grid * grid // 2, len(ds))
-        fixed["real"][res] = ds.batch(list(range(count))).to(device)
+        indices = list(range(min(grid * grid // 2, len(ds))))
+        fixed["real"][res] = ds.batch(indices).to(device)
+        if ds.has_masks:
+            fixed["mask"][res] = ds.masks(indices).to(device)
     return fixed
 
 
@@ -456,7 +466,10 @@ def _next_batch(loader_iter, data: str) -> torch.Tensor | tuple[torch.Tensor, to
 def _save_reals(fixed: dict, run_dir: Path, res: int, grid: int) -> None:
     path = layout.reals_file(run_dir, res)
     if not path.exists():
-        save_grid(to_float(fixed["real"][res]), path, nrow=grid)
+        real = to_float(fixed["real"][res])
+        if res in fixed["mask"]:  # missing pixels mid-grey: what training sees
+            real = fill(real, fixed["mask"][res].float(), torch.zeros_like(real))
+        save_grid(real, path, nrow=grid)
 
 
 def train(
