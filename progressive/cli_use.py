@@ -269,8 +269,9 @@ def evaluate(**options):
         extra = extra or quality_summary(rec)
         click.echo(f"{name:15s} {rec['value']:.6g}{extra}")
     if results:
+        files = ", ".join(metric_file(run.run_dir, name).name for name in results)
         click.echo(
-            f"appended to {metric_file(run.run_dir, '<name>')} "
+            f"appended to {files} in {run.run_dir} "
             f"({run.res}px, alpha {run.alpha:.3g}, {run.images_shown} images shown)"
         )
 

@@ -114,6 +114,9 @@ def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  #
     assert auroc["previous_snapshot"] is None or "heldout_energy" in auroc["previous_snapshot"]
     assert read("diversity")["value"] > 0
     assert "AUROC by energy" in r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("appended to "))
+    for name in ("recon", "recon-synth", "latent-recovery", "energy-auroc", "diversity"):
+        assert f"metric-{name}.jsonl" in line
 
 
 def test_energy_auroc_without_ood_is_one_line_error(run_dir, model):  # noqa: F811
