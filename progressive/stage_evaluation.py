@@ -84,6 +84,7 @@ class StageEvaluator:
         self.z = torch.randn(self.n, cfg["latent"], generator=seeded)
         self._noise_seed = cfg["seed"] + 2
         self._swd0_cache: dict[int, dict] = {}
+        self._mean_cache: dict[int, Tensor] = {}
 
     @property
     def enabled(self) -> bool:
@@ -114,13 +115,16 @@ class StageEvaluator:
         ])
 
     def _train_mean(self, res: int) -> Tensor:
-        """The mean of as many training images as are evaluated (the first ones), float."""
-        count, step = min(self.n, self.train_count), chunk_size(res)
-        total = torch.zeros(1, 3, res, res, dtype=torch.float64)
-        for i in range(0, count, step):
-            batch = self._reals(res, list(range(i, min(i + step, count))))
-            total += to_float(batch).double().sum(dim=0, keepdim=True)
-        return (total / count).float()
+        """The mean of as many training images as are evaluated (the first ones), float; read
+        once per resolution."""
+        if res not in self._mean_cache:
+            count, step = min(self.n, self.train_count), chunk_size(res)
+            total = torch.zeros(1, 3, res, res, dtype=torch.float64)
+            for i in range(0, count, step):
+                batch = self._reals(res, list(range(i, min(i + step, count))))
+                total += to_float(batch).double().sum(dim=0, keepdim=True)
+            self._mean_cache[res] = (total / count).float()
+        return self._mean_cache[res]
 
     @torch.no_grad()
     def evaluate(

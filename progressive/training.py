@@ -301,9 +301,9 @@ def _save_grids(
 def _resolve_data(cfg: dict, run_dir: Path, acc: Accelerator) -> dict:
     """The config with its dataset path resolved (the built-in data rendered once if the run
     has none), written to the run folder's config.json."""
+    check_data(cfg)  # before anything is rendered or written
     if cfg["data"] is None:
         path = layout.builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
-        evaluation.check_holdout(cfg["synthetic_count"], cfg["holdout"], "the built-in dataset")
         if acc.is_main_process:
             render_builtin_dataset(path, cfg["max_res"], cfg["synthetic_count"])
         acc.wait_for_everyone()
