@@ -49,7 +49,7 @@ BASE: dict = {
         "latent_nll": 0.1,  # lambda_lat on generated pairs
         "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
-        "energy_drift_fake": 0.0,  # the same penalty on generated images' energies
+        "energy_drift_fake": 1e-3,  # the same penalty on generated images' energies
     },
     "seed": 0,
     "mixed_precision": "auto",  # bf16 where the device runs it natively, else fp32
@@ -103,7 +103,7 @@ _PAPER = {
     "weight_decay_generator": 5e-4,
     "grad_clip": 100.0,
     "latent": 100,
-    "loss": {"rec_scaling": "sum", "energy_drift": 0.0},
+    "loss": {"rec_scaling": "sum", "energy_drift": 0.0, "energy_drift_fake": 0.0},
 }
 
 PRESETS: dict[str, dict] = {
@@ -112,7 +112,7 @@ PRESETS: dict[str, dict] = {
         "synthetic_count": 6000,
         "fade_kimg": 6.0,
         "stable_kimg": 6.0,
-        "batch": {r: 32 for r in ALL_RES},
+        "batch": {r: 8 for r in ALL_RES},
         "lr": _lrs(2e-3, 2e-3, 2e-3),
         "latent": 64,
         "fmap_base": 512,
@@ -191,9 +191,11 @@ def normalize(cfg: dict) -> dict:
     """Validate and make per-resolution tables int-keyed (JSON turns them into strings).
 
     A configuration saved before a key existed gets the behaviour it was trained with: no
-    width floor, and BASE's value for every other missing key."""
+    width floor, no drift penalty on generated energies, and BASE's value for every other
+    missing key."""
     cfg = copy.deepcopy(cfg)
     cfg.setdefault("fmap_min", 1)
+    cfg.setdefault("loss", {}).setdefault("energy_drift_fake", 0.0)  # runs before it had none
     for key, value in BASE.items():
         cfg.setdefault(key, copy.deepcopy(value))
     for key, value in BASE["loss"].items():

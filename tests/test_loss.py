@@ -78,6 +78,7 @@ def test_rec_scaling_keeps_the_term_constant_across_stages():
 def test_reference_weights_reproducible_by_configuration():
     cfg = make_config("cifar10")
     assert cfg["loss"]["latent_nll"] == 0.1 and cfg["loss"]["energy_drift"] == 0.0
+    assert cfg["loss"]["energy_drift_fake"] == 0.0  # the raw energy, no penalty on either side
     assert cfg["betas"] == [0.5, 0.999] and cfg["grad_clip"] == 100.0
     assert cfg["lr"]["energy"][32] == 1e-4 and cfg["lr"]["generator"][32] == 3e-4
     assert cfg["lr"]["inference"][32] == 3e-4 and cfg["weight_decay_generator"] == 5e-4

@@ -183,6 +183,10 @@ def test_configuration_saved_before_new_keys_loads_as_trained():
     for key in ("architecture", "fmap_min"):
         del cfg[key]
     del cfg["loss"]["kl_reduction"]
+    del cfg["loss"]["energy_drift_fake"]
     old = normalize(cfg)
     assert old["architecture"] == "progressive" and old["loss"]["kl_reduction"] == "mean"
     assert old["fmap_min"] == 1
+    # held to zero from both sides now, but a run from before keeps its real-side-only penalty
+    assert make_config("demo")["loss"]["energy_drift_fake"] == 1e-3
+    assert old["loss"]["energy_drift_fake"] == 0.0
