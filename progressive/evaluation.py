@@ -168,6 +168,10 @@ def evaluate(
         )
         first = next(iter(scores["sets"].values()))
         previous = _previous_energy(run, real)
+        if previous is not None:
+            previous["shift_in_std"] = quality.scale_shift(
+                scores["heldout"]["energy"], previous["heldout_energy"]
+            )
         record("energy-auroc", first["auroc_energy"], **scores, previous_snapshot=previous)
 
     wanted = [m for m in ("fid", "kid") if m in names]
@@ -259,7 +263,8 @@ def quality_summary(rec: dict) -> str:
         if prev:
             parts.append(
                 f"held-out energy at {prev['images_shown']} images "
-                f"{prev['heldout_energy']['mean']:.4g}"
+                f"{prev['heldout_energy']['mean']:.4g}, a shift of "
+                f"{prev['shift_in_std']:.2f} standard deviations"
             )
         return "  (" + "; ".join(parts) + ")"
     return ""

@@ -123,6 +123,12 @@ def synth_cycle(
 # --------------------------------------------------------------------------- energy
 
 
+def scale_shift(now: dict, before: dict) -> float:
+    """How far the mean energy of the same images moved between two snapshots, in standard
+    deviations of the energies now (`now`, `before`: {"mean", "std"}); small = a stable scale."""
+    return abs(now["mean"] - before["mean"]) / max(now["std"], 1e-12)
+
+
 def auroc(inside: Tensor, outside: Tensor) -> float:
     """Area under the ROC curve of telling `outside` from `inside` by a score that should be
     LOWER inside (energy, KL, error): P(score_in < score_out) + P(tie) / 2, by ranks."""

@@ -72,6 +72,12 @@ def _tiny_networks(latent=8):
     return Generator(16, latent, **widths), Energy(16, **widths), Inference(16, latent, **widths)
 
 
+def test_energy_scale_shift_is_in_standard_deviations_now():
+    assert qm.scale_shift({"mean": 12.0, "std": 4.0}, {"mean": 4.0, "std": 1.0}) == 2.0
+    assert qm.scale_shift({"mean": -3.0, "std": 2.0}, {"mean": 1.0, "std": 9.0}) == 2.0
+    assert qm.scale_shift({"mean": 5.0, "std": 1.0}, {"mean": 5.0, "std": 3.0}) == 0.0
+
+
 def test_synth_cycle_and_energy_auroc_on_tiny_networks():
     g, e, i = _tiny_networks()
     cycle = qm.synth_cycle(g, i, 20, 8, 16, 1.0, seed=0)
@@ -111,7 +117,10 @@ def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  #
     auroc = read("energy-auroc")
     assert len(auroc["sets"]) == 2 and list(auroc["sets"])[0] == "ood"
     assert auroc["sets"]["ood"]["n"] == 6
-    assert auroc["previous_snapshot"] is None or "heldout_energy" in auroc["previous_snapshot"]
+    prev = auroc["previous_snapshot"]
+    assert prev is None or prev["shift_in_std"] == qm.scale_shift(
+        auroc["heldout"]["energy"], prev["heldout_energy"]
+    )
     assert read("diversity")["value"] > 0
     assert "AUROC by energy" in r.output
     line = next(x for x in r.output.splitlines() if x.startswith("appended to "))
