@@ -82,6 +82,9 @@ def test_default_rule_depends_on_device_and_max_res():
         assert cpu32["batch"][r] == demo["batch"][r]
         assert cpu32["lr"]["energy"][r] == demo["lr"]["energy"][r]
     assert cpu1024["batch"][1024] == 4 and cpu1024["latent"] == 128
+    # batch 8 on a CPU up to 128 px (more steps for the same images), 4 above
+    assert [cpu1024["batch"][r] for r in (4, 32, 128, 256)] == [8, 8, 8, 4]
+    assert demo["batch"][32] == 8
     assert gpu["latent"] == 512 and gpu["fmap_max"] == 512 and gpu["batch"][4] == 128
     assert cpu1024["synthetic_count"] < cpu32["synthetic_count"]
 
