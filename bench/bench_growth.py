@@ -20,7 +20,6 @@ run's final SWD (Progressive GAN reports 2-6x for its own networks).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe  # noqa: E402
+from machine import describe, headline, load_line, write_report  # noqa: E402
 
 from progressive import checkpoint as ckpt  # noqa: E402
 from progressive import metrics, run_folder  # noqa: E402
@@ -138,9 +137,7 @@ def main() -> None:
     args = ap.parse_args()
 
     machine = describe()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"{machine['threads']} threads, load average {machine['load_avg_start']:.1f}",
-          flush=True)
+    print(headline(machine), flush=True)
     Path(args.runs).mkdir(parents=True, exist_ok=True)
     ds = ImageDataset(args.data, args.res)
     train_count, held = split_counts(len(ds), 0.1)
@@ -174,15 +171,12 @@ def main() -> None:
     print(f"direct run's final SWD {target:.1f}: direct reaches it at {fmt(t_direct)}, "
           f"grown at {fmt(t_grown)}"
           + (f"; growing is {ratio:.2f}x faster" if ratio else ""))
-    print(f"load average: {machine['load_avg_start']:.1f} at start, "
-          f"{machine['load_avg_end']:.1f} at end")
+    print(load_line(machine))
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine, "args": vars(args), "rows": rows, "target_swd": target,
               "seconds_to_target": {"grown": t_grown, "direct": t_direct},
               "speedup": ratio}
-    out.write_text(json.dumps(result, indent=2))
+    out = write_report(args.out, result)
     png = out.with_suffix(".png")
     plot(rows, png, f"grown 4->{args.res} vs {args.res} from the start, {args.minutes:g} min "
          f"each ({Path(args.data).name})")

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe  # noqa: E402
+from machine import describe, headline, load_line, write_report  # noqa: E402
 
 from progressive.files import tree_size  # noqa: E402
 
@@ -82,9 +82,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "start.json"))
     args = ap.parse_args()
     machine = describe()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-          f"{machine['threads']} threads, load average {machine['load_avg_start']:.1f}",
-          flush=True)
+    print(headline(machine), flush=True)
     rows = [first_steps(r, args.limit_s) for r in args.max_res]
     machine["load_avg_end"] = os.getloadavg()[0]
     fmt = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
@@ -97,11 +95,8 @@ def main() -> None:
               f"| {fmt(r['first_tick_seconds'], '{:.0f}')} "
               f"| {fmt(r['disk_bytes'] and r['disk_bytes'] / 1e6, '{:.0f} MB')} "
               f"| {r['planned_disk_bytes'] / 1e6:.0f} MB |")
-    print(f"load average: {machine['load_avg_start']:.1f} at start, "
-          f"{machine['load_avg_end']:.1f} at end")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+    print(load_line(machine))
+    out = write_report(args.out, {"machine": machine, "args": vars(args), "rows": rows})
     print(f"wrote {out}")
 
 

@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from machine import describe  # noqa: E402
+from machine import describe, headline, load_line, write_report  # noqa: E402
 
 from progressive import precision as mixed_precision  # noqa: E402
 from progressive.presets import make_config  # noqa: E402
@@ -167,9 +167,7 @@ def main() -> None:
 
     machine = describe()
     where = f"GPU {machine['gpu']}" if gpu else f"{machine['cores']} cores"
-    print(f"machine: {machine['cpu']}, {where}, torch {machine['torch']}, "
-          f"{machine['threads']} threads, load average {machine['load_avg_start']:.1f}",
-          flush=True)
+    print(headline(machine, where), flush=True)
     used = dict.fromkeys(["no", *(resolved(p, args.device) for p in args.precision)])
     peak = {p: matmul_peak(p, args.device) for p in used}
 
@@ -215,13 +213,10 @@ def main() -> None:
               f"| {r['flops_per_image'] / 1e9:.1f} | {r['flops_per_s'] / scale:.1f} "
               f"| {100 * r['share_of_fp32_peak']:.0f}% | {100 * r['share_of_own_peak']:.0f}% "
               f"| {memory} |")
-    print(f"load average: {machine['load_avg_start']:.1f} at start, "
-          f"{machine['load_avg_end']:.1f} at end")
+    print(load_line(machine))
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "peak_flops_per_s": peak,
-                               "args": vars(args), "rows": rows}, indent=2))
+    out = write_report(args.out, {"machine": machine, "peak_flops_per_s": peak,
+                                  "args": vars(args), "rows": rows})
     print(f"wrote {out}")
 
 

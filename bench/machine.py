@@ -33,3 +33,26 @@ def describe() -> dict:
         "torchvision": torchvision.__version__, "threads": torch.get_num_threads(),
         "load_avg_start": os.getloadavg()[0],
     }
+
+
+def headline(machine: dict, where: str | None = None) -> str:
+    """One line naming the machine: CPU, cores (or `where`), torch, threads, load at start."""
+    where = where or f"{machine['cores']} cores"
+    return (f"machine: {machine['cpu']}, {where}, torch {machine['torch']}, "
+            f"{machine['threads']} threads, load average {machine['load_avg_start']:.1f}")
+
+
+def load_line(machine: dict) -> str:
+    """The load average at the start and (recorded by the benchmark) at the end."""
+    return (f"load average: {machine['load_avg_start']:.1f} at start, "
+            f"{machine['load_avg_end']:.1f} at end")
+
+
+def write_report(out: str | os.PathLike, report: dict) -> Path:
+    """Write a benchmark's JSON report, making its folder."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return out

@@ -181,9 +181,8 @@ def test_missing_pixel_values_change_neither_loss_nor_gradients(images_shown):
 
 
 def test_training_on_occluded_data_through_fade_in_and_resume(tmp_path):
-    from test_training import TINY, weights
+    from test_training import TINY, assert_same_weights
 
-    from progressive import checkpoint as ckpt
     from progressive.training import resolve_run, train
 
     data = tmp_path / "occluded"
@@ -201,10 +200,7 @@ def test_training_on_occluded_data_through_fade_in_and_resume(tmp_path):
     assert snapshot == half
     resumed = train(cfg, run_dir, snapshot, progress=False)
     assert resumed.name == full.name
-    a, b = weights(full), weights(resumed)
-    for net in ckpt.WEIGHTS:
-        for key in a[net]:
-            torch.testing.assert_close(a[net][key], b[net][key], atol=1e-6, rtol=0)
+    assert_same_weights(full, resumed)
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,14 @@ def weights(snapshot):
     return {n: load_file(snapshot / f"{n}.safetensors") for n in ckpt.WEIGHTS}
 
 
+def assert_same_weights(first, second):
+    """Every tensor of every network of two snapshots equal (to fp32 round-off)."""
+    a, b = weights(first), weights(second)
+    for net in ckpt.WEIGHTS:
+        for key in a[net]:
+            torch.testing.assert_close(a[net][key], b[net][key], atol=1e-6, rtol=0)
+
+
 def test_two_stages_end_to_end(dataset, tmp_path):
     cfg = tiny(dataset)
     final = train(cfg, tmp_path / "run", progress=False)
@@ -96,10 +104,7 @@ def test_resume_mid_fade_matches_uninterrupted_run(dataset, tmp_path, stop_kimg,
     assert snapshot == half and run_dir == tmp_path / "parts"
     resumed = train(cfg, run_dir, snapshot, progress=False)
     assert resumed.name == full.name
-    a, b = weights(full), weights(resumed)
-    for net in ckpt.WEIGHTS:
-        for key in a[net]:
-            torch.testing.assert_close(a[net][key], b[net][key], atol=1e-6, rtol=0)
+    assert_same_weights(full, resumed)
     opt_a = torch.load(full / "optimizers.pt", weights_only=True)
     opt_b = torch.load(resumed / "optimizers.pt", weights_only=True)
     for net in opt_a:
