@@ -30,6 +30,7 @@ BASE: dict = {
         "inference": {r: 1e-3 for r in ALL_RES},
     },
     "betas": [0.0, 0.99],
+    "betas_inference": None,  # Adam betas of the inference model alone; None: `betas`
     "weight_decay_generator": 0.0,
     "grad_clip": 100.0,
     "reset_optimizers": False,  # fresh Adam state at each stage change

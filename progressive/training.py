@@ -108,10 +108,11 @@ class Trainer:
         opts = {}
         for name in NETWORKS:
             wd = cfg["weight_decay_generator"] if name == "generator" else 0.0
+            betas = cfg["betas_inference"] if name == "inference" else None
             opts[name] = torch.optim.Adam(
                 nets[name].parameters(),
                 lr=cfg["lr"][name][cfg["start_res"]],
-                betas=tuple(cfg["betas"]),
+                betas=tuple(betas or cfg["betas"]),
                 eps=1e-8,
                 weight_decay=wd,
                 fused=fused or None,

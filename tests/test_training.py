@@ -304,3 +304,12 @@ def test_fp16_loss_scaler_unscales_each_network_once(dataset, request):
     assert any(finite) and acc.scaler.get_scale() < 2.0**10
     after = trainer.generator.parameters()
     assert any(not torch.equal(a, b) for a, b in zip(weights, after, strict=True))
+
+
+@pytest.mark.parametrize("betas_inference", [None, [0.9, 0.99]])
+def test_inference_model_may_have_its_own_adam_betas(betas_inference):
+    cfg = make_config("demo", **TINY_NETWORKS, betas_inference=betas_inference)
+    trainer = Trainer.create(cfg, Accelerator(cpu=True))
+    betas = {n: opt.param_groups[0]["betas"] for n, opt in trainer.optimizers.items()}
+    assert betas["generator"] == betas["energy"] == tuple(cfg["betas"])
+    assert betas["inference"] == tuple(betas_inference or cfg["betas"])
