@@ -48,6 +48,9 @@ CONFIGS: dict[str, dict] = {
     "demo-drift-real": {"loss": {"energy_drift_fake": 0.0}},
     "demo-batch32-drift-real": {"batch": 32, "loss": {"energy_drift_fake": 0.0}},
     "demo-drift-real+latent-nll-1": {"loss": {"energy_drift_fake": 0.0, "latent_nll": 1.0}},
+    "demo+inference-betas-0.9": {"betas_inference": [0.9, 0.99]},
+    "demo+drift-1e-2": {"loss": {"energy_drift": 1e-2, "energy_drift_fake": 1e-2}},
+    "demo+mbstd": {"mbstd_group": 4},
     "paper-opt": PAPER_OPT,
     "paper-opt+kl-sum": {**PAPER_OPT, "loss": {"kl_reduction": "sum"}},
     "reference@time": {
@@ -56,6 +59,15 @@ CONFIGS: dict[str, dict] = {
         "latent": 100,
         "weight_decay_generator": 5e-4,
         "loss": {"energy_drift": 0.0},
+    },
+    # The paper presets' networks (cifar10, celeba64: widths 1024 / 512) and settings, at 32 px.
+    "paper-preset@time": {
+        **PAPER_OPT,
+        "fmap_base": 1024,
+        "fmap_max": 512,
+        "latent": 100,
+        "weight_decay_generator": 5e-4,
+        "loss": {"energy_drift": 0.0, "energy_drift_fake": 0.0},
     },
     "demo+energy-0.1": {"loss": {"energy": 0.1}},
     "demo+kl-sum": {"loss": {"kl_reduction": "sum"}},
