@@ -7,8 +7,10 @@
 Each run is `progressive train` in its own process with the default rule's sizes for
 --max-res (the grown run's phases shortened with --phase-kimg for short budgets), stage-end
 evaluations off (they would eat training time) and a snapshot every --snapshot-kimg; it is
-stopped when its wall-clock budget is spent. A snapshot's wall time is its state.json's
-modification time minus the process start. Afterwards every snapshot is
+stopped when its wall-clock budget is spent; with --parallel both train at the same time
+(one thread each on a machine with two or more cores), otherwise one after the other. A
+snapshot's wall time is its state.json's modification time minus the process start.
+Afterwards every snapshot is
 measured the same way: SWD (x1e3, progressive GAN's, every level) between the dataset's
 held-out images (its last 10% by index, at most --n) and as many samples of the generator
 average from fixed latents, at the final resolution; samples of a stage below it are
@@ -41,8 +43,8 @@ from progressive.data import ImageDataset  # noqa: E402
 from progressive.stage_evaluation import split_counts  # noqa: E402
 
 
-def run_for(name: str, args: argparse.Namespace, extra: list[str]) -> Path:
-    """Train one run in its own process for the wall-clock budget; return its run folder."""
+def start_run(name: str, args: argparse.Namespace, extra: list[str]) -> subprocess.Popen:
+    """Start one run's training process; its start time goes to `<runs>/<name>.start`."""
     run_dir = Path(args.runs) / name
     if run_dir.exists():
         sys.exit(f"{run_dir} exists; remove it or pass another --runs folder")
@@ -53,9 +55,15 @@ def run_for(name: str, args: argparse.Namespace, extra: list[str]) -> Path:
     log = open(run_dir.parent / f"{name}.log", "w")
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child keeps its own handle
     (Path(args.runs) / f"{name}.start").write_text(repr(start))
+    return proc
+
+
+def stop_at(proc: subprocess.Popen, deadline: float) -> None:
+    """Let a run train until `deadline` (time.time()), then stop it."""
     try:
-        proc.wait(timeout=args.minutes * 60)
+        proc.wait(timeout=max(0.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
         # SIGTERM, not SIGINT: a background job's SIGINT may be ignored. A snapshot being
         # written stays a temporary folder, never a snapshot.
@@ -64,8 +72,6 @@ def run_for(name: str, args: argparse.Namespace, extra: list[str]) -> Path:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
-    log.close()
-    return run_dir
 
 
 @torch.no_grad()
@@ -132,6 +138,8 @@ def main() -> None:
                     help="thousands of images per fade-in and per stable phase of the grown run "
                     "(default: the rule's); short budgets need short phases to reach --res")
     ap.add_argument("--n", type=int, default=500, help="held-out images (and samples) for SWD")
+    ap.add_argument("--parallel", action="store_true",
+                    help="train both runs at once (give each a thread: OMP_NUM_THREADS=1)")
     ap.add_argument("--runs", default=str(ROOT / "checkpoints" / "bench-growth"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "growth.json"))
     args = ap.parse_args()
@@ -147,8 +155,15 @@ def main() -> None:
     phases = []
     if args.phase_kimg is not None:
         phases = ["--fade-kimg", str(args.phase_kimg), "--stable-kimg", str(args.phase_kimg)]
-    run_for("grown", args, phases)
-    run_for("direct", args, ["--start-res", str(args.res)])
+    runs = {"grown": phases, "direct": ["--start-res", str(args.res)]}
+    if args.parallel:  # both at once, each on its own share of the cores
+        procs = {name: start_run(name, args, extra) for name, extra in runs.items()}
+        deadline = time.time() + args.minutes * 60
+        for proc in procs.values():
+            stop_at(proc, deadline)
+    else:
+        for name, extra in runs.items():
+            stop_at(start_run(name, args, extra), time.time() + args.minutes * 60)
     rows = []
     for name in ("grown", "direct"):
         rows += measure(Path(args.runs) / name, real, args.res, n, args.minutes * 60)
