@@ -34,7 +34,7 @@ from machine import describe  # noqa: E402
 
 from progressive import checkpoint as ckpt  # noqa: E402
 from progressive.evaluation import evaluate  # noqa: E402
-from progressive.presets import make_config  # noqa: E402
+from progressive.presets import PRESETS, make_config  # noqa: E402
 from progressive.run_folder import list_snapshots  # noqa: E402
 from progressive.schedule import Schedule  # noqa: E402
 from progressive.training import Trainer, train  # noqa: E402
@@ -60,14 +60,11 @@ CONFIGS: dict[str, dict] = {
         "weight_decay_generator": 5e-4,
         "loss": {"energy_drift": 0.0},
     },
-    # The paper presets' networks (cifar10, celeba64: widths 1024 / 512) and settings, at 32 px.
+    # The cifar10 preset's networks and settings (all but its batch), at 32 px.
     "paper-preset@time": {
         **PAPER_OPT,
-        "fmap_base": 1024,
-        "fmap_max": 512,
-        "latent": 100,
-        "weight_decay_generator": 5e-4,
-        "loss": {"energy_drift": 0.0, "energy_drift_fake": 0.0},
+        **{k: PRESETS["cifar10"][k] for k in ("fmap_base", "fmap_max", "latent", "loss")},
+        "weight_decay_generator": PRESETS["cifar10"]["weight_decay_generator"],
     },
     "demo+energy-0.1": {"loss": {"energy": 0.1}},
     "demo+kl-sum": {"loss": {"kl_reduction": "sum"}},

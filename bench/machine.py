@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -50,8 +51,6 @@ def load_line(machine: dict) -> str:
 
 def write_report(out: str | os.PathLike, report: dict) -> Path:
     """Write a benchmark's JSON report, making its folder."""
-    import json
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
