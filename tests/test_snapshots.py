@@ -273,8 +273,12 @@ def test_a_forked_child_does_not_keep_the_run_locked(tmp_path):
         f"RunLock.acquire({str(tmp_path / 'run')!r})\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
+        # fork's hooks have run once the child executes code: the lock is closed by then
+        f"    open({str(tmp_path / 'started')!r}, 'w').close()\n"
         "    time.sleep(60)\n"
         "    os._exit(0)\n"
+        f"while not os.path.exists({str(tmp_path / 'started')!r}):\n"
+        "    time.sleep(0.01)\n"
         f"open({str(tmp_path / 'child')!r}, 'w').write(str(pid))\n"
         "os._exit(0)\n"  # the holder dies; its forked child lives on
     )
