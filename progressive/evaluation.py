@@ -139,6 +139,7 @@ def evaluate(
             pca_baseline=pca.mean().item(),
             pca_components=run.latent,
             pca_fitted_on="training" if train is not None else "held-out",
+            **quality.code_spread(*quality.posterior(run.inference, real, run.alpha)),
         )
     if "recovery" in names:
         record("recovery", **_recovery(run, ds, real, occlude, seed))

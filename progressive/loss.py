@@ -4,6 +4,7 @@ min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(
 - energy:  mean E(x) - mean E(stopgrad g(z))                         (contrastive divergence)
 - joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
+           + marginal_kl * KL(batch fit of q(z) || N(0, I))
 The joint loss's gradient w.r.t. the inference model is its loss and w.r.t. the generator the
 generator's loss, so one backward pass serves both.
 
@@ -42,6 +43,22 @@ def kl_to_prior(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor:
     mu, logvar = mu.float(), logvar.float()
     kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
     return kl.sum(1).mean() if reduction == "sum" else kl.mean()
+
+
+def marginal_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(m, diag(v)) || N(0, I)), summed over latent dimensions, for the batch's aggregate
+    posterior q(z) = mean over x of q(z|x): m the batch mean of mu, v the batch variance of mu
+    plus the mean posterior variance.
+
+    The per-image KL, averaged over dimensions as the reference code does, barely constrains
+    where the codes of a whole dataset sit: they can drift off the prior together, leaving the
+    generator's prior samples in a region that reconstruction never trains. This term holds the
+    codes' mean and spread at the prior's."""
+    if mu.dtype != torch.float64:
+        mu, logvar = mu.float(), logvar.float()
+    m = mu.mean(0)
+    v = (mu.var(0) if mu.shape[0] > 1 else torch.zeros_like(m)) + logvar.exp().mean(0)
+    return 0.5 * (m.square() + v - 1.0 - v.log()).sum()
 
 
 def latent_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -85,18 +102,21 @@ def joint_loss(
     rec = reconstruction(x, x_rec, mask)
     kl = kl_to_prior(mu, logvar, weights.get("kl_reduction", "mean"))
     nll = latent_nll(z, mu_fake, logvar_fake)
+    marginal = marginal_kl(mu, logvar)
     e_fake = energy_fake.float().mean()
     loss = (
         rec_scale(res, weights) * rec
         + weights["kl"] * kl
         + weights["latent_nll"] * nll
         + weights["energy"] * e_fake
+        + weights.get("marginal_kl", 0.0) * marginal
     )
     stats = {
         "rec": rec.detach(),
         "rec_per_pixel": rec.detach() / _observed_per_image(x, mask),
         "kl": kl.detach(),
         "latent_nll": nll.detach(),
+        "marginal_kl": marginal.detach(),
         "loss_joint": loss.detach(),
     }
     return loss, stats

@@ -48,6 +48,7 @@ BASE: dict = {
         "kl": 1.0,
         "kl_reduction": "mean",  # "mean" over latent dimensions (reference code) or "sum" (ELBO)
         "latent_nll": 0.1,  # lambda_lat on generated pairs
+        "marginal_kl": 1.0,  # KL of the batch's aggregate posterior to N(0, I)
         "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
         "energy_drift_fake": 1e-3,  # the same penalty on generated images' energies
@@ -104,7 +105,12 @@ _PAPER = {
     "weight_decay_generator": 5e-4,
     "grad_clip": 100.0,
     "latent": 100,
-    "loss": {"rec_scaling": "sum", "energy_drift": 0.0, "energy_drift_fake": 0.0},
+    "loss": {
+        "rec_scaling": "sum",
+        "energy_drift": 0.0,
+        "energy_drift_fake": 0.0,
+        "marginal_kl": 0.0,
+    },
 }
 
 PRESETS: dict[str, dict] = {
@@ -197,6 +203,7 @@ def normalize(cfg: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg.setdefault("fmap_min", 1)
     cfg.setdefault("loss", {}).setdefault("energy_drift_fake", 0.0)  # runs before it had none
+    cfg["loss"].setdefault("marginal_kl", 0.0)
     for key, value in BASE.items():
         cfg.setdefault(key, copy.deepcopy(value))
     for key, value in BASE["loss"].items():

@@ -2,6 +2,9 @@
 
 - `pca_baseline`: reconstruction error of held-out images by PCA fitted on training images,
   with as many components as the latent: the linear encoder-decoder a model must beat.
+- `code_spread`: where the held-out images' codes sit against the prior (the mean code's
+  length, the spread per dimension, the aggregate posterior's KL): codes that drift off the
+  prior together leave the prior's samples to a region reconstruction never trains.
 - `synth_cycle`: z ~ N(0, I), x = g(z), mu = q(x); the error of g(mu) against x
   (reconstruction of synthesized data) and R^2 of mu against z (latent recovery).
 - `energy_auroc`: how well the energy (low = data-like) tells held-out images of the training
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor
 
 from progressive.images import to_float, to_uint8
+from progressive.loss import marginal_kl
 from progressive.sampling import energies, prepare_real
 
 QUALITY_METRICS = ("recon-synth", "latent-recovery", "energy-auroc")
@@ -66,6 +70,19 @@ def kl_per_image(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- reconstruction
+
+
+def code_spread(mu: Tensor, logvar: Tensor) -> dict:
+    """The codes of a set of images against N(0, I): the length of their mean (0 for the
+    prior), the median over dimensions of their standard deviation (1 for the prior) and the
+    KL of their diagonal Gaussian fit, mu's spread plus the mean posterior variance, to N(0, I)
+    (summed over dimensions; 0 when the aggregate posterior's moments match the prior's)."""
+    mu, logvar = mu.double(), logvar.double()
+    return {
+        "codes_mean_norm": mu.mean(0).norm().item(),
+        "codes_std_median": mu.std(0).median().item(),
+        "codes_marginal_kl": marginal_kl(mu, logvar).item(),
+    }
 
 
 def pca_baseline(train: Tensor, heldout: Tensor, components: int) -> Tensor:

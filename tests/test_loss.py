@@ -30,9 +30,15 @@ def reference_joint(x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w):
                 logvar_f[i, j]
             )
     nll /= n
+    marginal = 0.0
+    for j in range(d):
+        m = mu[:, j].mean()
+        v = ((mu[:, j] - m) ** 2).sum() / (n - 1) + np.exp(logvar[:, j]).mean()
+        marginal += 0.5 * (m**2 + v - 1 - math.log(v))
     scale = w["rec"] * ((w["rec_ref_res"] / res) ** 2 if w["rec_scaling"] == "fixed" else 1.0)
     total = scale * rec + w["kl"] * kl + w["latent_nll"] * nll + w["energy"] * e_fake.mean()
-    return total, rec, kl, nll
+    total += w["marginal_kl"] * marginal
+    return total, rec, kl, nll, marginal
 
 
 def test_joint_loss_matches_formula():
@@ -46,15 +52,35 @@ def test_joint_loss_matches_formula():
     mu_f, logvar_f = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
     e_fake = torch.randn(n, generator=g)
     for scaling in ("fixed", "sum"):
-        w = make_config("demo", loss={"rec_scaling": scaling, "kl": 0.7, "energy": 1.3})["loss"]
+        over = {"rec_scaling": scaling, "kl": 0.7, "energy": 1.3, "marginal_kl": 0.6}
+        w = make_config("demo", loss=over)["loss"]
         got, stats = loss.joint_loss(x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w)
-        total, rec, kl, nll = reference_joint(
+        total, rec, kl, nll, marginal = reference_joint(
             x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w
         )
         assert np.isclose(got.item(), total, rtol=1e-5)
         assert np.isclose(stats["rec"].item(), rec, rtol=1e-5)
         assert np.isclose(stats["kl"].item(), kl, rtol=1e-5)
         assert np.isclose(stats["latent_nll"].item(), nll, rtol=1e-5)
+        assert np.isclose(stats["marginal_kl"].item(), marginal, rtol=1e-5)
+
+
+def test_marginal_kl_charges_codes_that_drift_off_the_prior_together():
+    g = torch.Generator().manual_seed(1)
+    mu, logvar = torch.randn(16, 6, generator=g), torch.randn(16, 6, generator=g) * 0.3
+    shift = torch.tensor([3.0, 0.0, -1.0, 0.0, 0.5, 0.0])
+    base = loss.marginal_kl(mu, logvar)
+    moved = loss.marginal_kl(mu + shift, logvar)  # every code moved alike: only the mean changes
+    m = mu.mean(0)
+    assert moved.item() - base.item() == pytest.approx(
+        0.5 * ((m + shift).square().sum() - m.square().sum()).item(), rel=1e-4
+    )
+    # codes spread exactly as the prior (mean 0, variance 1 per dimension) cost nothing
+    z = torch.randn(4000, 6, generator=g)
+    z = (z - z.mean(0)) / z.std(0)
+    assert loss.marginal_kl(z * (1 - 1e-6), torch.full_like(z, -30.0)).item() < 1e-6
+    # the paper's presets keep the reference objective without it
+    assert make_config("cifar10")["loss"]["marginal_kl"] == 0.0
 
 
 def test_energy_loss_matches_formula():

@@ -112,6 +112,7 @@ def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  #
     )
     recon = read("recon")
     assert recon["pca_components"] == 8 and recon["pca_baseline"] > 0
+    assert recon["codes_mean_norm"] >= 0 and recon["codes_marginal_kl"] >= 0
     assert read("recon-synth")["value"] > 0
     assert math.isfinite(read("latent-recovery")["value"])
     auroc = read("energy-auroc")
@@ -193,9 +194,25 @@ def test_configuration_saved_before_new_keys_loads_as_trained():
         del cfg[key]
     del cfg["loss"]["kl_reduction"]
     del cfg["loss"]["energy_drift_fake"]
+    del cfg["loss"]["marginal_kl"]
     old = normalize(cfg)
     assert old["architecture"] == "progressive" and old["loss"]["kl_reduction"] == "mean"
     assert old["fmap_min"] == 1
+    assert old["loss"]["marginal_kl"] == 0.0 and make_config("demo")["loss"]["marginal_kl"] > 0
     # held to zero from both sides now, but a run from before keeps its real-side-only penalty
     assert make_config("demo")["loss"]["energy_drift_fake"] == 1e-3
     assert old["loss"]["energy_drift_fake"] == 0.0
+
+
+def test_code_spread_sees_codes_that_left_the_prior_together():
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(5000, 8, generator=gen)
+    logvar = torch.full_like(z, -20.0)  # sharp posteriors: the spread is mu's alone
+    on_prior = qm.code_spread(z, logvar)
+    assert on_prior["codes_mean_norm"] < 0.1
+    assert abs(on_prior["codes_std_median"] - 1) < 0.05 and on_prior["codes_marginal_kl"] < 0.05
+    shift = torch.tensor([3.0, 4.0, 0, 0, 0, 0, 0, 0])
+    moved = qm.code_spread(z * 0.5 + shift, logvar)
+    assert abs(moved["codes_mean_norm"] - 5.0) < 0.1
+    assert abs(moved["codes_std_median"] - 0.5) < 0.05
+    assert moved["codes_marginal_kl"] > 12.5  # at least the mean's 0.5 * 5^2
