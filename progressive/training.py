@@ -664,6 +664,8 @@ def resolve_run(
     if snapshot is not None:
         saved = ckpt.read_state(snapshot)["config"]
         given = {k: v for k, v in overrides.items() if v is not None}
+        if "loss" in given:  # one weight changed; the run's other weights stay as trained
+            given["loss"] = {**saved.get("loss", {}), **given["loss"]}
         merged = {k: v for k, v in saved.items() if k != "preset"} | given
         cfg = make_config(saved["preset"], **merged)
     return cfg, run_dir, snapshot

@@ -102,6 +102,17 @@ def test_resume_auto_skips_a_nonfinite_snapshot_and_use_commands_refuse_it(run_d
         resolve_run(cfg, {}, tmp_path, "x", str(newest))
 
 
+def test_a_loss_override_on_resume_keeps_the_runs_other_loss_weights(dataset, tmp_path):
+    weights = {"latent_nll": 0.5, "marginal_kl": 0.0}
+    cfg = make_config("demo", **TINY, data=str(dataset), total_kimg=0.016, loss=weights)
+    train(cfg, tmp_path / "run", progress=False)
+    over = {"loss": {"rec_scaling": "sum"}, "total_kimg": 0.032}
+    resumed, _, snapshot = resolve_run(cfg, over, tmp_path, "run", "auto")
+    assert snapshot is not None
+    assert resumed["loss"]["rec_scaling"] == "sum"
+    assert resumed["loss"]["latent_nll"] == 0.5 and resumed["loss"]["marginal_kl"] == 0.0
+
+
 def test_damaged_snapshot_parts_name_the_file_and_the_cause(run_dir, tmp_path):
     import shutil
 
