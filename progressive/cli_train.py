@@ -40,6 +40,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
 @click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))
 @click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
+@click.option("--marginal-kl", help="Weight of the batch codes' KL to the prior (0: off).",
+              type=click.FloatRange(min=0))
 @click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
 @click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
 # Speed.
@@ -58,13 +60,14 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               is_flag=True)
 @click.option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
               type=click.FloatRange(min=0), default=20.0, show_default=True)
-def train(preset, out, name, resume, rec_scaling, dry_run, calibration_seconds,
+def train(preset, out, name, resume, rec_scaling, marginal_kl, dry_run, calibration_seconds,
           **overrides) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive import training
     from progressive.presets import make_config
 
-    overrides["loss"] = {"rec_scaling": rec_scaling} if rec_scaling else None
+    loss = {"rec_scaling": rec_scaling, "marginal_kl": marginal_kl}
+    overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None
     if preset is None and overrides["max_res"] is None and overrides["data"] is not None:
         overrides["max_res"] = training.dataset_max_res(overrides["data"])  # grow to the data's
     cfg = make_config(preset, **overrides)

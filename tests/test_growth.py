@@ -123,6 +123,22 @@ def test_dry_run_plans_every_stage_with_time_memory_and_data_cost(tmp_path):
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
+def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
+    args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
+            "--out", str(tmp_path)]
+    plans = []
+    for extra in ([], ["--marginal-kl", "0"], ["--rec-scaling", "sum", "--marginal-kl", "0.5"]):
+        result = CliRunner().invoke(main, args + extra)
+        assert result.exit_code == 0, result.output
+        plans.append(json.loads(result.output)["config"]["loss"])
+    default, off, both = plans
+    assert default["marginal_kl"] == 1.0 and off["marginal_kl"] == 0.0
+    assert both["marginal_kl"] == 0.5 and both["rec_scaling"] == "sum"
+    assert {k: v for k, v in off.items() if k != "marginal_kl"} == {
+        k: v for k, v in default.items() if k != "marginal_kl"
+    }
+
+
 def test_dry_run_calibration_measures_the_first_stages(dataset, tmp_path):
     args = ["train", "--dry-run", "--calibration-seconds", "2",
             *cli_args(data=dataset, max_res=16, batch=4, **TINY_NETWORKS)]
