@@ -17,11 +17,14 @@ The built-in dataset lives beside the runs, in `<runs folder>/_builtin/`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from progressive.errors import UserError
+from progressive.files import write_text_atomic
 
 CONFIG_NAME = "config.json"
 STATS_NAME = "stats.jsonl"
@@ -29,6 +32,7 @@ EVALUATIONS_NAME = "evaluations.jsonl"  # one line per stage end
 STATE_NAME = "state.json"  # inside a snapshot; a snapshot without it is incomplete
 METRIC_CACHE_NAME = "metric-cache"
 _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{9})$")
+_GRID_RE = re.compile(r"^(samples|reconstructions)-\d{4}px-(\d{9})\.png$")
 
 
 def run_name(cfg: dict) -> str:
@@ -94,3 +98,40 @@ def resolve_snapshot(path: str | os.PathLike) -> Path:
     if not snapshots:
         raise UserError(f"{path} holds no complete snapshot; pass a run folder with snapshots")
     return snapshots[-1]
+
+
+def branch(snapshot: Path, run_dir: Path) -> Path:
+    """Start the new run folder `run_dir` from `snapshot` of another run: a copy of the snapshot,
+    the configuration, and the history up to it (grids, and the lines of stats, evaluations and
+    metrics with at most its images shown), so the branch reads as one run. The source run is
+    left as it is. Returns the copied snapshot."""
+    shown = int(_SNAPSHOT_RE.match(snapshot.name)[1])
+    source = snapshot.parent
+    if list_snapshots(run_dir):
+        raise UserError(
+            f"run {run_dir} already has snapshots; pass another --name to branch from {snapshot}"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        grid = _GRID_RE.match(path.name)
+        if path.name == CONFIG_NAME or path.name.startswith("reals-") or (
+            grid and int(grid[2]) <= shown
+        ):
+            shutil.copy2(path, run_dir / path.name)
+        elif path.suffix == ".jsonl":
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if _shown(line) <= shown]
+            write_text_atomic(run_dir / path.name, "".join(kept))
+    copy = run_dir / f".{snapshot.name}.partial"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(snapshot, copy)
+    os.replace(copy, run_dir / snapshot.name)  # whole or absent, like a snapshot written here
+    return run_dir / snapshot.name
+
+
+def _shown(line: str) -> float:
+    """Images shown of one JSON line; a torn or foreign line sorts last (dropped)."""
+    try:
+        return float(json.loads(line)["images_shown"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -647,6 +647,9 @@ def resolve_run(
         snapshot = layout.resolve_snapshot(resume)
         ckpt.check_snapshot(snapshot)
         run_dir = snapshot.parent
+        if name is not None and (out / name).resolve() != run_dir.resolve():
+            run_dir = out / name  # a branch: the source run stays as it is
+            snapshot = layout.branch(snapshot, run_dir)
     else:
         run_dir = out / (name or layout.run_name(cfg))
         existing = layout.list_snapshots(run_dir)

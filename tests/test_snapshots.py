@@ -113,6 +113,27 @@ def test_a_loss_override_on_resume_keeps_the_runs_other_loss_weights(dataset, tm
     assert resumed["loss"]["latent_nll"] == 0.5 and resumed["loss"]["marginal_kl"] == 0.0
 
 
+def test_resume_from_a_snapshot_under_a_new_name_branches_and_leaves_the_source(
+    dataset, run_dir, tmp_path
+):
+    source = sorted(p.name for p in run_dir.iterdir())
+    middle = ckpt.list_snapshots(run_dir)[1]  # the end of 4x4, 16 images
+    cfg = make_config("demo", **TINY, data=str(dataset))
+    over = {"loss": {"rec_scaling": "sum"}}
+    branched, branch_dir, snapshot = resolve_run(cfg, over, tmp_path, "branch", str(middle))
+    assert branch_dir == tmp_path / "branch" and snapshot == branch_dir / middle.name
+    assert [p.name for p in ckpt.list_snapshots(branch_dir)] == [middle.name]
+    stats = [json.loads(line) for line in (branch_dir / "stats.jsonl").read_text().splitlines()]
+    assert stats and max(s["images_shown"] for s in stats) <= 16
+    assert (branch_dir / "config.json").is_file() and not (branch_dir / "lock").exists()
+    train(branched, branch_dir, snapshot, progress=False)
+    assert ckpt.list_snapshots(branch_dir)[-1].name == ckpt.list_snapshots(run_dir)[-1].name
+    assert branched["loss"]["rec_scaling"] == "sum"
+    assert sorted(p.name for p in run_dir.iterdir()) == source  # the source is untouched
+    with pytest.raises(UserError, match="already has snapshots"):
+        resolve_run(cfg, over, tmp_path, "branch", str(middle))
+
+
 def test_damaged_snapshot_parts_name_the_file_and_the_cause(run_dir, tmp_path):
     import shutil
 
