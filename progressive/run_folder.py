@@ -105,8 +105,8 @@ def branch(snapshot: Path, run_dir: Path) -> Path:
     the configuration, and the history up to it (grids, and the lines of stats, evaluations and
     metrics with at most its images shown), so the branch reads as one run. The source run is
     left as it is. Returns the copied snapshot."""
-    shown = int(_SNAPSHOT_RE.match(snapshot.name)[1])
-    source = snapshot.parent
+    shown = int(json.loads((snapshot / STATE_NAME).read_text())["images_shown"])
+    source, target = snapshot.parent, snapshot_dir(run_dir, shown)
     if list_snapshots(run_dir):
         raise UserError(
             f"run {run_dir} already has snapshots; pass another --name to branch from {snapshot}"
@@ -122,11 +122,11 @@ def branch(snapshot: Path, run_dir: Path) -> Path:
             kept = [line for line in path.read_text().splitlines(keepends=True)
                     if _shown(line) <= shown]
             write_text_atomic(run_dir / path.name, "".join(kept))
-    copy = run_dir / f".{snapshot.name}.partial"
+    copy = run_dir / f".{target.name}.partial"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(snapshot, copy)
-    os.replace(copy, run_dir / snapshot.name)  # whole or absent, like a snapshot written here
-    return run_dir / snapshot.name
+    os.replace(copy, target)  # whole or absent, like a snapshot written here
+    return target
 
 
 def _shown(line: str) -> float:

@@ -132,6 +132,12 @@ def test_resume_from_a_snapshot_under_a_new_name_branches_and_leaves_the_source(
     assert sorted(p.name for p in run_dir.iterdir()) == source  # the source is untouched
     with pytest.raises(UserError, match="already has snapshots"):
         resolve_run(cfg, over, tmp_path, "branch", str(middle))
+    # a snapshot folder renamed by hand branches too, named by its images shown again
+    import shutil
+
+    shutil.copytree(middle, tmp_path / "kept-by-hand")
+    _, _, snapshot = resolve_run(cfg, {}, tmp_path, "again", str(tmp_path / "kept-by-hand"))
+    assert snapshot == tmp_path / "again" / middle.name
 
 
 def test_damaged_snapshot_parts_name_the_file_and_the_cause(run_dir, tmp_path):
