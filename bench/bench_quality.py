@@ -44,6 +44,9 @@ PAPER_OPT = {"lr": {"generator": 3e-4, "energy": 1e-4, "inference": 3e-4}, "beta
 # name: overrides of the demo preset (the networks the demo trains on two cores).
 CONFIGS: dict[str, dict] = {
     "demo": {},
+    # The generator average's half-life (the demo's is 2,000 images).
+    "demo+ema-0.5k": {"ema_kimg": 0.5},
+    "demo+ema-5k": {"ema_kimg": 5.0},
 }
 
 
