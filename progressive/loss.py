@@ -54,8 +54,8 @@ def marginal_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     where the codes of a whole dataset sit: they can drift off the prior together, leaving the
     generator's prior samples in a region that reconstruction never trains. This term holds the
     codes' mean and spread at the prior's."""
-    if mu.dtype != torch.float64:
-        mu, logvar = mu.float(), logvar.float()
+    dtype = torch.promote_types(mu.dtype, torch.float32)  # fp32 at least; float64 stays
+    mu, logvar = mu.to(dtype), logvar.to(dtype)
     m = mu.mean(0)
     v = (mu.var(0) if mu.shape[0] > 1 else torch.zeros_like(m)) + logvar.exp().mean(0)
     return 0.5 * (m.square() + v - 1.0 - v.log()).sum()

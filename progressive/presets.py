@@ -203,7 +203,7 @@ def normalize(cfg: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg.setdefault("fmap_min", 1)
     cfg.setdefault("loss", {}).setdefault("energy_drift_fake", 0.0)  # runs before it had none
-    cfg["loss"].setdefault("marginal_kl", 0.0)
+    cfg["loss"].setdefault("marginal_kl", 0.0)  # nor the marginal KL
     for key, value in BASE.items():
         cfg.setdefault(key, copy.deepcopy(value))
     for key, value in BASE["loss"].items():

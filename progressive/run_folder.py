@@ -100,12 +100,11 @@ def resolve_snapshot(path: str | os.PathLike) -> Path:
     return snapshots[-1]
 
 
-def branch(snapshot: Path, run_dir: Path) -> Path:
-    """Start the new run folder `run_dir` from `snapshot` of another run: a copy of the snapshot,
-    the configuration, and the history up to it (grids, and the lines of stats, evaluations and
-    metrics with at most its images shown), so the branch reads as one run. The source run is
-    left as it is. Returns the copied snapshot."""
-    shown = int(json.loads((snapshot / STATE_NAME).read_text())["images_shown"])
+def branch(snapshot: Path, shown: int, run_dir: Path) -> Path:
+    """Start the new run folder `run_dir` from `snapshot` (taken at `shown` images) of another
+    run: a copy of the snapshot, the configuration, and the history up to it (grids, and the
+    lines of stats, evaluations and metrics with at most its images shown), so the branch reads
+    as one run. The source run is left as it is. Returns the copied snapshot."""
     source, target = snapshot.parent, snapshot_dir(run_dir, shown)
     if list_snapshots(run_dir):
         raise UserError(

@@ -649,7 +649,8 @@ def resolve_run(
         run_dir = snapshot.parent
         if name is not None and (out / name).resolve() != run_dir.resolve():
             run_dir = out / name  # a branch: the source run stays as it is
-            snapshot = layout.branch(snapshot, run_dir)
+            shown = ckpt.read_state(snapshot)["images_shown"]
+            snapshot = layout.branch(snapshot, shown, run_dir)
     else:
         run_dir = out / (name or layout.run_name(cfg))
         existing = layout.list_snapshots(run_dir)
