@@ -265,7 +265,9 @@ def evaluate(**options):
         if name == "recovery":
             extra = (f"  MAE on [0, 1] over missing pixels, PSNR {rec['psnr']:.2f} dB "
                      f"(mean-colour fill: MAE {rec['mean_colour_mae']:.4f}, "
-                     f"PSNR {rec['mean_colour_psnr']:.2f} dB; {rec['occlude']})")
+                     f"PSNR {rec['mean_colour_psnr']:.2f} dB; harmonic fill: MAE "
+                     f"{rec['harmonic_mae']:.4f}, PSNR {rec['harmonic_psnr']:.2f} dB; "
+                     f"{rec['occlude']})")
         extra = extra or quality_summary(rec)
         click.echo(f"{name:15s} {rec['value']:.6g}{extra}")
     if results:
@@ -292,6 +294,8 @@ def evaluate(**options):
 @click.option("--z-steps", help="Adam steps on z fitting the visible pixels.",
               type=click.IntRange(min=0), default=20)
 @click.option("--z-lr", help="Their learning rate.", type=POSITIVE, default=0.05)
+@click.option("--blend/--no-blend", help="Add the fill's error on the visible pixels, "
+              "interpolated into the holes (Poisson blending).", default=True, show_default=True)
 @click.option("--energy-steps", help="Gradient steps lowering the energy of the missing pixels.",
               type=click.IntRange(min=0), default=0)
 @click.option("--energy-lr", help="Their step size.", type=POSITIVE, default=0.01)
@@ -306,7 +310,7 @@ def inpaint(**options):
     run = _load(options)
     max_res = run.config["max_res"]
     how = fill.Completion(options["em_rounds"], options["z_steps"], options["z_lr"],
-                          options["energy_steps"], options["energy_lr"])
+                          options["energy_steps"], options["energy_lr"], options["blend"])
     written = use.inpaint(run, options["images"], options["out"], how, masks_dir=masks_dir,
                           occlude=occlude, seed=options["seed"], n=options["n"],
                           max_res=max_res)

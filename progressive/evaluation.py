@@ -201,7 +201,8 @@ def evaluate(
 def _recovery(
     run: LoadedRun, ds: ImageDataset, real: Tensor, occlude: str | None, seed: int
 ) -> dict:
-    """The recovery error of the model's completion and of the mean-colour fill."""
+    """The recovery error of the model's completion, of the mean-colour fill and of the
+    harmonic fill."""
     from progressive import inpaint
 
     if occlude is not None:
@@ -214,8 +215,10 @@ def _recovery(
         raise UserError("--metrics recovery needs --occlude KIND or a dataset with masks")
     model = inpaint.recovery_error(inpaint.complete(run, real, masks), real, masks)
     mean = inpaint.recovery_error(inpaint.mean_colour_fill(real, masks), real, masks)
+    harmonic = inpaint.recovery_error(inpaint.harmonic_fill(real, masks), real, masks)
     return {"value": model["mae"], "psnr": model["psnr"], "mean_colour_mae": mean["mae"],
-            "mean_colour_psnr": mean["psnr"], "missing_share": model["missing_share"], **how}
+            "mean_colour_psnr": mean["psnr"], "harmonic_mae": harmonic["mae"],
+            "harmonic_psnr": harmonic["psnr"], "missing_share": model["missing_share"], **how}
 def _set_name(source: str, taken: dict) -> str:
     name, i = Path(source).name or str(source), 2
     while name in taken:

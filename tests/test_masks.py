@@ -217,7 +217,7 @@ def tiny_run(tmp_path_factory):
     return root / "run", data
 
 
-@pytest.mark.parametrize("how", [[], ["--z-steps", "3", "--energy-steps", "2"]])
+@pytest.mark.parametrize("how", [[], ["--z-steps", "3", "--energy-steps", "2"], ["--no-blend"]])
 def test_inpaint_keeps_visible_pixels_bit_identical(tiny_run, faces, tmp_path, how):
     from progressive.cli import main
     from progressive.use import load_images
@@ -264,6 +264,7 @@ def test_recovery_metric_scores_model_and_mean_colour_fill(tiny_run):
     rec = json.loads((run / "metric-recovery.jsonl").read_text().splitlines()[-1])
     assert 0 < rec["value"] < 1 and rec["occlude"] == "block30"
     assert 0 < rec["mean_colour_mae"] < 1 and rec["psnr"] > 0
+    assert 0 < rec["harmonic_mae"] < 1 and rec["harmonic_psnr"] > 0
     # the measure itself: a perfect fill scores 0, the mean-colour fill of a flat image too
     img = torch.full((1, 3, 8, 8), 100, dtype=torch.uint8)
     img[..., :4] = 50
@@ -303,3 +304,55 @@ def test_grids_of_incomplete_data_never_show_missing_pixels(tmp_path):
     assert len(grids[0]) == 3  # reals, samples, reconstructions
     # Without the masks the same images give other grids: the test can fail.
     assert grids[2] != grids[1]
+
+
+def test_laplace_fill_is_harmonic_in_the_holes_and_keeps_the_rest():
+    from progressive.inpaint import harmonic_fill, laplace_fill
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 3, 16, 16, generator=g)
+    observed = (torch.rand(3, 1, 16, 16, generator=g) > 0.5).float()
+    observed[:, :, 3:12, 4:14] = 0
+    observed[2] = 0  # nothing observed: nothing to interpolate
+    v = laplace_fill(values, observed)
+    hole = (observed == 0).expand_as(v)
+    assert torch.equal(v[~hole], values[~hole])
+    assert v[2].abs().max() == 0
+    # every missing pixel is the mean of its neighbours inside the image
+    cross = torch.tensor([[0.0, 1, 0], [1, 0, 1], [0, 1, 0]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+    total = torch.nn.functional.conv2d(v, cross, padding=1, groups=3)
+    count = torch.nn.functional.conv2d(torch.ones_like(v), cross, padding=1, groups=3)
+    assert (v - total / count)[:2][hole[:2]].abs().max() < 1e-4
+    # a linear ramp is harmonic, so a square hole in it is filled exactly
+    ramp = torch.linspace(-1, 1, 16).view(1, 1, 1, 16).expand(1, 3, 16, 16)
+    square = torch.ones(1, 1, 16, 16)
+    square[..., 4:12, 4:12] = 0
+    assert (laplace_fill(ramp, square) - ramp).abs().max() < 1e-4
+    img = ((ramp + 1) * 127.5).round().to(torch.uint8)
+    filled = harmonic_fill(img, square.to(torch.uint8))
+    assert (filled.int() - img.int()).abs().max() <= 1
+
+
+def test_blend_carries_the_models_error_on_visible_pixels_into_the_holes():
+    """A model that always draws the same image F, given images F + c: the blend moves the
+    holes by c as well; without it they stay F."""
+    from types import SimpleNamespace
+
+    from progressive import inpaint
+    from progressive.images import to_float, to_uint8
+
+    res, c = 8, 0.25
+    face = torch.linspace(-0.6, 0.6, res * res).view(1, 1, res, res).expand(2, 3, res, res)
+    run = SimpleNamespace(
+        res=res, alpha=1.0, device="cpu", energy=None,
+        inference=lambda x, alpha: (torch.zeros(len(x), 4), torch.zeros(len(x), 4)),
+        generator=lambda z, res, alpha: face[: len(z)],
+    )
+    images = to_uint8(face + c)
+    mask = torch.ones(2, 1, res, res, dtype=torch.uint8)
+    mask[:, :, 2:6, 1:5] = 0
+    hole = (mask == 0).expand_as(face)
+    for blend, expected in ((True, face + c), (False, face)):
+        how = inpaint.Completion(em_rounds=1, z_steps=0, blend=blend)
+        done = to_float(inpaint.complete(run, images, mask, how))
+        assert (done - expected)[hole].abs().max() < 2 / 255
