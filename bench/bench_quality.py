@@ -47,6 +47,9 @@ CONFIGS: dict[str, dict] = {
     # The generator average's half-life (the demo's is 2,000 images).
     "demo+ema-0.5k": {"ema_kimg": 0.5},
     "demo+ema-5k": {"ema_kimg": 5.0},
+    # The share of updates: the energy model steps on every 2nd / 4th batch only.
+    "demo+energy-every-2": {"energy_every": 2},
+    "demo+energy-every-4": {"energy_every": 4},
 }
 
 

@@ -34,6 +34,7 @@ BASE: dict = {
     "weight_decay_generator": 0.0,
     "grad_clip": 100.0,
     "reset_optimizers": False,  # fresh Adam state at each stage change
+    "energy_every": 1,  # the energy model steps on every k-th batch; the other two on every one
     "ema_kimg": 10.0,  # half-life of the generator average, thousands of images
     "latent": 512,
     "fmap_base": 16384,
@@ -231,6 +232,8 @@ def normalize(cfg: dict) -> dict:
         raise UserError(
             f"fmap_min {cfg['fmap_min']} must be from 1 to --fmap-max {cfg['fmap_max']}"
         )
+    if not isinstance(cfg["energy_every"], int) or cfg["energy_every"] < 1:
+        raise UserError(f"energy_every {cfg['energy_every']!r} must be a whole number >= 1")
     if not 0 <= cfg["holdout"] <= 0.5:
         raise UserError(f"--holdout {cfg['holdout']} must be from 0 to 0.5")
     for name in ("fade_kimg", "stable_kimg"):

@@ -171,15 +171,19 @@ class Trainer:
         with acc.autocast():
             mu, logvar, x_rec, x_fake, mu_fake, logvar_fake = self.pair(x, z, eps, res, alpha)
 
-        # Energy: contrastive step on real vs (detached) generated images.
-        with acc.autocast():
+        # Energy: contrastive step on real vs (detached) generated images, on every
+        # `energy_every`-th batch (counted from images shown, so resume keeps the rhythm).
+        update_energy = (images_shown // phase.batch) % cfg["energy_every"] == 0
+        with acc.autocast(), torch.set_grad_enabled(update_energy):
             energies = self.energy(torch.cat([x, x_fake.detach()]), alpha)
             loss_e, stats = triangle.energy_loss(energies[:n], energies[n:], w)
-        opt_e = self.optimizers["energy"]
-        opt_e.zero_grad(set_to_none=True)
-        acc.backward(loss_e)
-        stats["grad_norm_energy"] = self._clip(opt_e, self.energy)
-        opt_e.step()
+        stats["grad_norm_energy"] = torch.zeros((), device=acc.device)
+        if update_energy:
+            opt_e = self.optimizers["energy"]
+            opt_e.zero_grad(set_to_none=True)
+            acc.backward(loss_e)
+            stats["grad_norm_energy"] = self._clip(opt_e, self.energy)
+            opt_e.step()
 
         # Generator and inference: one backward through the joint loss; the energy model is
         # evaluated unwrapped with frozen weights so only its input receives gradients.

@@ -313,3 +313,27 @@ def test_inference_model_may_have_its_own_adam_betas(betas_inference):
     betas = {n: opt.param_groups[0]["betas"] for n, opt in trainer.optimizers.items()}
     assert betas["generator"] == betas["energy"] == tuple(cfg["betas"])
     assert betas["inference"] == tuple(betas_inference or cfg["betas"])
+
+
+def test_energy_every_steps_the_energy_model_on_every_kth_batch_only():
+    from progressive.errors import UserError
+
+    cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, energy_every=2)
+    torch.manual_seed(0)
+    trainer = Trainer.create(cfg)
+    phase = Schedule.from_config(cfg).at(0)
+    real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
+
+    def params(name):
+        return [p.detach().clone() for p in trainer.unwrapped()[name].parameters()]
+
+    for shown, energy_steps in [(0, True), (4, False), (8, True), (12, False)]:
+        energy, generator = params("energy"), params("generator")
+        stats = trainer.step(real, phase, shown)
+        moved = any(not torch.equal(a, b) for a, b in zip(energy, params("energy"), strict=True))
+        assert moved == energy_steps and (float(stats["grad_norm_energy"]) > 0) == energy_steps
+        assert any(not torch.equal(a, b)
+                   for a, b in zip(generator, params("generator"), strict=True))
+        assert torch.isfinite(stats["loss_energy"])  # still reported on skipped batches
+    with pytest.raises(UserError, match="energy_every"):
+        make_config("demo", energy_every=0)
