@@ -50,6 +50,7 @@ CONFIGS: dict[str, dict] = {
     # The share of updates: the energy model steps on every 2nd / 4th batch only.
     "demo+energy-every-2": {"energy_every": 2},
     "demo+energy-every-4": {"energy_every": 4},
+    "demo+energy-every-2@time": {"energy_every": 2},
 }
 
 
