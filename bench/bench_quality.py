@@ -51,6 +51,12 @@ CONFIGS: dict[str, dict] = {
     "demo+energy-every-2": {"energy_every": 2},
     "demo+energy-every-4": {"energy_every": 4},
     "demo+energy-every-2@time": {"energy_every": 2},
+    # Reconstruction weighted 4x against KL, energy and drift terms (a smaller pixel noise).
+    "demo+rec-4": {"loss": {"rec": 4.0}},
+    # ... and the sleep phase (mu(g(z)) against z) weighted 1 instead of 0.1.
+    "demo+rec-4+latent-nll-1": {"loss": {"rec": 4.0, "latent_nll": 1.0}},
+    # The energy model's learning rate 2e-4 (the demo's is 2e-3 for all three networks).
+    "demo+energy-lr-2e-4": {"lr": {"energy": 2e-4}},
 }
 
 

@@ -42,6 +42,7 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
 @click.option("--marginal-kl", help="Weight of the batch codes' KL to the prior (0: off).",
               type=click.FloatRange(min=0))
+@click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
 @click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
 @click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
 # Speed.

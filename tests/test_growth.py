@@ -139,6 +139,18 @@ def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
     }
 
 
+def test_energy_every_option_reaches_the_plan_and_rejects_zero(tmp_path):
+    args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
+            "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert json.loads(result.output)["config"]["energy_every"] == 1
+    result = CliRunner().invoke(main, args + ["--energy-every", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["energy_every"] == 3
+    result = CliRunner().invoke(main, args + ["--energy-every", "0"])
+    assert result.exit_code == 2 and "--energy-every" in result.output
+
+
 def test_dry_run_calibration_measures_the_first_stages(dataset, tmp_path):
     args = ["train", "--dry-run", "--calibration-seconds", "2",
             *cli_args(data=dataset, max_res=16, batch=4, **TINY_NETWORKS)]
