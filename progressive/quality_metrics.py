@@ -6,7 +6,9 @@
   length, the spread per dimension, the aggregate posterior's KL): codes that drift off the
   prior together leave the prior's samples to a region reconstruction never trains.
 - `synth_cycle`: z ~ N(0, I), x = g(z), mu = q(x); the error of g(mu) against x
-  (reconstruction of synthesized data) and R^2 of mu against z (latent recovery).
+  (reconstruction of synthesized data) and R^2 of mu against z (latent recovery); the same
+  with z drawn from `code_fit`, the Gaussian of the real images' codes, tells a generator that
+  the inference model cannot invert from a prior whose samples fall where no real code lies.
 - `energy_auroc`: how well the energy (low = data-like) tells held-out images of the training
   distribution from another set, beside the same AUROC by the inference model's KL to the
   prior and by reconstruction error, so one sees what the energy adds.
@@ -78,11 +80,31 @@ def code_spread(mu: Tensor, logvar: Tensor) -> dict:
     KL of their diagonal Gaussian fit, mu's spread plus the mean posterior variance, to N(0, I)
     (summed over dimensions; 0 when the aggregate posterior's moments match the prior's)."""
     mu, logvar = mu.double(), logvar.double()
+    mean, cov = code_fit(mu, logvar)
+    full_kl = 0.5 * (torch.trace(cov) + mean @ mean - len(mean) - torch.logdet(cov))
     return {
         "codes_mean_norm": mu.mean(0).norm().item(),
         "codes_std_median": mu.std(0).median().item(),
         "codes_marginal_kl": marginal_kl(mu, logvar).item(),
+        "codes_full_kl": full_kl.item(),
     }
+
+
+def code_fit(mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and full covariance (float64) of a Gaussian fitted to a set of codes: mu's mean,
+    and mu's covariance plus the mean posterior variance on the diagonal. Unlike the
+    diagonal fit it sees codes that keep unit spread per dimension but crowd into a few
+    directions together, which leaves most of the prior's volume unused."""
+    mu, logvar = mu.double(), logvar.double()
+    cov = torch.cov(mu.T).reshape(mu.shape[1], mu.shape[1]) if len(mu) > 1 else 0.0
+    return mu.mean(0), cov + torch.diag(logvar.exp().mean(0))
+
+
+def sample_code_fit(mu: Tensor, logvar: Tensor, n: int, seed: int = 0) -> Tensor:
+    """`n` seeded draws (float32) from the Gaussian `code_fit` fits to the codes."""
+    mean, cov = code_fit(mu, logvar)
+    noise = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed))
+    return (mean + noise.double() @ torch.linalg.cholesky(cov).T).float()
 
 
 def pca_baseline(train: Tensor, heldout: Tensor, components: int) -> Tensor:
@@ -118,12 +140,14 @@ def synth_cycle(
     res: int,
     alpha: float,
     seed: int = 0,
+    z: Tensor | None = None,
 ) -> dict:
-    """z ~ N(0, I) (seeded), x = g(z), (mu, logvar) = q(x), x' = g(mu).
+    """z ~ N(0, I) (seeded; or the given `z`), x = g(z), (mu, logvar) = q(x), x' = g(mu).
 
     Returns `{"mse": per-image MSE of x' against x (N,), "r2": R^2 of mu against z,
     "r2_per_dim": (latent,), "posterior_std": mean sigma of q(x)}`."""
-    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
+    if z is None:
+        z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
     x = decode(generator, z, res, alpha)
     mu, logvar = posterior(inference, x, alpha)
     x_rec = decode(generator, mu, res, alpha)

@@ -78,6 +78,22 @@ def test_energy_scale_shift_is_in_standard_deviations_now():
     assert qm.scale_shift({"mean": 5.0, "std": 1.0}, {"mean": 5.0, "std": 3.0}) == 0.0
 
 
+def test_full_covariance_fit_sees_codes_crowded_into_few_directions():
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(5000, 8, generator=gen)
+    logvar = torch.full_like(z, -20.0)
+    assert qm.code_spread(z, logvar)["codes_full_kl"] < 0.05
+    # Unit spread per dimension, but all eight dimensions driven by two factors.
+    mix = torch.randn(2, 8, generator=gen)
+    crowded = torch.randn(5000, 2, generator=gen) @ mix
+    crowded = crowded / crowded.std(0) + 0.1 * torch.randn(5000, 8, generator=gen)
+    spread = qm.code_spread(crowded, logvar)
+    assert spread["codes_marginal_kl"] < 0.1 and spread["codes_full_kl"] > 5
+    draws = qm.sample_code_fit(crowded, logvar, 4000, seed=0)
+    assert torch.allclose(torch.cov(draws.T), torch.cov(crowded.T), atol=0.15)
+    assert torch.equal(draws, qm.sample_code_fit(crowded, logvar, 4000, seed=0))
+
+
 def test_synth_cycle_and_energy_auroc_on_tiny_networks():
     g, e, i = _tiny_networks()
     cycle = qm.synth_cycle(g, i, 20, 8, 16, 1.0, seed=0)
@@ -113,8 +129,10 @@ def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  #
     recon = read("recon")
     assert recon["pca_components"] == 8 and recon["pca_baseline"] > 0
     assert recon["codes_mean_norm"] >= 0 and recon["codes_marginal_kl"] >= 0
+    assert recon["codes_full_kl"] >= recon["codes_marginal_kl"] - 1e-6  # the diagonal's at least
     assert read("recon-synth")["value"] > 0
     assert math.isfinite(read("latent-recovery")["value"])
+    assert math.isfinite(read("latent-recovery")["r2_code_fit"])
     auroc = read("energy-auroc")
     assert len(auroc["sets"]) == 2 and list(auroc["sets"])[0] == "ood"
     assert auroc["sets"]["ood"]["n"] == 6
