@@ -44,6 +44,11 @@ PAPER_OPT = {"lr": {"generator": 3e-4, "energy": 1e-4, "inference": 3e-4}, "beta
 # name: overrides of the demo preset (the networks the demo trains on two cores).
 CONFIGS: dict[str, dict] = {
     "demo": {},
+}
+
+# Rows measured with the marginal KL, before the codes' decorrelation was a default.
+CONFIGS_BEFORE_DECORRELATION: dict[str, dict] = {
+    "demo-no-decorrelation": {},
     # The generator average's half-life (the demo's is 2,000 images).
     "demo+ema-0.5k": {"ema_kimg": 0.5},
     "demo+ema-5k": {"ema_kimg": 5.0},
@@ -58,11 +63,19 @@ CONFIGS: dict[str, dict] = {
     # The energy model's learning rate 2e-4 (the demo's is 2e-3 for all three networks).
     "demo+energy-lr-2e-4": {"lr": {"energy": 2e-4}},
 }
+CONFIGS.update(
+    {
+        name: {**over, "loss": {"code_decorrelation": 0.0, **over.get("loss", {})}}
+        for name, over in CONFIGS_BEFORE_DECORRELATION.items()
+    }
+)
 
 
 def _before_marginal_kl(over: dict) -> dict:
-    """A row measured before the marginal KL was a default: it trains without it."""
-    return {**over, "loss": {"marginal_kl": 0.0, **over.get("loss", {})}}
+    """A row measured before the marginal KL was a default: it trains without it (and without
+    the decorrelation, which came after)."""
+    loss = {"marginal_kl": 0.0, "code_decorrelation": 0.0, **over.get("loss", {})}
+    return {**over, "loss": loss}
 
 
 # Rows measured with the defaults before the marginal KL, kept reproducible.

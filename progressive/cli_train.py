@@ -42,6 +42,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
 @click.option("--marginal-kl", help="Weight of the batch codes' KL to the prior (0: off).",
               type=click.FloatRange(min=0))
+@click.option("--code-decorrelation", help="Weight of the codes' squared covariances (0: off).",
+              type=click.FloatRange(min=0))
 @click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
 @click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
 @click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
@@ -61,13 +63,14 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               is_flag=True)
 @click.option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
               type=click.FloatRange(min=0), default=20.0, show_default=True)
-def train(preset, out, name, resume, rec_scaling, marginal_kl, dry_run, calibration_seconds,
-          **overrides) -> None:
+def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelation, dry_run,
+          calibration_seconds, **overrides) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive import training
     from progressive.presets import make_config
 
-    loss = {"rec_scaling": rec_scaling, "marginal_kl": marginal_kl}
+    loss = {"rec_scaling": rec_scaling, "marginal_kl": marginal_kl,
+            "code_decorrelation": code_decorrelation}
     overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None
     if preset is None and overrides["max_res"] is None and overrides["data"] is not None:
         overrides["max_res"] = training.dataset_max_res(overrides["data"])  # grow to the data's

@@ -5,6 +5,7 @@ min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(
 - joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
+           + code_decorrelation * sum_{i<j} Cov(mu_i, mu_j)^2
 The joint loss's gradient w.r.t. the inference model is its loss and w.r.t. the generator the
 generator's loss, so one backward pass serves both.
 
@@ -61,6 +62,26 @@ def marginal_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (m.square() + v - 1.0 - v.log()).sum()
 
 
+def code_decorrelation(mu: Tensor) -> Tensor:
+    """Sum over pairs of latent dimensions of the codes' squared covariance, estimated without
+    bias from the batch as the product of its two halves' covariance estimates; 0 below four
+    codes.
+
+    The marginal KL holds each dimension's mean and spread at the prior's but not how the
+    dimensions move together: codes with unit spread per dimension can crowd into a few
+    directions, and most of the prior's samples then fall where no code lies. For unit
+    variances, half this sum is the second-order term of the full-covariance KL beyond the
+    diagonal one. A batch's own covariance cannot give that KL (its estimate is singular when
+    the batch is smaller than the latent); the product of two independent estimates is unbiased
+    for each squared covariance at any batch of four or more."""
+    half = mu.shape[0] // 2
+    if half < 2:
+        return torch.zeros((), device=mu.device)
+    mu = mu.to(torch.promote_types(mu.dtype, torch.float32))
+    first, second = torch.cov(mu[:half].T), torch.cov(mu[half : 2 * half].T)
+    return torch.triu(first * second, diagonal=1).sum()
+
+
 def latent_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """-log q(z|x) up to a constant: sum_j (logvar_j + (z_j - mu_j)^2 / var_j) / 2, batch mean."""
     z, mu, logvar = z.float(), mu.float(), logvar.float()
@@ -111,12 +132,16 @@ def joint_loss(
         + weights["energy"] * e_fake
         + weights.get("marginal_kl", 0.0) * marginal
     )
+    decorrelation = code_decorrelation(mu)
+    if weights.get("code_decorrelation"):
+        loss = loss + weights["code_decorrelation"] * decorrelation
     stats = {
         "rec": rec.detach(),
         "rec_per_pixel": rec.detach() / _observed_per_image(x, mask),
         "kl": kl.detach(),
         "latent_nll": nll.detach(),
         "marginal_kl": marginal.detach(),
+        "code_decorrelation": decorrelation.detach(),
         "loss_joint": loss.detach(),
     }
     return loss, stats

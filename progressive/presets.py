@@ -50,6 +50,7 @@ BASE: dict = {
         "kl_reduction": "mean",  # "mean" over latent dimensions (reference code) or "sum" (ELBO)
         "latent_nll": 0.1,  # lambda_lat on generated pairs
         "marginal_kl": 1.0,  # KL of the batch's aggregate posterior to N(0, I)
+        "code_decorrelation": 1.0,  # squared covariances between the codes' dimensions
         "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
         "energy_drift_fake": 1e-3,  # the same penalty on generated images' energies
@@ -111,6 +112,7 @@ _PAPER = {
         "energy_drift": 0.0,
         "energy_drift_fake": 0.0,
         "marginal_kl": 0.0,
+        "code_decorrelation": 0.0,
     },
 }
 
@@ -199,12 +201,13 @@ def normalize(cfg: dict) -> dict:
     """Validate and make per-resolution tables int-keyed (JSON turns them into strings).
 
     A configuration saved before a key existed gets the behaviour it was trained with: no
-    width floor, no drift penalty on generated energies, and BASE's value for every other
-    missing key."""
+    width floor, no drift penalty on generated energies, no marginal KL, no decorrelation of
+    the codes, and BASE's value for every other missing key."""
     cfg = copy.deepcopy(cfg)
     cfg.setdefault("fmap_min", 1)
     cfg.setdefault("loss", {}).setdefault("energy_drift_fake", 0.0)  # runs before it had none
     cfg["loss"].setdefault("marginal_kl", 0.0)  # nor the marginal KL
+    cfg["loss"].setdefault("code_decorrelation", 0.0)  # nor the decorrelation
     for key, value in BASE.items():
         cfg.setdefault(key, copy.deepcopy(value))
     for key, value in BASE["loss"].items():

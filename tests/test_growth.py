@@ -127,11 +127,14 @@ def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
     args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
             "--out", str(tmp_path)]
     plans = []
-    for extra in ([], ["--marginal-kl", "0"], ["--rec-scaling", "sum", "--marginal-kl", "0.5"]):
+    for extra in ([], ["--marginal-kl", "0"], ["--rec-scaling", "sum", "--marginal-kl", "0.5"],
+                  ["--code-decorrelation", "0"]):
         result = CliRunner().invoke(main, args + extra)
         assert result.exit_code == 0, result.output
         plans.append(json.loads(result.output)["config"]["loss"])
-    default, off, both = plans
+    default, off, both, decorrelation_off = plans
+    assert default["code_decorrelation"] == 1.0 and decorrelation_off["code_decorrelation"] == 0.0
+    assert decorrelation_off["marginal_kl"] == default["marginal_kl"]
     assert default["marginal_kl"] == 1.0 and off["marginal_kl"] == 0.0
     assert both["marginal_kl"] == 0.5 and both["rec_scaling"] == "sum"
     assert {k: v for k, v in off.items() if k != "marginal_kl"} == {

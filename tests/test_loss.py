@@ -35,15 +35,24 @@ def reference_joint(x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w):
         m = mu[:, j].mean()
         v = ((mu[:, j] - m) ** 2).sum() / (n - 1) + np.exp(logvar[:, j]).mean()
         marginal += 0.5 * (m**2 + v - 1 - math.log(v))
+    half = n // 2
+    decorrelation = 0.0
+    if half >= 2:
+        a, b = mu[:half], mu[half : 2 * half]
+        for i in range(d):
+            for j in range(i + 1, d):
+                cov_a = ((a[:, i] - a[:, i].mean()) * (a[:, j] - a[:, j].mean())).sum() / (half - 1)
+                cov_b = ((b[:, i] - b[:, i].mean()) * (b[:, j] - b[:, j].mean())).sum() / (half - 1)
+                decorrelation += cov_a * cov_b
     scale = w["rec"] * ((w["rec_ref_res"] / res) ** 2 if w["rec_scaling"] == "fixed" else 1.0)
     total = scale * rec + w["kl"] * kl + w["latent_nll"] * nll + w["energy"] * e_fake.mean()
-    total += w["marginal_kl"] * marginal
-    return total, rec, kl, nll, marginal
+    total += w["marginal_kl"] * marginal + w["code_decorrelation"] * decorrelation
+    return total, rec, kl, nll, marginal, decorrelation
 
 
 def test_joint_loss_matches_formula():
     g = torch.Generator().manual_seed(0)
-    n, d, res = 5, 7, 8
+    n, d, res = 9, 7, 8
     x, x_rec = (
         torch.rand(n, 3, res, res, generator=g) * 2 - 1,
         torch.randn(n, 3, res, res, generator=g),
@@ -52,10 +61,11 @@ def test_joint_loss_matches_formula():
     mu_f, logvar_f = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
     e_fake = torch.randn(n, generator=g)
     for scaling in ("fixed", "sum"):
-        over = {"rec_scaling": scaling, "kl": 0.7, "energy": 1.3, "marginal_kl": 0.6}
+        over = {"rec_scaling": scaling, "kl": 0.7, "energy": 1.3, "marginal_kl": 0.6,
+                "code_decorrelation": 0.8}
         w = make_config("demo", loss=over)["loss"]
         got, stats = loss.joint_loss(x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w)
-        total, rec, kl, nll, marginal = reference_joint(
+        total, rec, kl, nll, marginal, decorrelation = reference_joint(
             x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w
         )
         assert np.isclose(got.item(), total, rtol=1e-5)
@@ -63,6 +73,28 @@ def test_joint_loss_matches_formula():
         assert np.isclose(stats["kl"].item(), kl, rtol=1e-5)
         assert np.isclose(stats["latent_nll"].item(), nll, rtol=1e-5)
         assert np.isclose(stats["marginal_kl"].item(), marginal, rtol=1e-5)
+        assert np.isclose(stats["code_decorrelation"].item(), decorrelation, rtol=1e-5)
+
+
+def test_code_decorrelation_is_unbiased_for_the_squared_covariances():
+    g = torch.Generator().manual_seed(5)
+    d = 4
+    mix = torch.eye(d)
+    mix[1, 0] = mix[3, 2] = 0.8  # dimension 1 follows 0, dimension 3 follows 2
+    cov = mix @ mix.T
+    expected = torch.triu(cov.square(), diagonal=1).sum().item()  # 2 * 0.8^2
+    batches = torch.randn(20000, 8, d, generator=g) @ mix.T
+    estimates = torch.stack([loss.code_decorrelation(b) for b in batches])
+    assert abs(estimates.mean().item() - expected) < 0.05 * expected
+    unrelated = torch.randn(20000, 8, d, generator=g)
+    independent = torch.stack([loss.code_decorrelation(b) for b in unrelated])
+    assert abs(independent.mean().item()) < 0.02
+    assert loss.code_decorrelation(torch.randn(3, d)).item() == 0.0  # too few codes to split
+    mu = batches[0].clone().requires_grad_(True)
+    loss.code_decorrelation(mu).backward()
+    assert mu.grad.abs().sum() > 0
+    assert make_config("demo")["loss"]["code_decorrelation"] == 1.0
+    assert make_config("cifar10")["loss"]["code_decorrelation"] == 0.0  # the paper's loss
 
 
 def test_marginal_kl_charges_codes_that_drift_off_the_prior_together():
