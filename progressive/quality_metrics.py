@@ -97,7 +97,9 @@ def code_fit(mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
     directions together, which leaves most of the prior's volume unused."""
     mu, logvar = mu.double(), logvar.double()
     cov = torch.cov(mu.T).reshape(mu.shape[1], mu.shape[1]) if len(mu) > 1 else 0.0
-    return mu.mean(0), cov + torch.diag(logvar.exp().mean(0))
+    # A floor far below any posterior variance keeps the fit invertible when there are fewer
+    # codes than dimensions and the posteriors are sharp.
+    return mu.mean(0), cov + torch.diag(logvar.exp().mean(0) + 1e-6)
 
 
 def sample_code_fit(mu: Tensor, logvar: Tensor, n: int, seed: int = 0) -> Tensor:

@@ -92,6 +92,9 @@ def test_full_covariance_fit_sees_codes_crowded_into_few_directions():
     draws = qm.sample_code_fit(crowded, logvar, 4000, seed=0)
     assert torch.allclose(torch.cov(draws.T), torch.cov(crowded.T), atol=0.15)
     assert torch.equal(draws, qm.sample_code_fit(crowded, logvar, 4000, seed=0))
+    few = qm.code_spread(crowded[:3], torch.full((3, 8), -80.0))  # fewer codes than dimensions
+    assert math.isfinite(few["codes_full_kl"])
+    assert torch.isfinite(qm.sample_code_fit(crowded[:3], torch.full((3, 8), -80.0), 5)).all()
 
 
 def test_synth_cycle_and_energy_auroc_on_tiny_networks():
