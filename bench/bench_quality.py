@@ -9,8 +9,8 @@ shown (`--kimg`), on one CPU thread, then is evaluated on the held-out set with 
 `progressive evaluate --metrics recon,recon-synth,latent-recovery,energy-auroc,diversity,swd`.
 Configurations whose name ends in `@time` get equal wall time instead: their images shown are
 `--kimg` times the ratio of their training speed to the median speed of the other rows, all
-measured in one calibration pass at the start of the same run (best of three timings of three
-steps on random images). Runs
+measured in one calibration pass at the start of the same run (best of three timings of twelve
+steps on random images, a whole number of rhythms for `energy_every` 2, 3 and 4). Runs
 already finished under `--out` are not retrained, and a row already evaluated on the same final
 snapshot and settings is read back. Writes a table to stdout and `quality.json` under `--out`
 and `bench/results/`.
@@ -135,7 +135,7 @@ def config_for(name: str, data: str, kimg: float, seed: int) -> dict:
     )
 
 
-def images_per_second(cfg: dict, steps: int = 3, repeats: int = 3) -> float:
+def images_per_second(cfg: dict, steps: int = 12, repeats: int = 3) -> float:
     """Training images per second of `cfg` at 32x32 on random uint8 images after one warm-up
     step: the best of `repeats` timings of `steps` steps (the least disturbed by other load)."""
     trainer = Trainer.create(cfg)
