@@ -65,19 +65,17 @@ CONFIGS_BEFORE_DECORRELATION: dict[str, dict] = {
     # The energy model's learning rate 2e-4 (the demo's is 2e-3 for all three networks).
     "demo+energy-lr-2e-4": {"lr": {"energy": 2e-4}},
 }
+
+
+def _without(over: dict, *terms: str) -> dict:
+    """A row measured before `terms` were defaults: it trains with their weights 0 (unless
+    the row sets them itself)."""
+    return {**over, "loss": {**dict.fromkeys(terms, 0.0), **over.get("loss", {})}}
+
+
 CONFIGS.update(
-    {
-        name: {**over, "loss": {"code_decorrelation": 0.0, **over.get("loss", {})}}
-        for name, over in CONFIGS_BEFORE_DECORRELATION.items()
-    }
+    {n: _without(o, "code_decorrelation") for n, o in CONFIGS_BEFORE_DECORRELATION.items()}
 )
-
-
-def _before_marginal_kl(over: dict) -> dict:
-    """A row measured before the marginal KL was a default: it trains without it (and without
-    the decorrelation, which came after)."""
-    loss = {"marginal_kl": 0.0, "code_decorrelation": 0.0, **over.get("loss", {})}
-    return {**over, "loss": loss}
 
 
 # Rows measured with the defaults before the marginal KL, kept reproducible.
@@ -115,7 +113,10 @@ CONFIGS_BEFORE: dict[str, dict] = {
     "demo-lr+betas-0.5": {"betas": [0.5, 0.999]},
     "paper-opt+wide@time": {**PAPER_OPT, "fmap_base": 1024, "fmap_max": 128},
 }
-CONFIGS.update({name: _before_marginal_kl(over) for name, over in CONFIGS_BEFORE.items()})
+# (The decorrelation came after the marginal KL: these rows train without either.)
+CONFIGS.update(
+    {n: _without(o, "marginal_kl", "code_decorrelation") for n, o in CONFIGS_BEFORE.items()}
+)
 
 
 def config_for(name: str, data: str, kimg: float, seed: int) -> dict:

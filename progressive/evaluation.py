@@ -122,6 +122,10 @@ def evaluate(
             e_ref = sample_energies(run.energy, refined, run.alpha)
             extra.update(chain_info, refined=e_ref.mean().item(), refined_std=e_ref.std().item())
         record("energy", e_fake.mean().item(), **extra)
+    # The held-out images' codes, shared by the recon and latent-recovery figures.
+    codes = None
+    if {"recon", "latent-recovery"} & set(names):
+        codes = quality.posterior(run.inference, real, run.alpha)
     if "recon" in names:
         recon = reconstruct(run.generator, run.inference, real, run.res, run.alpha)
         err = metrics.reconstruction_error(real_in, recon)
@@ -139,7 +143,7 @@ def evaluate(
             pca_baseline=pca.mean().item(),
             pca_components=run.latent,
             pca_fitted_on="training" if train is not None else "held-out",
-            **quality.code_spread(*quality.posterior(run.inference, real, run.alpha)),
+            **quality.code_spread(*codes),
         )
     if "recovery" in names:
         record("recovery", **_recovery(run, ds, real, occlude, seed))
@@ -153,9 +157,7 @@ def evaluate(
             per_dim = cycle["r2_per_dim"]
             # The same cycle from where the held-out images' codes lie: a high R^2 here and a
             # low one from the prior means the prior's samples miss the codes' region.
-            z_fit = quality.sample_code_fit(
-                *quality.posterior(run.inference, real, run.alpha), n, seed
-            )
+            z_fit = quality.sample_code_fit(*codes, n, seed)
             fit = quality.synth_cycle(
                 run.generator, run.inference, n, run.latent, run.res, run.alpha, z=z_fit
             )

@@ -85,7 +85,7 @@ def _model_fill(run: LoadedRun, images: Tensor, masks: Tensor, how: Completion) 
         # the model's error on the visible pixels is mostly smooth (colour, light), so its
         # harmonic interpolation carries it into the holes: the fill meets the visible pixels
         # without a seam and keeps the model's detail (Poisson blending)
-        fill = (fill + laplace_fill((x - fill.detach()) * m, m)).clamp(-1, 1)
+        fill = (fill + laplace_fill(x - fill, m)).clamp(-1, 1)
     if how.energy_steps:
         hole = (1 - m).detach()
         y = mk.fill(x, m, fill).detach().requires_grad_(True)
@@ -103,8 +103,9 @@ def laplace_fill(values: Tensor, observed: Tensor, tol: float = 1e-5) -> Tensor:
     0: each missing pixel the mean of its neighbours inside the image (the discrete Laplace
     equation with the visible pixels as boundary), solved by conjugate gradients. An image
     with nothing observed gets zeros."""
-    values, known = values.float(), observed.float().expand_as(values)
+    known = observed.float().expand_as(values)
     hole = 1 - known
+    values = mk.fill(values.float(), observed, torch.zeros_like(known))  # no missing value enters
     cross = torch.tensor([[0.0, 1, 0], [1, 0, 1], [0, 1, 0]], device=values.device)
     cross = cross.view(1, 1, 3, 3).expand(values.shape[1], 1, 3, 3)
 
@@ -112,7 +113,7 @@ def laplace_fill(values: Tensor, observed: Tensor, tol: float = 1e-5) -> Tensor:
         return torch.nn.functional.conv2d(v, cross, padding=1, groups=v.shape[1])
 
     degree = neighbours(torch.ones_like(values))
-    b = hole * neighbours(values * known)
+    b = hole * neighbours(values)
     v, r = torch.zeros_like(values), b.clone()
     p, rr = r.clone(), r.square().sum((2, 3), keepdim=True)
     stop = tol**2 * rr.clamp(min=1e-30)
@@ -126,7 +127,7 @@ def laplace_fill(values: Tensor, observed: Tensor, tol: float = 1e-5) -> Tensor:
         rr_next = r.square().sum((2, 3), keepdim=True)
         p = r + torch.where(rr > 0, rr_next / rr.clamp(min=1e-30), torch.zeros_like(rr)) * p
         rr = rr_next
-    return values * known + v * hole
+    return mk.fill(values, observed, v)
 
 
 # ---- masks for given images ---------------------------------------------------------------

@@ -318,6 +318,8 @@ def test_laplace_fill_is_harmonic_in_the_holes_and_keeps_the_rest():
     hole = (observed == 0).expand_as(v)
     assert torch.equal(v[~hole], values[~hole])
     assert v[2].abs().max() == 0
+    # a missing pixel's value, even nan, never enters
+    assert torch.equal(laplace_fill(values.masked_fill(hole, float("nan")), observed), v)
     # every missing pixel is the mean of its neighbours inside the image
     cross = torch.tensor([[0.0, 1, 0], [1, 0, 1], [0, 1, 0]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
     total = torch.nn.functional.conv2d(v, cross, padding=1, groups=3)
