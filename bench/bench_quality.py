@@ -46,6 +46,21 @@ CONFIGS: dict[str, dict] = {
     "demo": {},
     # The codes' decorrelation weighted 4 instead of 1.
     "demo+decorrelation-4": {"loss": {"code_decorrelation": 4.0}},
+    # The codes matched to the prior by MMD (inverse multiquadric kernels), weight 100 / 1000.
+    "demo+mmd-100": {"loss": {"code_mmd": 100.0}},
+    "demo+mmd-1000": {"loss": {"code_mmd": 1000.0}},
+    # The sleep phase (NLL of z under q(z|g(z))) weighted 1 / 4 instead of 0.1.
+    "demo+sleep-1": {"loss": {"latent_nll": 1.0}},
+    "demo+sleep-4": {"loss": {"latent_nll": 4.0}},
+    # The inference model's dense layer 128 / 512 wide (the 4x4 width, 64, before).
+    "demo+inference-hidden-128": {"inference_hidden": 128},
+    "demo+inference-hidden-512": {"inference_hidden": 512},
+    # The inference model twice as wide at every resolution; and with the 512-wide dense layer.
+    "demo+inference-width-2": {"inference_width": 2},
+    "demo+inference-width-2+hidden-512": {"inference_width": 2, "inference_hidden": 512},
+    "demo+inference-width-2+hidden-512@time": {"inference_width": 2, "inference_hidden": 512},
+    # An average of the energy model (half-life 10,000 images), evaluated in its place.
+    "demo+energy-ema-10k": {"energy_ema_kimg": 10.0},
 }
 
 # Rows measured with the marginal KL, before the codes' decorrelation was a default.

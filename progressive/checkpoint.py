@@ -29,13 +29,20 @@ from safetensors.torch import save_file
 
 from progressive.errors import UserError
 from progressive.files import first_line, fsync_path, temporary_path
-from progressive.networks import Energy, Generator, Inference, build_networks
+from progressive.networks import (
+    NETWORK_NAMES,
+    Energy,
+    Generator,
+    Inference,
+    build_networks,
+    network_names,
+)
 from progressive.presets import normalize
 from progressive.run_folder import STATE_NAME, list_snapshots, resolve_snapshot, snapshot_dir
 from progressive.schedule import Schedule
 
 SNAPSHOT_VERSION = 1
-WEIGHTS = ("generator", "generator_ema", "energy", "inference")
+WEIGHTS = NETWORK_NAMES  # in every snapshot; `network_names` adds any average the run keeps
 # Hidden names of snapshots being written, and of published ones being replaced; and of any
 # file written under a temporary name and renamed (grids, JSON).
 _TEMP_RE = re.compile(r"^\.snapshot-(\d{9})\.(tmp|replaced)-\d+$")
@@ -82,7 +89,7 @@ def save_snapshot(
     final = snapshot_dir(Path(run_dir), images_shown)
     weights = {
         name: {k: v.detach().cpu().contiguous() for k, v in networks[name].state_dict().items()}
-        for name in WEIGHTS
+        for name in network_names(cfg)
     }
     optimizer_states = {k: o.state_dict() for k, o in optimizers.items()}
     bad = nonfinite(_tensors(weights)) + nonfinite(_tensors(optimizer_states, "optimizers"))
@@ -91,7 +98,7 @@ def save_snapshot(
     tmp = temporary_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in WEIGHTS:
+    for name in weights:
         save_file(weights[name], tmp / f"{name}.safetensors")
     torch.save(optimizer_states, tmp / "optimizers.pt")
     state = {
@@ -239,10 +246,15 @@ def _check_shapes(file: Path, network: torch.nn.Module, tensors: dict) -> None:
 
 
 def load_weights(snapshot: Path, networks: dict[str, torch.nn.Module]) -> None:
-    """Load the four weight files of `snapshot` into `networks` (strict, finite)."""
-    for name in WEIGHTS:
+    """Load the weight files of `snapshot` into `networks` (strict, finite). An average the
+    snapshot lacks (the run kept none until now) starts from the averaged network's weights."""
+    files = read_state(snapshot).get("files", {})
+    for name in networks:
         file = snapshot / f"{name}.safetensors"
-        tensors = read_weights(snapshot, name)
+        if name == "energy_ema" and file.name not in files:
+            tensors = read_weights(snapshot, "energy")
+        else:
+            tensors = read_weights(snapshot, name)
         _check_shapes(file, networks[name], tensors)
         try:
             networks[name].load_state_dict(tensors)
@@ -284,9 +296,11 @@ def load_optimizers(snapshot: Path, optimizers: dict[str, torch.optim.Optimizer]
 def check_snapshot(snapshot: Path) -> None:
     """Raise a one-line `UserError` unless `snapshot` is whole and finite: its state, every
     weight file and the optimizer states are read and checked."""
-    read_state(snapshot)
-    for name in WEIGHTS:
-        read_weights(snapshot, name)
+    state = read_state(snapshot)
+    files = state.get("files", {})
+    for name in network_names(state["config"]):
+        if name in WEIGHTS or f"{name}.safetensors" in files:
+            read_weights(snapshot, name)
     read_optimizers(snapshot)
 
 
@@ -366,7 +380,7 @@ def load_run(
     return LoadedRun(
         config=cfg,
         generator=networks["generator" if raw_generator else "generator_ema"],
-        energy=networks["energy"],
+        energy=networks.get("energy_ema", networks["energy"]),
         inference=networks["inference"],
         images_shown=state["images_shown"],
         res=work_res,

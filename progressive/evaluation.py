@@ -246,7 +246,7 @@ def _previous_energy(run: LoadedRun, real: Tensor) -> dict | None:
         return None
     nets = build_networks(run.config)
     load_weights(earlier[-1], nets)
-    energy = nets["energy"].to(run.device).eval().requires_grad_(False)
+    energy = nets.get("energy_ema", nets["energy"]).to(run.device).eval().requires_grad_(False)
     values = energies(energy, real, run.alpha)
     return {
         "snapshot": str(earlier[-1]),

@@ -120,8 +120,9 @@ def checkpoint_summary(path: Path) -> str:
 
     from safetensors import SafetensorError, safe_open
 
-    from progressive.checkpoint import WEIGHTS, read_state
+    from progressive.checkpoint import read_state
     from progressive.errors import UserError
+    from progressive.networks import network_names
     from progressive.run_folder import list_snapshots, metric_files, resolve_snapshot
     from progressive.schedule import Schedule
 
@@ -131,7 +132,8 @@ def checkpoint_summary(path: Path) -> str:
     schedule = Schedule.from_config(cfg)
     phase = schedule.at(shown)
     counts = {}
-    for name in WEIGHTS:
+    names = network_names(cfg)
+    for name in names:
         file = snapshot / f"{name}.safetensors"
         try:
             with safe_open(str(file), framework="pt") as f:
@@ -151,7 +153,7 @@ def checkpoint_summary(path: Path) -> str:
         f"  alpha          {phase.alpha:.4g}",
         f"  trained        {', '.join(str(r) for r in schedule.resolutions if r <= phase.res)}",
         "  parameters",
-        *(f"    {name:14s} {counts[name]:,}" for name in WEIGHTS),
+        *(f"    {name:14s} {counts[name]:,}" for name in names),
         "  configuration",
     ]
     for key, value in cfg.items():

@@ -82,6 +82,28 @@ def code_decorrelation(mu: Tensor) -> Tensor:
     return torch.triu(first * second, diagonal=1).sum()
 
 
+IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def code_mmd(codes: Tensor, prior: Tensor) -> Tensor:
+    """Unbiased squared MMD between the batch's codes and prior samples, inverse multiquadric
+    kernels C / (C + |a - b|^2) summed over scales C = 2 d s, s in IMQ_SCALES."""
+    dtype = torch.promote_types(codes.dtype, torch.float32)
+    a, b = codes.to(dtype), prior.to(dtype)
+    n = a.shape[0]
+    if n < 2:
+        return torch.zeros((), device=a.device)
+    d2_aa, d2_bb = torch.cdist(a, a).square(), torch.cdist(b, b).square()
+    d2_ab = torch.cdist(a, b).square()
+    off = 1.0 - torch.eye(n, device=a.device, dtype=dtype)
+    total = torch.zeros((), device=a.device, dtype=dtype)
+    for s in IMQ_SCALES:
+        c = 2.0 * a.shape[1] * s
+        k_aa, k_bb, k_ab = c / (c + d2_aa), c / (c + d2_bb), c / (c + d2_ab)
+        total = total + ((k_aa + k_bb) * off).sum() / (n * (n - 1)) - 2.0 * k_ab.mean()
+    return total
+
+
 def latent_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """-log q(z|x) up to a constant: sum_j (logvar_j + (z_j - mu_j)^2 / var_j) / 2, batch mean."""
     z, mu, logvar = z.float(), mu.float(), logvar.float()
@@ -133,6 +155,9 @@ def joint_loss(
         + weights.get("marginal_kl", 0.0) * marginal
     )
     decorrelation = code_decorrelation(mu)
+    mmd = code_mmd(mu, z) if weights.get("code_mmd") else torch.zeros((), device=mu.device)
+    if weights.get("code_mmd"):
+        loss = loss + weights["code_mmd"] * mmd
     if weights.get("code_decorrelation"):
         loss = loss + weights["code_decorrelation"] * decorrelation
     stats = {
@@ -142,6 +167,7 @@ def joint_loss(
         "latent_nll": nll.detach(),
         "marginal_kl": marginal.detach(),
         "code_decorrelation": decorrelation.detach(),
+        "code_mmd": mmd.detach(),
         "loss_joint": loss.detach(),
     }
     return loss, stats

@@ -7,6 +7,7 @@ parameter shapes never depend on the stage; the stage is chosen per call by `res
 or by the input size (energy, inference) and `alpha` (fade-in weight of the newest block).
 """
 
+import copy
 import math
 
 import torch
@@ -203,12 +204,13 @@ def minibatch_stddev(h: Tensor, group: int) -> Tensor:
 class _EncoderLast(nn.Module):
     """4x4 features -> [mbstd], conv3x3, lrelu, flatten, dense, lrelu, dense (gain 1)."""
 
-    def __init__(self, ch: int, out_features: int, mbstd_group: int):
+    def __init__(self, ch: int, out_features: int, mbstd_group: int, hidden: int | None = None):
         super().__init__()
         self.mbstd_group = mbstd_group
+        hidden = hidden or ch
         self.conv = EqualizedConv2d(ch + (1 if mbstd_group else 0), ch, 3)
-        self.dense0 = EqualizedLinear(ch * 16, ch)
-        self.dense1 = EqualizedLinear(ch, out_features, gain=1.0)
+        self.dense0 = EqualizedLinear(ch * 16, hidden)
+        self.dense1 = EqualizedLinear(hidden, out_features, gain=1.0)
 
     def forward(self, h: Tensor) -> Tensor:
         if self.mbstd_group:
@@ -228,6 +230,7 @@ class _Encoder(nn.Module):
         fmap_max: int = 512,
         mbstd_group: int = 0,
         fmap_min: int = 16,
+        hidden: int | None = None,
     ):
         super().__init__()
         self.max_res = max_res
@@ -237,7 +240,7 @@ class _Encoder(nn.Module):
         for r in resolutions(max_res):
             self.from_rgb[str(r)] = _FromRGB(ch(r))
             self.blocks[str(r)] = (
-                _EncoderLast(ch(4), out_features, mbstd_group)
+                _EncoderLast(ch(4), out_features, mbstd_group, hidden)
                 if r == 4
                 else _EncoderBlock(ch(r), ch(r // 2))
             )
@@ -286,11 +289,13 @@ class Inference(nn.Module):
 
     def __init__(
         self, max_res: int, latent: int = 512, fmap_base: int = 16384, fmap_max: int = 512,
-        fmap_min: int = 16,
+        fmap_min: int = 16, hidden: int | None = None,
     ):
         super().__init__()
         self.max_res, self.latent = max_res, latent
-        self.trunk = _Encoder(max_res, 2 * latent, fmap_base, fmap_max, fmap_min=fmap_min)
+        self.trunk = _Encoder(
+            max_res, 2 * latent, fmap_base, fmap_max, fmap_min=fmap_min, hidden=hidden
+        )
 
     def forward(self, x: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
         mu, logvar = self.trunk(x, alpha).float().chunk(2, dim=1)
@@ -298,6 +303,15 @@ class Inference(nn.Module):
 
 
 # --------------------------------------------------------------------------- from a configuration
+
+
+NETWORK_NAMES = ("generator", "generator_ema", "energy", "inference")
+
+
+def network_names(cfg: dict) -> tuple[str, ...]:
+    """The networks a configuration keeps (and its snapshots hold): the four always, and the
+    energy model's average when `energy_ema_kimg` asks for one."""
+    return NETWORK_NAMES + (("energy_ema",) if cfg.get("energy_ema_kimg") else ())
 
 
 def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
@@ -316,15 +330,26 @@ def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
         "fmap_max": cfg["fmap_max"],
         "fmap_min": cfg.get("fmap_min", 1),  # configurations from before the floor had none
     }
+    m = cfg.get("inference_width", 1)
+    inference_widths = {
+        **widths, "fmap_base": widths["fmap_base"] * m, "fmap_max": widths["fmap_max"] * m
+    }
     generator = Generator(cfg["max_res"], cfg["latent"], **widths)
     generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.requires_grad_(False)
+    energy = Energy(cfg["max_res"], mbstd_group=cfg["mbstd_group"], **widths)
+    averages = {}
+    if "energy_ema" in network_names(cfg):  # a copy: no draw, so the others start the same
+        averages["energy_ema"] = copy.deepcopy(energy).requires_grad_(False)
     return {
         "generator": generator,
         "generator_ema": generator_ema,
-        "energy": Energy(cfg["max_res"], mbstd_group=cfg["mbstd_group"], **widths),
-        "inference": Inference(cfg["max_res"], cfg["latent"], **widths),
+        "energy": energy,
+        "inference": Inference(
+            cfg["max_res"], cfg["latent"], **inference_widths, hidden=cfg.get("inference_hidden")
+        ),
+        **averages,
     }
 
 

@@ -36,11 +36,14 @@ BASE: dict = {
     "reset_optimizers": False,  # fresh Adam state at each stage change
     "energy_every": 1,  # the energy model steps on every k-th batch; the other two on every one
     "ema_kimg": 10.0,  # half-life of the generator average, thousands of images
+    "energy_ema_kimg": 0.0,  # half-life of an average of the energy model (evaluated); 0: none
     "latent": 512,
     "fmap_base": 16384,
     "fmap_max": 512,
     "fmap_min": FMAP_MIN,  # the narrowest any layer may be
     "mbstd_group": 0,  # minibatch-stddev layer in the energy model; 0 = none
+    "inference_width": 1,  # the inference model's widths over the others'
+    "inference_hidden": None,  # width of the inference model's dense layer; None: its 4x4 width
     "architecture": "progressive",  # or "reference": DCGAN-sized networks at max_res only
     "loss": {
         "rec": 1.0,  # weight of the reconstruction term
@@ -51,6 +54,7 @@ BASE: dict = {
         "latent_nll": 0.1,  # lambda_lat on generated pairs
         "marginal_kl": 1.0,  # KL of the batch's aggregate posterior to N(0, I)
         "code_decorrelation": 1.0,  # squared covariances between the codes' dimensions
+        "code_mmd": 0.0,  # MMD between the batch's codes and prior samples
         "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
         "energy_drift_fake": 1e-3,  # the same penalty on generated images' energies
@@ -237,6 +241,13 @@ def normalize(cfg: dict) -> dict:
         )
     if not isinstance(cfg["energy_every"], int) or cfg["energy_every"] < 1:
         raise UserError(f"energy_every {cfg['energy_every']!r} must be a whole number >= 1")
+    if not isinstance(cfg["inference_width"], int) or cfg["inference_width"] < 1:
+        raise UserError(f"inference_width {cfg['inference_width']!r} must be a whole number >= 1")
+    hidden = cfg["inference_hidden"]
+    if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
+        raise UserError(f"inference_hidden {hidden!r} must be a whole number >= 1 (or null)")
+    if not isinstance(cfg["energy_ema_kimg"], (int, float)) or cfg["energy_ema_kimg"] < 0:
+        raise UserError(f"energy_ema_kimg {cfg['energy_ema_kimg']!r} must be a number >= 0")
     if not 0 <= cfg["holdout"] <= 0.5:
         raise UserError(f"--holdout {cfg['holdout']} must be from 0 to 0.5")
     for name in ("fade_kimg", "stable_kimg"):

@@ -135,7 +135,8 @@ class StageEvaluator:
         if not self.enabled:
             return None
         start = time.perf_counter()
-        g, energy, inference = networks["generator_ema"], networks["energy"], networks["inference"]
+        g, inference = networks["generator_ema"], networks["inference"]
+        energy = networks.get("energy_ema", networks["energy"])  # the average, where one is kept
         modes = {n: m.training for n, m in networks.items()}
         for m in networks.values():
             m.eval()

@@ -95,6 +95,7 @@ class Trainer:
     energy: torch.nn.Module
     generator_ema: torch.nn.Module
     optimizers: dict[str, torch.optim.Optimizer]
+    energy_ema: torch.nn.Module | None = None
 
     @classmethod
     def create(cls, cfg: dict, accelerator: Accelerator | None = None) -> Trainer:
@@ -122,8 +123,10 @@ class Trainer:
             pair, nets["energy"], opts["generator"], opts["energy"], opts["inference"]
         )
         ema = nets["generator_ema"].to(accelerator.device)
+        energy_ema = nets.get("energy_ema")  # the energy model's average, where one is kept
         return cls(
-            cfg, accelerator, pair, energy, ema, {"generator": og, "energy": oe, "inference": oi}
+            cfg, accelerator, pair, energy, ema, {"generator": og, "energy": oe, "inference": oi},
+            energy_ema.to(accelerator.device) if energy_ema is not None else None,
         )
 
     @property
@@ -140,6 +143,7 @@ class Trainer:
             "generator_ema": self.generator_ema,
             "energy": self.accelerator.unwrap_model(self.energy),
             "inference": self.inference,
+            **({"energy_ema": self.energy_ema} if self.energy_ema is not None else {}),
         }
 
     def set_lr(self, phase: Phase) -> None:
@@ -229,13 +233,21 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self, batch: int) -> None:
-        beta = 0.5 ** (batch / max(self.cfg["ema_kimg"] * 1000, 1e-8))
-        src = list(self.generator.parameters())
-        torch._foreach_lerp_(list(self.generator_ema.parameters()), src, 1.0 - beta)
-        # Buffers (batch-norm statistics of the reference networks) are copied as they are.
-        buffers = zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True)
-        for ema_buf, buf in buffers:
-            ema_buf.copy_(buf)
+        _average(self.generator_ema, self.generator, self.cfg["ema_kimg"], batch)
+        if self.energy_ema is not None:
+            energy = self.accelerator.unwrap_model(self.energy)
+            _average(self.energy_ema, energy, self.cfg["energy_ema_kimg"], batch)
+
+
+def _average(average: torch.nn.Module, source: torch.nn.Module, half_life_kimg: float,
+             batch: int) -> None:
+    """Move `average` toward `source` by one batch of a `half_life_kimg` exponential average;
+    buffers (batch-norm statistics of the reference networks) are copied as they are."""
+    beta = 0.5 ** (batch / max(half_life_kimg * 1000, 1e-8))
+    src = list(source.parameters())
+    torch._foreach_lerp_(list(average.parameters()), src, 1.0 - beta)
+    for avg_buf, buf in zip(average.buffers(), source.buffers(), strict=True):
+        avg_buf.copy_(buf)
 
 
 def render_builtin_dataset(path: Path, max_res: int, count: int) -> None:

@@ -141,3 +141,23 @@ def test_reference_weights_reproducible_by_configuration():
     assert cfg["lr"]["energy"][32] == 1e-4 and cfg["lr"]["generator"][32] == 3e-4
     assert cfg["lr"]["inference"][32] == 3e-4 and cfg["weight_decay_generator"] == 5e-4
     assert cfg["batch"][32] == 100 and cfg["latent"] == 100
+
+
+def test_code_mmd_is_unbiased_near_zero_on_the_prior_and_grows_off_it():
+    g = torch.Generator().manual_seed(7)
+    same = torch.stack([
+        loss.code_mmd(torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g))
+        for _ in range(4000)
+    ])
+    shrunk = torch.stack([
+        loss.code_mmd(0.5 * torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g))
+        for _ in range(4000)
+    ])
+    assert abs(same.mean().item()) < 0.1 * shrunk.mean().item()
+    assert shrunk.mean().item() > 0
+    codes = (0.5 * torch.randn(8, 6, generator=g)).requires_grad_(True)
+    loss.code_mmd(codes, torch.randn(8, 6, generator=g)).backward()
+    # The gradient spreads shrunk codes outward: it points against them.
+    assert (codes.grad * codes.detach()).sum() < 0
+    assert loss.code_mmd(torch.randn(1, 6), torch.randn(1, 6)).item() == 0.0
+    assert make_config("demo")["loss"]["code_mmd"] == 0.0

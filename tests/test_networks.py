@@ -217,3 +217,32 @@ def test_full_resolution_forward_backward():
         assert grads
         assert all(torch.isfinite(g).all() for g in grads)
         assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_inference_width_and_hidden_change_the_inference_model_only():
+    from progressive.networks import build_networks
+    from progressive.presets import make_config
+
+    kw = dict(max_res=8, latent=8, fmap_base=64, fmap_max=16, mixed_precision="no")
+    base = build_networks(make_config("demo", **kw))
+    wide = build_networks(make_config("demo", **kw, inference_width=2, inference_hidden=40))
+
+    def count(net):
+        return sum(p.numel() for p in net.parameters())
+
+    for name in ("generator", "energy"):
+        assert count(base[name]) == count(wide[name])
+    assert count(wide["inference"]) > count(base["inference"])
+    last = wide["inference"].trunk.blocks["4"]
+    assert last.dense0.weight.shape[0] == 40 and last.conv.weight.shape[0] == 32
+    mu, logvar = wide["inference"](torch.zeros(2, 3, 8, 8))
+    assert mu.shape == logvar.shape == (2, 8)
+
+
+def test_bad_inference_width_or_energy_average_is_a_clear_error():
+    from progressive.errors import UserError
+    from progressive.presets import make_config
+
+    for key, value in [("inference_width", 0), ("inference_hidden", -3), ("energy_ema_kimg", -1)]:
+        with pytest.raises(UserError, match=key):
+            make_config("demo", **{key: value})

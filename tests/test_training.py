@@ -337,3 +337,51 @@ def test_energy_every_steps_the_energy_model_on_every_kth_batch_only():
         assert torch.isfinite(stats["loss_energy"])  # still reported on skipped batches
     with pytest.raises(UserError, match="energy_every"):
         make_config("demo", energy_every=0)
+
+
+def test_energy_average_is_kept_saved_resumed_and_used(dataset, tmp_path):
+    cfg = tiny(dataset, energy_ema_kimg=0.008)
+    torch.manual_seed(0)
+    trainer = Trainer.create(cfg)
+    start = [p.detach().clone() for p in trainer.energy_ema.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(
+        start, trainer.unwrapped()["energy"].parameters(), strict=True))
+    # The copy draws nothing: the other networks start as they do without an average.
+    torch.manual_seed(cfg["seed"])
+    plain = build_networks(tiny(dataset))
+    torch.manual_seed(cfg["seed"])
+    kept = build_networks(cfg)
+    for name in ("generator", "energy", "inference"):
+        for a, b in zip(plain[name].parameters(), kept[name].parameters(), strict=True):
+            assert torch.equal(a, b)
+
+    full = train(cfg, tmp_path / "full", progress=False)
+    w = load_file(full / "energy_ema.safetensors")
+    raw = load_file(full / "energy.safetensors")
+    assert any(not torch.equal(w[k], raw[k]) for k in w)  # averaged, not copied
+    half = train(tiny(dataset, energy_ema_kimg=0.008, total_kimg=0.024), tmp_path / "parts",
+                 progress=False)
+    c, run_dir, snapshot = resolve_run(
+        tiny(dataset, energy_ema_kimg=0.008), {"total_kimg": 0.064}, tmp_path, "parts", "auto"
+    )
+    assert snapshot == half
+    resumed = train(c, run_dir, snapshot, progress=False)
+    assert_same_weights(full, resumed)
+    a, b = load_file(full / "energy_ema.safetensors"), load_file(resumed / "energy_ema.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    run = ckpt.load_run(full, device="cpu")
+    for key, value in run.energy.state_dict().items():
+        assert torch.equal(value, w[key])
+
+
+def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tmp_path):
+    first = train(tiny(dataset, total_kimg=0.024), tmp_path / "run", progress=False)
+    assert not (first / "energy_ema.safetensors").exists()
+    cfg = tiny(dataset, energy_ema_kimg=0.008)
+    torch.manual_seed(0)
+    trainer = Trainer.create(cfg)
+    ckpt.load_weights(first, trainer.unwrapped())
+    raw = load_file(first / "energy.safetensors")
+    for key, value in trainer.energy_ema.state_dict().items():
+        assert torch.equal(value, raw[key])
