@@ -36,6 +36,10 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--latent", help="Latent dimension.", type=COUNT)
 @click.option("--fmap-base", help="Channels at res: min(fmap_base / res, fmap_max).", type=COUNT)
 @click.option("--fmap-max", help="Largest width.", type=COUNT)
+@click.option("--inference-width", help="The inference model's widths over the others'.",
+              type=COUNT)
+@click.option("--inference-hidden", help="Width of the inference model's dense layer.",
+              type=COUNT)
 # Optimisation.
 @click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
 @click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))
@@ -45,6 +49,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--code-decorrelation", help="Weight of the codes' squared covariances (0: off).",
               type=click.FloatRange(min=0))
 @click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
+@click.option("--energy-ema-kimg", help="Half-life of an energy average, evaluated (0: none).",
+              type=click.FloatRange(min=0))
 @click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
 @click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
 # Speed.

@@ -257,3 +257,15 @@ def test_stage_ends_append_evaluations_and_never_train_on_held_out_images(
     assert bad.exit_code == 1 and "must end in .png" in bad.output
     (tmp_path / "run" / EVALUATIONS).write_text('{"torn')
     assert read_evaluations(tmp_path / "run") == []
+
+
+def test_inference_width_and_energy_average_options_reach_the_configuration(tmp_path):
+    args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
+            "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args + ["--inference-width", "2", "--inference-hidden",
+                                              "96", "--energy-ema-kimg", "5"])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads(result.output)["config"]
+    assert (cfg["inference_width"], cfg["inference_hidden"], cfg["energy_ema_kimg"]) == (2, 96, 5)
+    result = CliRunner().invoke(main, args + ["--energy-ema-kimg", "-1"])
+    assert result.exit_code == 2 and "--energy-ema-kimg" in result.output
