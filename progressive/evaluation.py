@@ -27,6 +27,7 @@ from progressive.use import load_images
 METRICS = ("swd", "recon", "fid", "kid", "diversity", "energy", "recovery",
            *quality.QUALITY_METRICS)
 PCA_TRAINING_IMAGES = 10000  # training images the recon metric's PCA baseline is fitted on
+RECON_FIT_IMAGES = 200  # held-out images whose codes recon-fit fits (300 generator steps each)
 
 
 def evaluate(
@@ -124,7 +125,7 @@ def evaluate(
         record("energy", e_fake.mean().item(), **extra)
     # The held-out images' codes, shared by the recon and latent-recovery figures.
     codes = None
-    if {"recon", "latent-recovery"} & set(names):
+    if {"recon", "latent-recovery", "recon-fit"} & set(names):
         codes = quality.posterior(run.inference, real, run.alpha)
     if "recon" in names:
         recon = reconstruct(run.generator, run.inference, real, run.res, run.alpha)
@@ -144,6 +145,21 @@ def evaluate(
             pca_components=run.latent,
             pca_fitted_on="training" if train is not None else "held-out",
             **quality.code_spread(*codes),
+        )
+    if "recon-fit" in names:
+        k = min(n, RECON_FIT_IMAGES)
+        x = prepare_real(real[:k], run.alpha).float()
+        inferred = quality.per_image_mse(
+            quality.decode(run.generator, codes[0][:k], run.res, run.alpha), x
+        )
+        z, fitted = quality.fitted_codes(run.generator, x, codes[0][:k], run.res, run.alpha)
+        record(
+            "recon-fit",
+            fitted.mean().item(),
+            inferred=inferred.mean().item(),
+            images=k,
+            codes_moved=(z - codes[0][:k]).norm(dim=1).mean().item(),
+            codes_norm=codes[0][:k].norm(dim=1).mean().item(),
         )
     if "recovery" in names:
         record("recovery", **_recovery(run, ds, real, occlude, seed))
@@ -263,6 +279,12 @@ def quality_summary(rec: dict) -> str:
             f"  (R^2; per dimension min {rec['r2_per_dim_min']:.3g}, median "
             f"{rec['r2_per_dim_median']:.3g}; from the codes' Gaussian fit "
             f"{rec['r2_code_fit']:.3g})"
+        )
+    if name == "recon-fit":
+        return (
+            f"  (MSE of codes fitted per image, {rec['images']} images; from the inference "
+            f"model's codes {rec['inferred']:.4g}; the fitted codes moved "
+            f"{rec['codes_moved']:.3g} from codes of length {rec['codes_norm']:.3g})"
         )
     if name == "energy-auroc":
         held = rec["heldout"]["energy"]
