@@ -296,11 +296,8 @@ def load_optimizers(snapshot: Path, optimizers: dict[str, torch.optim.Optimizer]
 def check_snapshot(snapshot: Path) -> None:
     """Raise a one-line `UserError` unless `snapshot` is whole and finite: its state, every
     weight file and the optimizer states are read and checked."""
-    state = read_state(snapshot)
-    files = state.get("files", {})
-    for name in network_names(state["config"]):
-        if name in WEIGHTS or f"{name}.safetensors" in files:
-            read_weights(snapshot, name)
+    for name in network_names(read_state(snapshot)["config"]):
+        read_weights(snapshot, name)
     read_optimizers(snapshot)
 
 

@@ -6,6 +6,7 @@ min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
            + code_decorrelation * sum_{i<j} Cov(mu_i, mu_j)^2
+           + code_mmd * MMD^2(batch codes mu, the batch's prior draws z)     (0 by default)
 The joint loss's gradient w.r.t. the inference model is its loss and w.r.t. the generator the
 generator's loss, so one backward pass serves both.
 

@@ -373,6 +373,11 @@ def test_energy_average_is_kept_saved_resumed_and_used(dataset, tmp_path):
     run = ckpt.load_run(full, device="cpu")
     for key, value in run.energy.state_dict().items():
         assert torch.equal(value, w[key])
+    (full / "energy_ema.safetensors").unlink()  # a snapshot that keeps one must hold it
+    from progressive.errors import UserError
+
+    with pytest.raises(UserError, match="energy_ema"):
+        ckpt.check_snapshot(full)
 
 
 def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tmp_path):
