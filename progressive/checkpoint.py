@@ -30,11 +30,13 @@ from safetensors.torch import save_file
 from progressive.errors import UserError
 from progressive.files import first_line, fsync_path, temporary_path
 from progressive.networks import (
+    AVERAGE_OF,
     NETWORK_NAMES,
     Energy,
     Generator,
     Inference,
     build_networks,
+    energy_in_use,
     network_names,
 )
 from progressive.presets import normalize
@@ -251,10 +253,8 @@ def load_weights(snapshot: Path, networks: dict[str, torch.nn.Module]) -> None:
     files = read_state(snapshot).get("files", {})
     for name in networks:
         file = snapshot / f"{name}.safetensors"
-        if name == "energy_ema" and file.name not in files:
-            tensors = read_weights(snapshot, "energy")
-        else:
-            tensors = read_weights(snapshot, name)
+        missing_average = name in AVERAGE_OF and file.name not in files
+        tensors = read_weights(snapshot, AVERAGE_OF[name] if missing_average else name)
         _check_shapes(file, networks[name], tensors)
         try:
             networks[name].load_state_dict(tensors)
@@ -377,7 +377,7 @@ def load_run(
     return LoadedRun(
         config=cfg,
         generator=networks["generator" if raw_generator else "generator_ema"],
-        energy=networks.get("energy_ema", networks["energy"]),
+        energy=energy_in_use(networks),
         inference=networks["inference"],
         images_shown=state["images_shown"],
         res=work_res,

@@ -19,7 +19,7 @@ from progressive.errors import UserError
 from progressive.files import append_jsonl
 from progressive.images import to_uint8
 from progressive.langevin import Langevin
-from progressive.networks import build_networks, initial_networks
+from progressive.networks import build_networks, energy_in_use, initial_networks
 from progressive.run_folder import METRIC_CACHE_NAME, list_snapshots, metric_file
 from progressive.sampling import energies, prepare_real, reconstruct, sample, sample_energies
 from progressive.use import load_images
@@ -148,18 +148,16 @@ def evaluate(
         )
     if "recon-fit" in names:
         k = min(n, RECON_FIT_IMAGES)
-        x = prepare_real(real[:k], run.alpha).float()
-        inferred = quality.per_image_mse(
-            quality.decode(run.generator, codes[0][:k], run.res, run.alpha), x
-        )
-        z, fitted = quality.fitted_codes(run.generator, x, codes[0][:k], run.res, run.alpha)
+        x, mu = prepare_real(real[:k], run.alpha).float(), codes[0][:k]
+        inferred = quality.per_image_mse(quality.decode(run.generator, mu, run.res, run.alpha), x)
+        z, fitted = quality.fitted_codes(run.generator, x, mu, run.res, run.alpha)
         record(
             "recon-fit",
             fitted.mean().item(),
             inferred=inferred.mean().item(),
             images=k,
-            codes_moved=(z - codes[0][:k]).norm(dim=1).mean().item(),
-            codes_norm=codes[0][:k].norm(dim=1).mean().item(),
+            codes_moved=(z - mu).norm(dim=1).mean().item(),
+            codes_norm=mu.norm(dim=1).mean().item(),
         )
     if "recovery" in names:
         record("recovery", **_recovery(run, ds, real, occlude, seed))
@@ -262,7 +260,7 @@ def _previous_energy(run: LoadedRun, real: Tensor) -> dict | None:
         return None
     nets = build_networks(run.config)
     load_weights(earlier[-1], nets)
-    energy = nets.get("energy_ema", nets["energy"]).to(run.device).eval().requires_grad_(False)
+    energy = energy_in_use(nets).to(run.device).eval().requires_grad_(False)
     values = energies(energy, real, run.alpha)
     return {
         "snapshot": str(earlier[-1]),

@@ -155,12 +155,15 @@ def joint_loss(
         + weights["energy"] * e_fake
         + weights.get("marginal_kl", 0.0) * marginal
     )
+    # The decorrelation is reported even unweighted; the MMD, pairwise over the batch, only
+    # costs when it is weighted.
     decorrelation = code_decorrelation(mu)
     mmd = code_mmd(mu, z) if weights.get("code_mmd") else torch.zeros((), device=mu.device)
-    if weights.get("code_mmd"):
-        loss = loss + weights["code_mmd"] * mmd
-    if weights.get("code_decorrelation"):
-        loss = loss + weights["code_decorrelation"] * decorrelation
+    loss = (
+        loss
+        + weights.get("code_mmd", 0.0) * mmd
+        + weights.get("code_decorrelation", 0.0) * decorrelation
+    )
     stats = {
         "rec": rec.detach(),
         "rec_per_pixel": rec.detach() / _observed_per_image(x, mask),

@@ -306,12 +306,19 @@ class Inference(nn.Module):
 
 
 NETWORK_NAMES = ("generator", "generator_ema", "energy", "inference")
+AVERAGE_OF = {"generator_ema": "generator", "energy_ema": "energy"}  # average: its network
 
 
 def network_names(cfg: dict) -> tuple[str, ...]:
     """The networks a configuration keeps (and its snapshots hold): the four always, and the
     energy model's average when `energy_ema_kimg` asks for one."""
     return NETWORK_NAMES + (("energy_ema",) if cfg.get("energy_ema_kimg") else ())
+
+
+def energy_in_use(networks: dict[str, nn.Module]) -> nn.Module:
+    """The energy model that evaluation and the use commands score with: its average where the
+    run keeps one, else the energy model itself."""
+    return networks.get("energy_ema", networks["energy"])
 
 
 def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:

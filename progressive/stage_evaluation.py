@@ -29,7 +29,7 @@ from progressive import metrics
 from progressive.errors import UserError
 from progressive.files import append_jsonl, read_jsonl
 from progressive.images import to_float, to_uint8
-from progressive.networks import fade_real
+from progressive.networks import energy_in_use, fade_real
 from progressive.run_folder import EVALUATIONS_NAME
 
 EVALUATIONS = EVALUATIONS_NAME
@@ -136,7 +136,7 @@ class StageEvaluator:
             return None
         start = time.perf_counter()
         g, inference = networks["generator_ema"], networks["inference"]
-        energy = networks.get("energy_ema", networks["energy"])  # the average, where one is kept
+        energy = energy_in_use(networks)
         modes = {n: m.training for n, m in networks.items()}
         for m in networks.values():
             m.eval()
