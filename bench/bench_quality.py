@@ -44,6 +44,20 @@ PAPER_OPT = {"lr": {"generator": 3e-4, "energy": 1e-4, "inference": 3e-4}, "beta
 # name: overrides of the demo preset (the networks the demo trains on two cores).
 CONFIGS: dict[str, dict] = {
     "demo": {},
+    # The inference model's average at other half-lives (the default: the generator average's,
+    # 2,000 images in the demo).
+    "demo+inference-ema-1k": {"inference_ema_kimg": 1.0},
+    "demo+inference-ema-10k": {"inference_ema_kimg": 10.0},
+    # Adam momentum (beta1 0.9) for the inference model only; its learning rate 1e-3 / 4e-3.
+    "demo+inference-momentum": {"betas_inference": [0.9, 0.99]},
+    "demo+inference-lr-1e-3": {"lr": {"inference": 1e-3}},
+    "demo+inference-lr-4e-3": {"lr": {"inference": 4e-3}},
+}
+
+# Rows measured before the inference model's average was a default: they evaluate the
+# inference model itself (their training is the same either way).
+CONFIGS_BEFORE_INFERENCE_AVERAGE: dict[str, dict] = {
+    "demo-no-inference-ema": {},
     # The codes' decorrelation weighted 4 instead of 1.
     "demo+decorrelation-4": {"loss": {"code_decorrelation": 4.0}},
     # The codes matched to the prior by MMD (inverse multiquadric kernels), weight 100 / 1000.
@@ -62,6 +76,14 @@ CONFIGS: dict[str, dict] = {
     # An average of the energy model (half-life 10,000 images), evaluated in its place.
     "demo+energy-ema-10k": {"energy_ema_kimg": 10.0},
 }
+
+
+def _without_average(over: dict) -> dict:
+    """A row measured before the inference model's average: it evaluates the model itself."""
+    return {"inference_ema_kimg": 0.0, **over}
+
+
+CONFIGS.update({n: _without_average(o) for n, o in CONFIGS_BEFORE_INFERENCE_AVERAGE.items()})
 
 # Rows measured with the marginal KL, before the codes' decorrelation was a default.
 CONFIGS_BEFORE_DECORRELATION: dict[str, dict] = {
@@ -89,7 +111,10 @@ def _without(over: dict, *terms: str) -> dict:
 
 
 CONFIGS.update(
-    {n: _without(o, "code_decorrelation") for n, o in CONFIGS_BEFORE_DECORRELATION.items()}
+    {
+        n: _without_average(_without(o, "code_decorrelation"))
+        for n, o in CONFIGS_BEFORE_DECORRELATION.items()
+    }
 )
 
 
@@ -130,7 +155,10 @@ CONFIGS_BEFORE: dict[str, dict] = {
 }
 # (The decorrelation came after the marginal KL: these rows train without either.)
 CONFIGS.update(
-    {n: _without(o, "marginal_kl", "code_decorrelation") for n, o in CONFIGS_BEFORE.items()}
+    {
+        n: _without_average(_without(o, "marginal_kl", "code_decorrelation"))
+        for n, o in CONFIGS_BEFORE.items()
+    }
 )
 
 

@@ -37,6 +37,7 @@ from progressive.networks import (
     Inference,
     build_networks,
     energy_in_use,
+    inference_in_use,
     network_names,
 )
 from progressive.presets import normalize
@@ -378,7 +379,7 @@ def load_run(
         config=cfg,
         generator=networks["generator" if raw_generator else "generator_ema"],
         energy=energy_in_use(networks),
-        inference=networks["inference"],
+        inference=inference_in_use(networks),
         images_shown=state["images_shown"],
         res=work_res,
         alpha=alpha,

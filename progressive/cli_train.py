@@ -51,6 +51,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
 @click.option("--energy-ema-kimg", help="Half-life of an energy average, evaluated (0: none).",
               type=click.FloatRange(min=0))
+@click.option("--inference-ema-kimg", help="Half-life of the inference average (0: none).",
+              type=click.FloatRange(min=0))
 @click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
 @click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
 # Speed.

@@ -306,19 +306,28 @@ class Inference(nn.Module):
 
 
 NETWORK_NAMES = ("generator", "generator_ema", "energy", "inference")
-AVERAGE_OF = {"generator_ema": "generator", "energy_ema": "energy"}  # average: its network
+AVERAGE_OF = {  # average: its network
+    "generator_ema": "generator", "energy_ema": "energy", "inference_ema": "inference"
+}
+OPTIONAL_AVERAGES = {"energy_ema": "energy_ema_kimg", "inference_ema": "inference_ema_kimg"}
 
 
 def network_names(cfg: dict) -> tuple[str, ...]:
     """The networks a configuration keeps (and its snapshots hold): the four always, and the
-    energy model's average when `energy_ema_kimg` asks for one."""
-    return NETWORK_NAMES + (("energy_ema",) if cfg.get("energy_ema_kimg") else ())
+    energy or inference model's average where its half-life asks for one."""
+    return NETWORK_NAMES + tuple(n for n, key in OPTIONAL_AVERAGES.items() if cfg.get(key))
 
 
 def energy_in_use(networks: dict[str, nn.Module]) -> nn.Module:
     """The energy model that evaluation and the use commands score with: its average where the
     run keeps one, else the energy model itself."""
     return networks.get("energy_ema", networks["energy"])
+
+
+def inference_in_use(networks: dict[str, nn.Module]) -> nn.Module:
+    """The inference model that evaluation and the use commands encode with: its average where
+    the run keeps one, else the inference model itself."""
+    return networks.get("inference_ema", networks["inference"])
 
 
 def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
@@ -329,9 +338,19 @@ def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
 
 
 def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
-    """The three networks and the generator average, at full size, from a configuration."""
+    """The three networks, the generator average and any other average the configuration
+    keeps, at full size, from a configuration."""
     if cfg.get("architecture", "progressive") == "reference":
-        return _reference_networks(cfg)
+        networks = _reference_networks(cfg)
+    else:
+        networks = _progressive_networks(cfg)
+    for name in network_names(cfg)[len(NETWORK_NAMES):]:  # copies: no draw, the rest alike
+        networks[name] = copy.deepcopy(networks[AVERAGE_OF[name]]).requires_grad_(False)
+    return networks
+
+
+def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
+    """The growing networks of this module."""
     widths = {
         "fmap_base": cfg["fmap_base"],
         "fmap_max": cfg["fmap_max"],
@@ -346,9 +365,6 @@ def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.requires_grad_(False)
     energy = Energy(cfg["max_res"], mbstd_group=cfg["mbstd_group"], **widths)
-    averages = {}
-    if "energy_ema" in network_names(cfg):  # a copy: no draw, so the others start the same
-        averages["energy_ema"] = copy.deepcopy(energy).requires_grad_(False)
     return {
         "generator": generator,
         "generator_ema": generator_ema,
@@ -356,7 +372,6 @@ def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
         "inference": Inference(
             cfg["max_res"], cfg["latent"], **inference_widths, hidden=cfg.get("inference_hidden")
         ),
-        **averages,
     }
 
 

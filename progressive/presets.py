@@ -37,6 +37,7 @@ BASE: dict = {
     "energy_every": 1,  # the energy model steps on every k-th batch; the other two on every one
     "ema_kimg": 10.0,  # half-life of the generator average, thousands of images
     "energy_ema_kimg": 0.0,  # half-life of an average of the energy model (evaluated); 0: none
+    "inference_ema_kimg": None,  # the same for the inference model; None: `ema_kimg`
     "latent": 512,
     "fmap_base": 16384,
     "fmap_max": 512,
@@ -206,16 +207,20 @@ def normalize(cfg: dict) -> dict:
 
     A configuration saved before a key existed gets the behaviour it was trained with: no
     width floor, no drift penalty on generated energies, no marginal KL, no decorrelation of
-    the codes, and BASE's value for every other missing key."""
+    the codes, no average of the inference model, and BASE's value for every other missing
+    key."""
     cfg = copy.deepcopy(cfg)
     cfg.setdefault("fmap_min", 1)
     cfg.setdefault("loss", {}).setdefault("energy_drift_fake", 0.0)  # runs before it had none
     cfg["loss"].setdefault("marginal_kl", 0.0)  # nor the marginal KL
     cfg["loss"].setdefault("code_decorrelation", 0.0)  # nor the decorrelation
+    cfg.setdefault("inference_ema_kimg", 0.0)  # nor the inference model's average
     for key, value in BASE.items():
         cfg.setdefault(key, copy.deepcopy(value))
     for key, value in BASE["loss"].items():
         cfg["loss"].setdefault(key, value)
+    if cfg["inference_ema_kimg"] is None:  # paired with the generator average
+        cfg["inference_ema_kimg"] = cfg["ema_kimg"]
     cfg["batch"] = {int(r): int(b) for r, b in cfg["batch"].items()}
     cfg["lr"] = {n: {int(r): float(v) for r, v in t.items()} for n, t in cfg["lr"].items()}
     check_resolution(cfg["max_res"], "--max-res")
@@ -246,8 +251,9 @@ def normalize(cfg: dict) -> dict:
     hidden = cfg["inference_hidden"]
     if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
         raise UserError(f"inference_hidden {hidden!r} must be a whole number >= 1 (or null)")
-    if not isinstance(cfg["energy_ema_kimg"], (int, float)) or cfg["energy_ema_kimg"] < 0:
-        raise UserError(f"energy_ema_kimg {cfg['energy_ema_kimg']!r} must be a number >= 0")
+    for key in ("energy_ema_kimg", "inference_ema_kimg"):
+        if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
+            raise UserError(f"{key} {cfg[key]!r} must be a number >= 0")
     if not 0 <= cfg["holdout"] <= 0.5:
         raise UserError(f"--holdout {cfg['holdout']} must be from 0 to 0.5")
     for name in ("fade_kimg", "stable_kimg"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,7 +29,13 @@ from progressive.files import append_jsonl, write_json_atomic
 from progressive.grids import pairs, save_grid
 from progressive.images import to_float
 from progressive.masks import fade_mask, fill
-from progressive.networks import fade_real, initial_networks
+from progressive.networks import (
+    AVERAGE_OF,
+    OPTIONAL_AVERAGES,
+    fade_real,
+    inference_in_use,
+    initial_networks,
+)
 from progressive.runlock import RunLock, Watchdog
 from progressive.schedule import NETWORKS, Phase, Schedule
 
@@ -95,7 +101,7 @@ class Trainer:
     energy: torch.nn.Module
     generator_ema: torch.nn.Module
     optimizers: dict[str, torch.optim.Optimizer]
-    energy_ema: torch.nn.Module | None = None
+    averages: dict[str, torch.nn.Module] = field(default_factory=dict)  # optional averages
 
     @classmethod
     def create(cls, cfg: dict, accelerator: Accelerator | None = None) -> Trainer:
@@ -123,10 +129,10 @@ class Trainer:
             pair, nets["energy"], opts["generator"], opts["energy"], opts["inference"]
         )
         ema = nets["generator_ema"].to(accelerator.device)
-        energy_ema = nets.get("energy_ema")  # the energy model's average, where one is kept
+        averages = {n: nets[n].to(accelerator.device) for n in OPTIONAL_AVERAGES if n in nets}
         return cls(
             cfg, accelerator, pair, energy, ema, {"generator": og, "energy": oe, "inference": oi},
-            energy_ema.to(accelerator.device) if energy_ema is not None else None,
+            averages,
         )
 
     @property
@@ -143,7 +149,7 @@ class Trainer:
             "generator_ema": self.generator_ema,
             "energy": self.accelerator.unwrap_model(self.energy),
             "inference": self.inference,
-            **({"energy_ema": self.energy_ema} if self.energy_ema is not None else {}),
+            **self.averages,
         }
 
     def set_lr(self, phase: Phase) -> None:
@@ -234,9 +240,9 @@ class Trainer:
     @torch.no_grad()
     def update_ema(self, batch: int) -> None:
         _average(self.generator_ema, self.generator, self.cfg["ema_kimg"], batch)
-        if self.energy_ema is not None:
-            energy = self.accelerator.unwrap_model(self.energy)
-            _average(self.energy_ema, energy, self.cfg["energy_ema_kimg"], batch)
+        sources = self.unwrapped()
+        for name, average in self.averages.items():
+            _average(average, sources[AVERAGE_OF[name]], self.cfg[OPTIONAL_AVERAGES[name]], batch)
 
 
 def _average(average: torch.nn.Module, source: torch.nn.Module, half_life_kimg: float,
@@ -295,7 +301,7 @@ def _save_grids(
     trainer: Trainer, run_dir: Path, fixed: dict, phase: Phase, images_shown: int
 ) -> None:
     g = trainer.generator_ema
-    inference = trainer.inference
+    inference = inference_in_use(trainer.unwrapped())  # the pair evaluation uses
     res, alpha = phase.res, phase.alpha
     with torch.no_grad():
         samples = g(fixed["z"], res, alpha)

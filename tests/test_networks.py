@@ -243,6 +243,29 @@ def test_bad_inference_width_or_energy_average_is_a_clear_error():
     from progressive.errors import UserError
     from progressive.presets import make_config
 
-    for key, value in [("inference_width", 0), ("inference_hidden", -3), ("energy_ema_kimg", -1)]:
+    bad = [("inference_width", 0), ("inference_hidden", -3), ("energy_ema_kimg", -1),
+           ("inference_ema_kimg", -1)]
+    for key, value in bad:
         with pytest.raises(UserError, match=key):
             make_config("demo", **{key: value})
+
+
+def test_inference_average_pairs_with_the_generator_average_and_old_runs_keep_none():
+    from tiny import TINY_NETWORKS
+
+    from progressive.networks import build_networks, inference_in_use, network_names
+    from progressive.presets import make_config, normalize
+
+    for preset in ("demo", "cifar10"):
+        cfg = make_config(preset)
+        assert cfg["inference_ema_kimg"] == cfg["ema_kimg"] > 0
+        assert "inference_ema" in network_names(cfg)
+    assert make_config("demo", ema_kimg=3.0)["inference_ema_kimg"] == 3.0
+    assert make_config("demo", inference_ema_kimg=0)["inference_ema_kimg"] == 0
+    saved = make_config("demo")
+    del saved["inference_ema_kimg"]  # a run from before the average: it keeps none
+    assert "inference_ema" not in network_names(normalize(saved))
+    nets = build_networks(make_config("demo", **TINY_NETWORKS, max_res=8))
+    assert inference_in_use(nets) is nets["inference_ema"]
+    del nets["inference_ema"]
+    assert inference_in_use(nets) is nets["inference"]

@@ -176,11 +176,17 @@ def test_reference_networks_shapes_and_one_training_step():
                       latent=10, mixed_precision="no")
     trainer = Trainer.create(cfg)
     before = [b.clone() for b in trainer.generator_ema.buffers()]
+    average = trainer.averages["inference_ema"]  # the inference model's, kept by default
+    start = [p.clone() for p in average.parameters()]
     real = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     stats = trainer.step(real, Schedule.from_config(cfg).at(0), 0)
     assert all(math.isfinite(v.item()) for v in stats.values())
     after = list(trainer.generator_ema.buffers())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    moved = [(a, b, c) for a, b, c in zip(
+        start, average.parameters(), trainer.inference.parameters(), strict=True
+    ) if not torch.equal(a, c)]
+    assert moved and all(not torch.equal(a, b) and not torch.equal(b, c) for a, b, c in moved)
 
 
 def test_reference_networks_refuse_growing():

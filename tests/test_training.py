@@ -14,7 +14,7 @@ from tiny import TINY_NETWORKS, cli_args
 from progressive import checkpoint as ckpt
 from progressive import run_folder as layout
 from progressive.cli import main
-from progressive.networks import build_networks
+from progressive.networks import build_networks, network_names
 from progressive.presets import make_config
 from progressive.schedule import Schedule
 from progressive.training import Trainer, resolve_run, train
@@ -255,7 +255,7 @@ def test_snapshot_files_reach_the_disk_before_it_is_published(tmp_path, monkeypa
     monkeypatch.setattr(ckpt, "fsync_path", record)
     final = ckpt.save_snapshot(tmp_path / "run", 32, cfg, nets, optimizers)
     files = sorted(p.name for p in final.iterdir())
-    assert len(files) == len(ckpt.WEIGHTS) + 2  # weights, optimizers.pt, state.json
+    assert len(files) == len(network_names(cfg)) + 2  # weights, optimizers.pt, state.json
     # the files, then the temporary folder that lists them, all before the rename
     assert sorted(name for name, published in synced[:-2] if not published) == files
     assert synced[-2][0].startswith(".snapshot-000000032.tmp-") and not synced[-2][1]
@@ -339,13 +339,15 @@ def test_energy_every_steps_the_energy_model_on_every_kth_batch_only():
         make_config("demo", energy_every=0)
 
 
-def test_energy_average_is_kept_saved_resumed_and_used(dataset, tmp_path):
-    cfg = tiny(dataset, energy_ema_kimg=0.008)
+@pytest.mark.parametrize("network", ["energy", "inference"])
+def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
+    avg, kimg = f"{network}_ema", {f"{network}_ema_kimg": 0.008}
+    cfg = tiny(dataset, **kimg)
     torch.manual_seed(0)
     trainer = Trainer.create(cfg)
-    start = [p.detach().clone() for p in trainer.energy_ema.parameters()]
+    start = [p.detach().clone() for p in trainer.averages[avg].parameters()]
     assert all(torch.equal(a, b) for a, b in zip(
-        start, trainer.unwrapped()["energy"].parameters(), strict=True))
+        start, trainer.unwrapped()[network].parameters(), strict=True))
     # The copy draws nothing: the other networks start as they do without an average.
     torch.manual_seed(cfg["seed"])
     plain = build_networks(tiny(dataset))
@@ -356,27 +358,27 @@ def test_energy_average_is_kept_saved_resumed_and_used(dataset, tmp_path):
             assert torch.equal(a, b)
 
     full = train(cfg, tmp_path / "full", progress=False)
-    w = load_file(full / "energy_ema.safetensors")
-    raw = load_file(full / "energy.safetensors")
+    w = load_file(full / f"{avg}.safetensors")
+    raw = load_file(full / f"{network}.safetensors")
     assert any(not torch.equal(w[k], raw[k]) for k in w)  # averaged, not copied
-    half = train(tiny(dataset, energy_ema_kimg=0.008, total_kimg=0.024), tmp_path / "parts",
+    half = train(tiny(dataset, **kimg, total_kimg=0.024), tmp_path / "parts",
                  progress=False)
     c, run_dir, snapshot = resolve_run(
-        tiny(dataset, energy_ema_kimg=0.008), {"total_kimg": 0.064}, tmp_path, "parts", "auto"
+        tiny(dataset, **kimg), {"total_kimg": 0.064}, tmp_path, "parts", "auto"
     )
     assert snapshot == half
     resumed = train(c, run_dir, snapshot, progress=False)
     assert_same_weights(full, resumed)
-    a, b = load_file(full / "energy_ema.safetensors"), load_file(resumed / "energy_ema.safetensors")
+    a, b = load_file(full / f"{avg}.safetensors"), load_file(resumed / f"{avg}.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
     run = ckpt.load_run(full, device="cpu")
-    for key, value in run.energy.state_dict().items():
+    for key, value in getattr(run, network).state_dict().items():
         assert torch.equal(value, w[key])
-    (full / "energy_ema.safetensors").unlink()  # a snapshot that keeps one must hold it
+    (full / f"{avg}.safetensors").unlink()  # a snapshot that keeps one must hold it
     from progressive.errors import UserError
 
-    with pytest.raises(UserError, match="energy_ema"):
+    with pytest.raises(UserError, match=avg):
         ckpt.check_snapshot(full)
 
 
@@ -388,5 +390,6 @@ def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tm
     trainer = Trainer.create(cfg)
     ckpt.load_weights(first, trainer.unwrapped())
     raw = load_file(first / "energy.safetensors")
-    for key, value in trainer.energy_ema.state_dict().items():
+    for key, value in trainer.averages["energy_ema"].state_dict().items():
         assert torch.equal(value, raw[key])
+
