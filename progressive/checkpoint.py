@@ -337,7 +337,7 @@ class LoadedRun:
     config: dict
     generator: Generator  # the generator average, unless loaded with raw_generator
     energy: Energy
-    inference: Inference
+    inference: Inference  # its average where the run keeps one, unless loaded with raw_inference
     images_shown: int
     res: int
     alpha: float
@@ -355,6 +355,7 @@ def load_run(
     device: str | torch.device | None = None,
     res: int | None = None,
     raw_generator: bool = False,
+    raw_inference: bool = False,
 ) -> LoadedRun:
     """Load a run folder's newest snapshot, or one snapshot, for use at `res` (default: the
     snapshot's own resolution and alpha) on `device` (default: cuda when available)."""
@@ -379,7 +380,7 @@ def load_run(
         config=cfg,
         generator=networks["generator" if raw_generator else "generator_ema"],
         energy=energy_in_use(networks),
-        inference=inference_in_use(networks),
+        inference=networks["inference"] if raw_inference else inference_in_use(networks),
         images_shown=state["images_shown"],
         res=work_res,
         alpha=alpha,

@@ -375,6 +375,10 @@ def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
     run = ckpt.load_run(full, device="cpu")
     for key, value in getattr(run, network).state_dict().items():
         assert torch.equal(value, w[key])
+    if network == "inference":  # the raw model on request
+        plain = ckpt.load_run(full, device="cpu", raw_inference=True).inference
+        for key, value in plain.state_dict().items():
+            assert torch.equal(value, raw[key])
     (full / f"{avg}.safetensors").unlink()  # a snapshot that keeps one must hold it
     from progressive.errors import UserError
 
