@@ -52,6 +52,11 @@ CONFIGS: dict[str, dict] = {
     "demo+inference-momentum": {"betas_inference": [0.9, 0.99]},
     "demo+inference-lr-1e-3": {"lr": {"inference": 1e-3}},
     "demo+inference-lr-4e-3": {"lr": {"inference": 4e-3}},
+    # The energy model's learning rate halved (2e-4, a tenth, broke the samples before).
+    "demo+energy-lr-1e-3": {"lr": {"energy": 1e-3}},
+    # A smaller latent (the demo's is 64): the codes of the 64-d demo use about 17 directions.
+    "demo+latent-32": {"latent": 32},
+    "demo+latent-16": {"latent": 16},
 }
 
 # Rows measured before the inference model's average was a default: they evaluate the
