@@ -187,7 +187,7 @@ def evaluate(
         others: dict[str, Tensor] = {}
         for source in ood:
             others[_set_name(source, others)] = load_images(
-                source, run.res, run.config["max_res"], n
+                source, run.res, run.config["max_res"], n, spread=True
             )[1]
         scores = quality.energy_auroc(
             run.energy, run.generator, run.inference, real, others, fake, run.res, run.alpha

@@ -30,28 +30,38 @@ from progressive.sampling import encode, generate, sample_energies
 
 
 def load_images(
-    source: str | os.PathLike, res: int, max_res: int, n: int | None = None
+    source: str | os.PathLike, res: int, max_res: int, n: int | None = None,
+    spread: bool = False,
 ) -> tuple[list[str], Tensor]:
     """Images from a dataset directory (meta.json) or a folder of image files.
 
     Returns names (a dataset's global indices or a folder's relative paths) and uint8
-    (N, 3, res, res); the first `n` images when `n` is given.
+    (N, 3, res, res); the first `n` images when `n` is given, or with `spread` `n` images
+    evenly spaced over the whole set (a set stored class by class then keeps every class).
     """
     src = Path(source)
     if not src.exists():
         raise UserError(f"--images {src} does not exist; pass a dataset or a folder of images")
     if (src / META_NAME).is_file():
         ds = ImageDataset(src, res)
-        count = len(ds) if n is None else min(n, len(ds))
-        if count == 0:
+        if len(ds) == 0:
             raise UserError(f"dataset {src} holds no images")
-        return [str(i) for i in range(count)], ds.batch(list(range(count)))
+        indices = _pick(len(ds), n, spread)
+        return [str(i) for i in indices], ds.batch(indices)
     if not src.is_dir():
         raise UserError(f"--images {src} is neither a dataset nor a folder of images")
-    files = image_files(src)[:n]
+    files = image_files(src)
+    files = [files[i] for i in _pick(len(files), n, spread)]
     if not files:
         raise UserError(f"--images {src} holds no images ({', '.join(EXTENSIONS)})")
     return files, torch.stack([read_image_file(src / name, res, max_res) for name in files])
+
+
+def _pick(count: int, n: int | None, spread: bool) -> list[int]:
+    """Indices of the first `n` of `count` items, or of `n` evenly spaced ones."""
+    if n is None or n >= count:
+        return list(range(count))
+    return [i * count // n for i in range(n)] if spread else list(range(n))
 
 
 def read_image_file(path: str | os.PathLike, res: int, max_res: int) -> Tensor:

@@ -422,3 +422,17 @@ def test_swd_baseline_generator_is_the_one_training_started_from(run_dir, model)
     assert r.exit_code == 0 and "at initialization" in r.output, r.output
     last = json.loads((run_dir / "metric-swd.jsonl").read_text().splitlines()[-1])
     assert last["at_init"] > 0 and last["at_init"] != last["value"]
+
+
+def test_load_images_spread_keeps_every_part_of_a_sorted_set(tmp_path):
+    folder = tmp_path / "classes"
+    for c in ("a", "b", "c"):
+        (folder / c).mkdir(parents=True)
+        for k in range(4):
+            write_photo(folder / c / f"{k}.png", 16, 16, seed=k)
+    first, _ = use.load_images(folder, RES, RES, 6)
+    assert {name.split("/")[0] for name in first} == {"a", "b"}  # the first 6: two classes
+    names, images = use.load_images(folder, RES, RES, 6, spread=True)
+    assert names == ["a/0.png", "a/2.png", "b/0.png", "b/2.png", "c/0.png", "c/2.png"]
+    assert images.shape == (6, 3, RES, RES)
+    assert len(use.load_images(folder, RES, RES, 50, spread=True)[0]) == 12
