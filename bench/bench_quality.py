@@ -57,6 +57,7 @@ CONFIGS: dict[str, dict] = {
     # A smaller latent (the demo's is 64): the codes of the 64-d demo use about 17 directions.
     "demo+latent-32": {"latent": 32},
     "demo+latent-16": {"latent": 16},
+    "demo+latent-8": {"latent": 8},
 }
 
 # Rows measured before the inference model's average was a default: they evaluate the
@@ -349,6 +350,7 @@ def main() -> None:
             "n": args.n,
             "seed": args.seed,
             "snapshot": list_snapshots(run_dir)[-1].name,
+            "ood_images": "spread",  # evenly over each other set (before: its first --n)
         }
         cached = run_dir / "quality-row.json"
         if cached.exists() and json.loads(cached.read_text())["key"] == key:
