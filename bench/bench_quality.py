@@ -58,6 +58,8 @@ CONFIGS: dict[str, dict] = {
     "demo+latent-32": {"latent": 32},
     "demo+latent-16": {"latent": 16},
     "demo+latent-8": {"latent": 8},
+    # An average of the energy model with the generator average's half-life, evaluated.
+    "demo+energy-ema-2k": {"energy_ema_kimg": 2.0},
     # The drift penalty 3e-3 on both sides (1e-2 steadied the scale but lost the ranking).
     "demo+drift-3e-3": {"loss": {"energy_drift": 3e-3, "energy_drift_fake": 3e-3}},
 }
