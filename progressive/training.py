@@ -609,6 +609,9 @@ def _train_locked(
                 if stage is not None and phase.stage != stage and cfg["reset_optimizers"]:
                     trainer.reset_optimizers()
                 stage = phase.stage
+                # The last stage's workers and their queue threads go before new workers fork:
+                # a fork while another thread is exiting can leave the child deadlocked.
+                batches = None
                 # The held-out images (the last ones) are never trained on.
                 dataset = Subset(ImageDataset(cfg["data"], phase.res), range(train_count))
                 batches = iter(make_loader(
