@@ -36,8 +36,7 @@ from progressive.networks import (
     Generator,
     Inference,
     build_networks,
-    energy_in_use,
-    inference_in_use,
+    in_use,
     network_names,
 )
 from progressive.presets import normalize
@@ -379,8 +378,8 @@ def load_run(
     return LoadedRun(
         config=cfg,
         generator=networks["generator" if raw_generator else "generator_ema"],
-        energy=energy_in_use(networks),
-        inference=networks["inference"] if raw_inference else inference_in_use(networks),
+        energy=in_use(networks, "energy"),
+        inference=networks["inference"] if raw_inference else in_use(networks, "inference"),
         images_shown=state["images_shown"],
         res=work_res,
         alpha=alpha,

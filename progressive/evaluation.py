@@ -19,7 +19,7 @@ from progressive.errors import UserError
 from progressive.files import append_jsonl
 from progressive.images import to_uint8
 from progressive.langevin import Langevin
-from progressive.networks import build_networks, energy_in_use, initial_networks
+from progressive.networks import build_networks, in_use, initial_networks
 from progressive.run_folder import METRIC_CACHE_NAME, list_snapshots, metric_file
 from progressive.sampling import energies, prepare_real, reconstruct, sample, sample_energies
 from progressive.use import load_images
@@ -260,7 +260,7 @@ def _previous_energy(run: LoadedRun, real: Tensor) -> dict | None:
         return None
     nets = build_networks(run.config)
     load_weights(earlier[-1], nets)
-    energy = energy_in_use(nets).to(run.device).eval().requires_grad_(False)
+    energy = in_use(nets, "energy").to(run.device).eval().requires_grad_(False)
     values = energies(energy, real, run.alpha)
     return {
         "snapshot": str(earlier[-1]),

@@ -318,16 +318,10 @@ def network_names(cfg: dict) -> tuple[str, ...]:
     return NETWORK_NAMES + tuple(n for n, key in OPTIONAL_AVERAGES.items() if cfg.get(key))
 
 
-def energy_in_use(networks: dict[str, nn.Module]) -> nn.Module:
-    """The energy model that evaluation and the use commands score with: its average where the
-    run keeps one, else the energy model itself."""
-    return networks.get("energy_ema", networks["energy"])
-
-
-def inference_in_use(networks: dict[str, nn.Module]) -> nn.Module:
-    """The inference model that evaluation and the use commands encode with: its average where
-    the run keeps one, else the inference model itself."""
-    return networks.get("inference_ema", networks["inference"])
+def in_use(networks: dict[str, nn.Module], name: str) -> nn.Module:
+    """The energy or inference model that evaluation and the use commands work with: its
+    average where the run keeps one, else the model itself."""
+    return networks.get(f"{name}_ema", networks[name])
 
 
 def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:

@@ -29,7 +29,7 @@ from progressive import metrics
 from progressive.errors import UserError
 from progressive.files import append_jsonl, read_jsonl
 from progressive.images import to_float, to_uint8
-from progressive.networks import energy_in_use, fade_real, inference_in_use
+from progressive.networks import fade_real, in_use
 from progressive.run_folder import EVALUATIONS_NAME
 
 EVALUATIONS = EVALUATIONS_NAME
@@ -135,8 +135,8 @@ class StageEvaluator:
         if not self.enabled:
             return None
         start = time.perf_counter()
-        g, inference = networks["generator_ema"], inference_in_use(networks)
-        energy = energy_in_use(networks)
+        g, inference = networks["generator_ema"], in_use(networks, "inference")
+        energy = in_use(networks, "energy")
         modes = {n: m.training for n, m in networks.items()}
         for m in networks.values():
             m.eval()

@@ -33,7 +33,7 @@ from progressive.networks import (
     AVERAGE_OF,
     OPTIONAL_AVERAGES,
     fade_real,
-    inference_in_use,
+    in_use,
     initial_networks,
 )
 from progressive.runlock import RunLock, Watchdog
@@ -240,6 +240,8 @@ class Trainer:
     @torch.no_grad()
     def update_ema(self, batch: int) -> None:
         _average(self.generator_ema, self.generator, self.cfg["ema_kimg"], batch)
+        if not self.averages:
+            return
         sources = self.unwrapped()
         for name, average in self.averages.items():
             _average(average, sources[AVERAGE_OF[name]], self.cfg[OPTIONAL_AVERAGES[name]], batch)
@@ -301,7 +303,7 @@ def _save_grids(
     trainer: Trainer, run_dir: Path, fixed: dict, phase: Phase, images_shown: int
 ) -> None:
     g = trainer.generator_ema
-    inference = inference_in_use(trainer.unwrapped())  # the pair evaluation uses
+    inference = in_use(trainer.unwrapped(), "inference")  # the pair evaluation uses
     res, alpha = phase.res, phase.alpha
     with torch.no_grad():
         samples = g(fixed["z"], res, alpha)

@@ -253,7 +253,7 @@ def test_bad_inference_width_or_energy_average_is_a_clear_error():
 def test_inference_average_pairs_with_the_generator_average_and_old_runs_keep_none():
     from tiny import TINY_NETWORKS
 
-    from progressive.networks import build_networks, inference_in_use, network_names
+    from progressive.networks import build_networks, in_use, network_names
     from progressive.presets import make_config, normalize
 
     for preset in ("demo", "cifar10"):
@@ -266,6 +266,6 @@ def test_inference_average_pairs_with_the_generator_average_and_old_runs_keep_no
     del saved["inference_ema_kimg"]  # a run from before the average: it keeps none
     assert "inference_ema" not in network_names(normalize(saved))
     nets = build_networks(make_config("demo", **TINY_NETWORKS, max_res=8))
-    assert inference_in_use(nets) is nets["inference_ema"]
+    assert in_use(nets, "inference") is nets["inference_ema"]
     del nets["inference_ema"]
-    assert inference_in_use(nets) is nets["inference"]
+    assert in_use(nets, "inference") is nets["inference"]

@@ -396,4 +396,3 @@ def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tm
     raw = load_file(first / "energy.safetensors")
     for key, value in trainer.averages["energy_ema"].state_dict().items():
         assert torch.equal(value, raw[key])
-
