@@ -62,6 +62,14 @@ CONFIGS: dict[str, dict] = {
     "demo+energy-ema-2k": {"energy_ema_kimg": 2.0},
     # The drift penalty 3e-3 on both sides (1e-2 steadied the scale but lost the ranking).
     "demo+drift-3e-3": {"loss": {"energy_drift": 3e-3, "energy_drift_fake": 3e-3}},
+    # The midpoint between the data's and the samples' mean energy pinned at zero: the constant
+    # the contrastive term cannot see, which the drift penalty holds only weakly.
+    "demo+energy-center-1": {"loss": {"energy_center": 1.0}},
+    "demo+energy-center-0.1": {"loss": {"energy_center": 0.1}},
+    # The same midpoint taken off the energy's output bias after each step (a share of it),
+    # no gradient: the contrastive and drift terms train exactly as before.
+    "demo+energy-recenter-0.1": {"loss": {"energy_recenter": 0.1}},
+    "demo+energy-recenter-1": {"loss": {"energy_recenter": 1.0}},
 }
 
 # Rows measured before the inference model's average was a default: they evaluate the

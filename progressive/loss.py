@@ -2,6 +2,7 @@
 
 min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(Q||Pi) gives:
 - energy:  mean E(x) - mean E(stopgrad g(z))                         (contrastive divergence)
+           + drift * (mean E(x)^2 + mean E(g(z))^2) + center * ((mean E(x) + mean E(g(z))) / 2)^2
 - joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
@@ -120,6 +121,10 @@ def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tupl
     if weights.get("energy_drift_fake"):
         # The same pull toward zero on generated images: both ends of the scale are held.
         loss = loss + weights["energy_drift_fake"] * e_fake.square().mean()
+    if weights.get("energy_center"):
+        # The contrastive term is blind to a constant added to E, so SGD noise walks it; the
+        # midpoint between data and samples pinned at zero fixes that constant and nothing else.
+        loss = loss + weights["energy_center"] * (0.5 * (e_real.mean() + e_fake.mean())).square()
     stats = {
         "energy_real": e_real.mean().detach(),
         "energy_fake": e_fake.mean().detach(),

@@ -275,6 +275,10 @@ class Energy(nn.Module):
     def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
         return self.trunk(x, alpha)[:, 0].float()
 
+    def output_bias(self) -> nn.Parameter:
+        """The constant added to every energy."""
+        return self.trunk.blocks["4"].dense1.bias
+
 
 def soft_clamp(x: Tensor, lo: float, hi: float) -> Tensor:
     """Smoothly keep x within (lo, hi): about x well inside, never a zero gradient."""

@@ -59,6 +59,8 @@ BASE: dict = {
         "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
         "energy_drift_fake": 1e-3,  # the same penalty on generated images' energies
+        "energy_center": 0.0,  # (midpoint of mean E(x) and mean E(g(z)))^2: pins E's constant
+        "energy_recenter": 0.0,  # share of that midpoint taken off E's output bias per step
     },
     "seed": 0,
     "mixed_precision": "auto",  # bf16 where the device runs it natively, else fp32

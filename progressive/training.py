@@ -194,6 +194,8 @@ class Trainer:
             acc.backward(loss_e)
             stats["grad_norm_energy"] = self._clip(opt_e, self.energy)
             opt_e.step()
+            if w.get("energy_recenter"):
+                self.recenter_energy(stats, w["energy_recenter"])
 
         # Generator and inference: one backward through the joint loss; the energy model is
         # evaluated unwrapped with frozen weights so only its input receives gradients.
@@ -215,6 +217,20 @@ class Trainer:
         opt_i.step()
         self.update_ema(phase.batch)
         return {k: v.detach().float() for k, v in stats.items()}
+
+    @torch.no_grad()
+    def recenter_energy(self, stats: dict[str, torch.Tensor], rate: float) -> None:
+        """Move the energy's output bias by `rate` times the midpoint of this batch's mean
+        energies of data and samples (averaged over ranks, so every copy moves alike).
+
+        The contrastive loss is blind to a constant added to E, so SGD noise walks it and the
+        energy scale wanders between snapshots; pinning the midpoint at zero through the bias
+        alone fixes that constant without touching any gradient."""
+        mid = 0.5 * (stats["energy_real"] + stats["energy_fake"])
+        mid = self.accelerator.reduce(mid.detach().float(), "mean")
+        mid = torch.where(mid.isfinite(), mid, torch.zeros_like(mid))  # a skipped fp16 step
+        bias = self.accelerator.unwrap_model(self.energy).output_bias()
+        bias.sub_((rate * mid).to(bias.dtype))
 
     @torch.no_grad()
     def fill_missing(

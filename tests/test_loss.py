@@ -124,6 +124,21 @@ def test_energy_loss_matches_formula():
     assert stats["energy_real"].item() == pytest.approx(-0.5 / 3)
 
 
+def test_energy_center_pins_the_constant_the_contrast_cannot_see():
+    e_real, e_fake = torch.tensor([-3.0, -1.0]), torch.tensor([1.0, 3.0])
+    w = {"energy_drift": 0.0, "energy_center": 0.5}
+    centred, _ = loss.energy_loss(e_real, e_fake, w)
+    assert centred.item() == pytest.approx(-4.0)  # midpoint 0: the contrast alone
+    shifted, _ = loss.energy_loss(e_real + 6.0, e_fake + 6.0, w)
+    assert shifted.item() == pytest.approx(-4.0 + 0.5 * 36.0)  # a constant costs its square
+    e_real.requires_grad_(True)
+    shifted_real = e_real + 6.0
+    loss.energy_loss(shifted_real, e_fake + 6.0, w)[0].backward()
+    # d/dE_real_i: 1/n from the contrast, 2 * 0.5 * midpoint * (1/2) * (1/n) from the centring
+    want = 0.5 + 2 * 0.5 * 6.0 * 0.5 * 0.5
+    assert e_real.grad.tolist() == pytest.approx([want, want])
+
+
 def test_rec_scaling_keeps_the_term_constant_across_stages():
     w = make_config("demo")["loss"]
     for res in (4, 8, 16, 32, 64):
