@@ -70,6 +70,11 @@ CONFIGS: dict[str, dict] = {
     # no gradient: the contrastive and drift terms train exactly as before.
     "demo+energy-recenter-0.1": {"loss": {"energy_recenter": 0.1}},
     "demo+energy-recenter-1": {"loss": {"energy_recenter": 1.0}},
+    # Adam momentum for the energy model alone (the paper's beta1 0.5): its weights otherwise
+    # move by a full step on noise, and its offset and ranking swing from step to step.
+    "demo+energy-momentum": {"betas_energy": [0.5, 0.99]},
+    # A short average of the energy model (a tenth of the generator average's half-life).
+    "demo+energy-ema-0.2k": {"energy_ema_kimg": 0.2},
 }
 
 # Rows measured before the inference model's average was a default: they evaluate the

@@ -31,6 +31,7 @@ BASE: dict = {
     },
     "betas": [0.0, 0.99],
     "betas_inference": None,  # Adam betas of the inference model alone; None: `betas`
+    "betas_energy": None,  # Adam betas of the energy model alone; None: `betas`
     "weight_decay_generator": 0.0,
     "grad_clip": 100.0,
     "reset_optimizers": False,  # fresh Adam state at each stage change

@@ -115,7 +115,7 @@ class Trainer:
         opts = {}
         for name in NETWORKS:
             wd = cfg["weight_decay_generator"] if name == "generator" else 0.0
-            betas = cfg["betas_inference"] if name == "inference" else None
+            betas = cfg.get(f"betas_{name}")  # the inference or energy model's own, if set
             opts[name] = torch.optim.Adam(
                 nets[name].parameters(),
                 lr=cfg["lr"][name][cfg["start_res"]],
