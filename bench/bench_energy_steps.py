@@ -82,7 +82,7 @@ def continue_run(run: Path, heldout: str, ood: dict[str, str], steps: int, n: in
         batch = data.batch(torch.randint(0, train_count, (phase.batch,), generator=draw).tolist())
         trainer.step(batch, phase, shown + step * phase.batch)
         score()
-    return {name: summarize(rows) for name, rows in scores.items()}
+    return {"seed": cfg["seed"], **{name: summarize(rows) for name, rows in scores.items()}}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -134,14 +134,16 @@ def main() -> None:
         results[str(run)] = continue_run(run, args.heldout, ood, args.steps, args.n)
     first = next(iter(ood))
     base = results[str(args.runs[0])]["energy"]["auroc"][first]["median"]
+    kept_names = ("energy", "energy_ema")
     head = (f"| run | energy | AUROC {first} at snapshot | median (min-max) over steps | "
             f"ratio to first | offset spread / sd | step change / sd |")
     lines = [headline(machine), "", head, "| --- | --- | --- | --- | --- | --- | --- |"]
     for run, kept in results.items():
-        for name, s in kept.items():
-            a = s["auroc"][first]
+        for name in (n for n in kept_names if n in kept):
+            s, a = kept[name], kept[name]["auroc"][first]
             lines.append(
-                f"| {Path(run).name} | {name} | {a['snapshot']:.2f} | {a['median']:.2f} "
+                f"| {Path(run).name}, seed {kept['seed']} | {name} | {a['snapshot']:.2f} | "
+                f"{a['median']:.2f} "
                 f"({a['min']:.2f}-{a['max']:.2f}) | {a['median'] / base:.2f}x | "
                 f"{s['offset_spread_in_std']:.2f} | {s['step_change_in_std']:.2f} |"
             )

@@ -335,7 +335,7 @@ class LoadedRun:
 
     config: dict
     generator: Generator  # the generator average, unless loaded with raw_generator
-    energy: Energy
+    energy: Energy  # its average where the run keeps one, unless loaded with raw_energy
     inference: Inference  # its average where the run keeps one, unless loaded with raw_inference
     images_shown: int
     res: int
@@ -355,6 +355,7 @@ def load_run(
     res: int | None = None,
     raw_generator: bool = False,
     raw_inference: bool = False,
+    raw_energy: bool = False,
 ) -> LoadedRun:
     """Load a run folder's newest snapshot, or one snapshot, for use at `res` (default: the
     snapshot's own resolution and alpha) on `device` (default: cuda when available)."""
@@ -378,7 +379,7 @@ def load_run(
     return LoadedRun(
         config=cfg,
         generator=networks["generator" if raw_generator else "generator_ema"],
-        energy=in_use(networks, "energy"),
+        energy=networks["energy"] if raw_energy else in_use(networks, "energy"),
         inference=networks["inference"] if raw_inference else in_use(networks, "inference"),
         images_shown=state["images_shown"],
         res=work_res,

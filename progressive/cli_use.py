@@ -18,8 +18,8 @@ COUNT0 = click.IntRange(min=0)
 
 
 def _run_options(fn):
-    """--ckpt, --res, --device, --raw-generator, --raw-inference: how every command here loads
-    its run."""
+    """--ckpt, --res, --device, --raw-generator, --raw-inference, --raw-energy: how every command
+    here loads its run."""
     options = [
         click.option("--ckpt", help="Run folder (its newest snapshot) or snapshot.", required=True),
         click.option("--res", help="A completed stage's resolution. Default: the last.", type=int),
@@ -27,6 +27,7 @@ def _run_options(fn):
         click.option("--raw-generator", help="The raw generator, not its average.", is_flag=True),
         click.option("--raw-inference", help="The raw inference model, not its average.",
                      is_flag=True),
+        click.option("--raw-energy", help="The raw energy model, not its average.", is_flag=True),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -63,7 +64,7 @@ def _load(options: dict):
 
     return load_run(
         options.pop("ckpt"), options.pop("device"), options.pop("res"),
-        options.pop("raw_generator"), options.pop("raw_inference"),
+        options.pop("raw_generator"), options.pop("raw_inference"), options.pop("raw_energy"),
     )
 
 

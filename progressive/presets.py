@@ -37,8 +37,8 @@ BASE: dict = {
     "reset_optimizers": False,  # fresh Adam state at each stage change
     "energy_every": 1,  # the energy model steps on every k-th batch; the other two on every one
     "ema_kimg": 10.0,  # half-life of the generator average, thousands of images
-    "energy_ema_kimg": 0.0,  # half-life of an average of the energy model (evaluated); 0: none
-    "inference_ema_kimg": None,  # the same for the inference model; None: `ema_kimg`
+    "energy_ema_kimg": None,  # half-life of the energy model's average (used); None: `ema_kimg`
+    "inference_ema_kimg": None,  # the same for the inference model
     "latent": 512,
     "fmap_base": 16384,
     "fmap_max": 512,
@@ -210,7 +210,7 @@ def normalize(cfg: dict) -> dict:
 
     A configuration saved before a key existed gets the behaviour it was trained with: no
     width floor, no drift penalty on generated energies, no marginal KL, no decorrelation of
-    the codes, no average of the inference model, and BASE's value for every other missing
+    the codes, no average of the inference or energy model, and BASE's value for every other missing
     key."""
     cfg = copy.deepcopy(cfg)
     cfg.setdefault("fmap_min", 1)
@@ -218,12 +218,14 @@ def normalize(cfg: dict) -> dict:
     cfg["loss"].setdefault("marginal_kl", 0.0)  # nor the marginal KL
     cfg["loss"].setdefault("code_decorrelation", 0.0)  # nor the decorrelation
     cfg.setdefault("inference_ema_kimg", 0.0)  # nor the inference model's average
+    cfg.setdefault("energy_ema_kimg", 0.0)  # nor, before that became a default, the energy's
     for key, value in BASE.items():
         cfg.setdefault(key, copy.deepcopy(value))
     for key, value in BASE["loss"].items():
         cfg["loss"].setdefault(key, value)
-    if cfg["inference_ema_kimg"] is None:  # paired with the generator average
-        cfg["inference_ema_kimg"] = cfg["ema_kimg"]
+    for key in ("energy_ema_kimg", "inference_ema_kimg"):
+        if cfg[key] is None:  # paired with the generator average
+            cfg[key] = cfg["ema_kimg"]
     cfg["batch"] = {int(r): int(b) for r, b in cfg["batch"].items()}
     cfg["lr"] = {n: {int(r): float(v) for r, v in t.items()} for n, t in cfg["lr"].items()}
     check_resolution(cfg["max_res"], "--max-res")

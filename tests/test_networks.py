@@ -258,13 +258,14 @@ def test_inference_average_pairs_with_the_generator_average_and_old_runs_keep_no
 
     for preset in ("demo", "cifar10"):
         cfg = make_config(preset)
-        assert cfg["inference_ema_kimg"] == cfg["ema_kimg"] > 0
-        assert "inference_ema" in network_names(cfg)
-    assert make_config("demo", ema_kimg=3.0)["inference_ema_kimg"] == 3.0
-    assert make_config("demo", inference_ema_kimg=0)["inference_ema_kimg"] == 0
-    saved = make_config("demo")
-    del saved["inference_ema_kimg"]  # a run from before the average: it keeps none
-    assert "inference_ema" not in network_names(normalize(saved))
+        assert cfg["inference_ema_kimg"] == cfg["energy_ema_kimg"] == cfg["ema_kimg"] > 0
+        assert {"inference_ema", "energy_ema"} <= set(network_names(cfg))
+    for key in ("inference_ema_kimg", "energy_ema_kimg"):
+        assert make_config("demo", ema_kimg=3.0)[key] == 3.0
+        assert make_config("demo", **{key: 0})[key] == 0
+        saved = make_config("demo")
+        del saved[key]  # a run from before the average: it keeps none
+        assert key.removesuffix("_kimg") not in network_names(normalize(saved))
     nets = build_networks(make_config("demo", **TINY_NETWORKS, max_res=8))
     assert in_use(nets, "inference") is nets["inference_ema"]
     del nets["inference_ema"]

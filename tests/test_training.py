@@ -351,7 +351,7 @@ def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
         start, trainer.unwrapped()[network].parameters(), strict=True))
     # The copy draws nothing: the other networks start as they do without an average.
     torch.manual_seed(cfg["seed"])
-    plain = build_networks(tiny(dataset))
+    plain = build_networks(tiny(dataset, **{f"{network}_ema_kimg": 0}))
     torch.manual_seed(cfg["seed"])
     kept = build_networks(cfg)
     for name in ("generator", "energy", "inference"):
@@ -376,9 +376,8 @@ def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
     run = ckpt.load_run(full, device="cpu")
     for key, value in getattr(run, network).state_dict().items():
         assert torch.equal(value, w[key])
-    if network == "inference":  # the raw model on request
-        plain = ckpt.load_run(full, device="cpu", raw_inference=True).inference
-        for key, value in plain.state_dict().items():
+    plain = getattr(ckpt.load_run(full, device="cpu", **{f"raw_{network}": True}), network)
+    for key, value in plain.state_dict().items():  # the raw model on request
             assert torch.equal(value, raw[key])
     (full / f"{avg}.safetensors").unlink()  # a snapshot that keeps one must hold it
     from progressive.errors import UserError
@@ -388,7 +387,8 @@ def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
 
 
 def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tmp_path):
-    first = train(tiny(dataset, total_kimg=0.024), tmp_path / "run", progress=False)
+    first = train(tiny(dataset, total_kimg=0.024, energy_ema_kimg=0), tmp_path / "run",
+                  progress=False)
     assert not (first / "energy_ema.safetensors").exists()
     cfg = tiny(dataset, energy_ema_kimg=0.008)
     torch.manual_seed(0)
