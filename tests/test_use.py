@@ -229,6 +229,25 @@ def test_energy_csv_matches_the_energy_model(run_dir, model, tmp_path):
     )
 
 
+def test_raw_energy_scores_with_the_energy_model_itself(run_dir, model, tmp_path):
+    data = model.config["data"]
+    scores = {}
+    for flag in ([], ["--raw-energy"]):
+        out = tmp_path / f"e{len(flag)}.csv"
+        r = invoke("energy", "--ckpt", run_dir, "--images", data, "--n", 4, "--out", out, *flag)
+        assert r.exit_code == 0, r.output
+        scores[bool(flag)] = {i: float(v) for i, v in list(csv.reader(out.open()))[1:]}
+    raw = load_run(run_dir, device="cpu", raw_energy=True)
+    assert raw.energy is not model.energy  # the run keeps an average, used by default
+    _, images = use.load_images(data, model.res, model.config["max_res"], 4)
+    x = sampling.prepare_real(images, model.alpha)
+    for run, key in ((model, False), (raw, True)):
+        want = run.energy(x, model.alpha).tolist()
+        got = [scores[key][str(i)] for i in range(4)]
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert scores[False] != pytest.approx(scores[True], rel=1e-3)
+
+
 def test_energy_of_a_dataset(run_dir, model, tmp_path):
     data = model.config["data"]
     out = tmp_path / "e.csv"
