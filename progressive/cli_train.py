@@ -53,7 +53,7 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--energy-recenter", help="Share of E's midpoint off its bias per step (0: off).",
               type=click.FloatRange(0, 1))
 @click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
-@click.option("--energy-ema-kimg", help="Half-life of an energy average, evaluated (0: none).",
+@click.option("--energy-ema-kimg", help="Half-life of the energy average, used (0: none).",
               type=click.FloatRange(min=0))
 @click.option("--inference-ema-kimg", help="Half-life of the inference average (0: none).",
               type=click.FloatRange(min=0))

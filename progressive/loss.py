@@ -122,8 +122,9 @@ def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tupl
         # The same pull toward zero on generated images: both ends of the scale are held.
         loss = loss + weights["energy_drift_fake"] * e_fake.square().mean()
     if weights.get("energy_center"):
-        # The contrastive term is blind to a constant added to E, so SGD noise walks it; the
-        # midpoint between data and samples pinned at zero fixes that constant and nothing else.
+        # The contrastive term is blind to a constant added to E, so SGD noise walks it; this
+        # pulls the midpoint between data and samples to zero (through every weight, not only
+        # the output bias: see Trainer.recenter_energy for the bias alone).
         loss = loss + weights["energy_center"] * (0.5 * (e_real.mean() + e_fake.mean())).square()
     stats = {
         "energy_real": e_real.mean().detach(),
