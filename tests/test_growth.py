@@ -129,13 +129,14 @@ def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
     plans = []
     for extra in ([], ["--marginal-kl", "0"], ["--rec-scaling", "sum", "--marginal-kl", "0.5"],
                   ["--code-decorrelation", "0"],
-                  ["--energy-center", "2", "--energy-recenter", "0.1"]):
+                  ["--energy-center", "2", "--energy-recenter", "0.1", "--latent-nll", "1"]):
         result = CliRunner().invoke(main, args + extra)
         assert result.exit_code == 0, result.output
         plans.append(json.loads(result.output)["config"]["loss"])
     default, off, both, decorrelation_off, centred = plans
     assert default["energy_center"] == 0.0 and centred["energy_center"] == 2.0
     assert default["energy_recenter"] == 0.0 and centred["energy_recenter"] == 0.1
+    assert default["latent_nll"] == 0.1 and centred["latent_nll"] == 1.0
     assert default["code_decorrelation"] == 1.0 and decorrelation_off["code_decorrelation"] == 0.0
     assert decorrelation_off["marginal_kl"] == default["marginal_kl"]
     assert default["marginal_kl"] == 1.0 and off["marginal_kl"] == 0.0
