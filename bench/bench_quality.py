@@ -54,6 +54,11 @@ CONFIGS: dict[str, dict] = {
     # ... with the sleep phase (the NLL of z under q(z|g(z))) weighted 1 instead of 0.1: the
     # term that trains the inference model to invert the generator.
     "demo+latent-16+sleep-1": {"latent": 16, "loss": {"latent_nll": 1.0}},
+    "demo+latent-16+sleep-2": {"latent": 16, "loss": {"latent_nll": 2.0}},
+    "demo+latent-32+sleep-1": {"latent": 32, "loss": {"latent_nll": 1.0}},
+    # The demo's 64 dimensions with the sleep phase weighted 1 (measured before, without the
+    # decorrelation and the averages, as demo+sleep-1).
+    "demo+latent-64+sleep-1": {"loss": {"latent_nll": 1.0}},
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model
