@@ -59,6 +59,9 @@ CONFIGS: dict[str, dict] = {
     # The demo's 64 dimensions with the sleep phase weighted 1 (measured before, without the
     # decorrelation and the averages, as demo+sleep-1).
     "demo+latent-64+sleep-1": {"loss": {"latent_nll": 1.0}},
+    # The inference model's learning rate 4e-3 (measured before through the raw energy, whose
+    # one-step ranking had counted against it), through the energy's average.
+    "demo+inference-lr-4e-3+energy-average": {"lr": {"inference": 4e-3}},
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model
