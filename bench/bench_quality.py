@@ -62,6 +62,8 @@ CONFIGS: dict[str, dict] = {
     # The inference model's learning rate 4e-3 (measured before through the raw energy, whose
     # one-step ranking had counted against it), through the energy's average.
     "demo+inference-lr-4e-3+energy-average": {"lr": {"inference": 4e-3}},
+    # The energy model's learning rate halved, likewise measured again through the average.
+    "demo+energy-lr-1e-3+energy-average": {"lr": {"energy": 1e-3}},
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model
