@@ -33,6 +33,7 @@ from machine import describe, headline  # noqa: E402
 
 from progressive import checkpoint as ckpt  # noqa: E402
 from progressive.data import ImageDataset  # noqa: E402
+from progressive.files import write_text_atomic  # noqa: E402
 from progressive.images import to_float  # noqa: E402
 from progressive.networks import in_use  # noqa: E402
 from progressive.presets import normalize  # noqa: E402
@@ -148,13 +149,11 @@ def main() -> None:
                 f"{s['offset_spread_in_std']:.2f} | {s['step_change_in_std']:.2f} |"
             )
     print("\n".join(lines))
-    report = json.dumps({"machine": machine, "args": vars(args) | {"runs": [str(r) for r in
-                        args.runs], "out": str(args.out)}, "results": results}, indent=1)
+    report = json.dumps({"machine": machine, "args": vars(args), "results": results}, indent=1,
+                        default=str)
     for folder in (args.out, ROOT / "bench" / "results"):
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "energy_steps.json.tmp"
-        tmp.write_text(report)
-        tmp.replace(folder / "energy_steps.json")
+        write_text_atomic(folder / "energy_steps.json", report)
 
 
 if __name__ == "__main__":

@@ -379,8 +379,8 @@ def load_run(
     return LoadedRun(
         config=cfg,
         generator=networks["generator" if raw_generator else "generator_ema"],
-        energy=networks["energy"] if raw_energy else in_use(networks, "energy"),
-        inference=networks["inference"] if raw_inference else in_use(networks, "inference"),
+        energy=in_use(networks, "energy", raw_energy),
+        inference=in_use(networks, "inference", raw_inference),
         images_shown=state["images_shown"],
         res=work_res,
         alpha=alpha,

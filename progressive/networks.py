@@ -322,10 +322,10 @@ def network_names(cfg: dict) -> tuple[str, ...]:
     return NETWORK_NAMES + tuple(n for n, key in OPTIONAL_AVERAGES.items() if cfg.get(key))
 
 
-def in_use(networks: dict[str, nn.Module], name: str) -> nn.Module:
+def in_use(networks: dict[str, nn.Module], name: str, raw: bool = False) -> nn.Module:
     """The energy or inference model that evaluation and the use commands work with: its
-    average where the run keeps one, else the model itself."""
-    return networks.get(f"{name}_ema", networks[name])
+    average where the run keeps one (unless `raw`), else the model itself."""
+    return networks[name] if raw else networks.get(f"{name}_ema", networks[name])
 
 
 def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:

@@ -228,7 +228,7 @@ class Trainer:
         (Measured on the demo's faces: the offset still moves by tens within a single step, so
         the energy's average, not this, is what holds the scale; see the README.)"""
         mid = 0.5 * (stats["energy_real"] + stats["energy_fake"])
-        mid = self.accelerator.reduce(mid.detach().float(), "mean")
+        mid = self.accelerator.reduce(mid.float(), "mean")
         mid = torch.where(mid.isfinite(), mid, torch.zeros_like(mid))  # a skipped fp16 step
         bias = self.accelerator.unwrap_model(self.energy).output_bias()
         bias.sub_((rate * mid).to(bias.dtype))
