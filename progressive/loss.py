@@ -3,6 +3,7 @@
 min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(Q||Pi) gives:
 - energy:  mean E(x) - mean E(stopgrad g(z))                         (contrastive divergence)
            + drift * (mean E(x)^2 + mean E(g(z))^2) + center * ((mean E(x) + mean E(g(z))) / 2)^2
+           + r1 / 2 * mean |grad_x E(x)|^2                              (0 by default)
 - joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
@@ -110,6 +111,17 @@ def latent_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """-log q(z|x) up to a constant: sum_j (logvar_j + (z_j - mu_j)^2 / var_j) / 2, batch mean."""
     z, mu, logvar = z.float(), mu.float(), logvar.float()
     return 0.5 * (logvar + (z - mu).square() * torch.exp(-logvar)).sum(1).mean()
+
+
+def data_gradient_penalty(energy_real: Tensor, x: Tensor) -> Tensor:
+    """Mean over the batch of |grad_x E(x)|^2 at the data (R1 of Mescheder et al. 2018), with
+    the graph kept so the penalty trains the energy model; `x` must require grad.
+
+    The contrastive loss constrains only the difference between data and samples, so the
+    energy may be arbitrarily steep around the data; a zero gradient there makes the data
+    minima of the landscape rather than points on a slope."""
+    (grad,) = torch.autograd.grad(energy_real.float().sum(), x, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean()
 
 
 def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tuple[Tensor, dict]:

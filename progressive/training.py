@@ -184,9 +184,15 @@ class Trainer:
         # Energy: contrastive step on real vs (detached) generated images, on every
         # `energy_every`-th batch (counted from images shown, so resume keeps the rhythm).
         update_energy = (images_shown // phase.batch) % cfg["energy_every"] == 0
+        r1 = update_energy and bool(w.get("energy_r1"))
+        x_real = x.detach().requires_grad_(True) if r1 else x
         with acc.autocast(), torch.set_grad_enabled(update_energy):
-            energies = self.energy(torch.cat([x, x_fake.detach()]), alpha)
+            energies = self.energy(torch.cat([x_real, x_fake.detach()]), alpha)
             loss_e, stats = triangle.energy_loss(energies[:n], energies[n:], w)
+            if r1:
+                penalty = triangle.data_gradient_penalty(energies[:n], x_real)
+                loss_e = loss_e + 0.5 * w["energy_r1"] * penalty
+                stats["energy_r1"], stats["loss_energy"] = penalty.detach(), loss_e.detach()
         stats["grad_norm_energy"] = torch.zeros((), device=acc.device)
         if update_energy:
             opt_e = self.optimizers["energy"]

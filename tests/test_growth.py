@@ -129,7 +129,8 @@ def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
     plans = []
     for extra in ([], ["--marginal-kl", "0"], ["--rec-scaling", "sum", "--marginal-kl", "0.5"],
                   ["--code-decorrelation", "0"],
-                  ["--energy-center", "2", "--energy-recenter", "0.1", "--latent-nll", "1"]):
+                  ["--energy-center", "2", "--energy-recenter", "0.1", "--latent-nll", "1",
+                   "--energy-r1", "0.05"]):
         result = CliRunner().invoke(main, args + extra)
         assert result.exit_code == 0, result.output
         plans.append(json.loads(result.output)["config"]["loss"])
@@ -137,6 +138,7 @@ def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
     assert default["energy_center"] == 0.0 and centred["energy_center"] == 2.0
     assert default["energy_recenter"] == 0.0 and centred["energy_recenter"] == 0.1
     assert default["latent_nll"] == 0.1 and centred["latent_nll"] == 1.0
+    assert default["energy_r1"] == 0.0 and centred["energy_r1"] == 0.05
     assert default["code_decorrelation"] == 1.0 and decorrelation_off["code_decorrelation"] == 0.0
     assert decorrelation_off["marginal_kl"] == default["marginal_kl"]
     assert default["marginal_kl"] == 1.0 and off["marginal_kl"] == 0.0

@@ -176,3 +176,15 @@ def test_code_mmd_is_unbiased_near_zero_on_the_prior_and_grows_off_it():
     assert (codes.grad * codes.detach()).sum() < 0
     assert loss.code_mmd(torch.randn(1, 6), torch.randn(1, 6)).item() == 0.0
     assert make_config("demo")["loss"]["code_mmd"] == 0.0
+
+
+def test_data_gradient_penalty_is_the_squared_input_gradient_and_trains_the_energy():
+    weight = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    x = torch.tensor([[0.5, 0.1, -1.0], [2.0, 0.0, 1.0]], requires_grad=True)
+    energy = (x * weight).sum(1) + 0.25 * (x.square() * weight).sum(1)
+    penalty = loss.data_gradient_penalty(energy, x)
+    # grad_x E = w * (1 + x / 2), squared and summed per image, batch mean.
+    want = ((weight * (1 + x / 2)).square().sum(1).mean()).item()
+    assert penalty.item() == pytest.approx(want)
+    penalty.backward()  # the graph was kept: the penalty reaches the energy's parameters
+    assert weight.grad is not None and weight.grad.abs().sum() > 0

@@ -14,7 +14,8 @@ from tiny import TINY_NETWORKS, cli_args
 from progressive import checkpoint as ckpt
 from progressive import run_folder as layout
 from progressive.cli import main
-from progressive.networks import build_networks, network_names
+from progressive.images import to_float
+from progressive.networks import build_networks, fade_real, network_names
 from progressive.presets import make_config
 from progressive.schedule import Schedule
 from progressive.training import Trainer, resolve_run, train
@@ -338,6 +339,31 @@ def test_energy_every_steps_the_energy_model_on_every_kth_batch_only():
         assert torch.isfinite(stats["loss_energy"])  # still reported on skipped batches
     with pytest.raises(UserError, match="energy_every"):
         make_config("demo", energy_every=0)
+
+
+def test_energy_r1_penalises_the_energy_gradient_at_the_data():
+    def energy_step(r1):
+        cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
+                          loss={"energy_r1": r1})
+        torch.manual_seed(0)
+        trainer = Trainer.create(cfg)
+        phase = Schedule.from_config(cfg).at(0)
+        torch.manual_seed(1)
+        real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
+        energy = trainer.unwrapped()["energy"]
+        x = fade_real(to_float(real), phase.alpha).requires_grad_(True)
+        (grad,) = torch.autograd.grad(energy(x, phase.alpha).sum(), x)
+        stats = trainer.step(real, phase, 0)
+        return stats, grad.square().flatten(1).sum(1).mean(), energy
+
+    plain, _, plain_energy = energy_step(0.0)
+    stats, want, penalised = energy_step(10.0)
+    assert "energy_r1" not in plain
+    assert stats["energy_r1"].item() == pytest.approx(want.item(), rel=2e-2)  # bf16 where native
+    assert stats["loss_energy"] > plain["loss_energy"]
+    moved = [not torch.equal(a, b) for a, b in
+             zip(plain_energy.parameters(), penalised.parameters(), strict=True)]
+    assert any(moved)
 
 
 @pytest.mark.parametrize("network", ["energy", "inference"])
