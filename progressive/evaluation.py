@@ -192,6 +192,18 @@ def evaluate(
         scores = quality.energy_auroc(
             run.energy, run.generator, run.inference, real, others, fake, run.res, run.alpha
         )
+        # The plain baseline: a Gaussian density (probabilistic PCA, as many components as the
+        # latent) fitted on training images; none when the training set is gone, as fitting
+        # it on the held-out images would flatter it.
+        train = _training_images(run, run.res, PCA_TRAINING_IMAGES)
+        scores["ppca"] = None
+        if train is not None:
+            pca = quality.principal_components(prepare_real(train, run.alpha))
+            inside = quality.ppca_nll(pca, prepare_real(real, run.alpha), run.latent)
+            for name, images in others.items():
+                outside = quality.ppca_nll(pca, prepare_real(images, run.alpha), run.latent)
+                scores["sets"][name]["auroc_ppca"] = quality.auroc(inside, outside)
+            scores["ppca"] = {"components": run.latent, "training_images": len(train)}
         first = next(iter(scores["sets"].values()))
         previous = _previous_energy(run, real)
         if previous is not None:
@@ -294,6 +306,7 @@ def quality_summary(rec: dict) -> str:
             parts.append(
                 f"{set_name}: energy {s['energy']['mean']:.4g}, AUROC by energy "
                 f"{s['auroc_energy']:.3f} / KL {s['auroc_kl']:.3f} / recon {s['auroc_recon']:.3f}"
+                + (f" / PPCA {s['auroc_ppca']:.3f}" if "auroc_ppca" in s else "")
             )
         prev = rec.get("previous_snapshot")
         if prev:

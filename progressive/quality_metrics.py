@@ -11,7 +11,8 @@
   the inference model cannot invert from a prior whose samples fall where no real code lies.
 - `energy_auroc`: how well the energy (low = data-like) tells held-out images of the training
   distribution from another set, beside the same AUROC by the inference model's KL to the
-  prior and by reconstruction error, so one sees what the energy adds.
+  prior and by reconstruction error, so one sees what the energy adds; `ppca_nll` gives the
+  plain baseline, a Gaussian density with as many components as the latent.
 - `diversity`: mean nearest-neighbour distance among samples against the same among as many
   real images, and k-NN precision and recall (Kynkäänniemi et al. 2019), both in pixel space
   at the model's resolution (computable offline, no pretrained features).
@@ -131,19 +132,43 @@ def fitted_codes(
     return z.detach().cpu(), err
 
 
+def principal_components(train: Tensor) -> dict[str, Tensor]:
+    """Mean, principal directions (rows) and variances along them of images (float64)."""
+    x = to_float(train).flatten(1).double()
+    mean = x.mean(0, keepdim=True)
+    # Right singular vectors of the centred data are the principal directions.
+    _, sv, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    return {"mean": mean, "basis": vh, "variance": sv.square() / max(len(x) - 1, 1)}
+
+
 def pca_baseline(train: Tensor, heldout: Tensor, components: int) -> Tensor:
     """MSE per held-out image of its projection on the top `components` principal components
     of the training images (mean included); the linear baseline of the same code size."""
-    x_train = to_float(train).flatten(1).double()
+    pca = principal_components(train)
     x_held = to_float(heldout).flatten(1).double()
-    mean = x_train.mean(0, keepdim=True)
-    k = min(components, min(x_train.shape) - 1)
-    # Right singular vectors of the centred data are the principal directions.
-    _, _, vh = torch.linalg.svd(x_train - mean, full_matrices=False)
-    basis = vh[:k]
-    rec = (x_held - mean) @ basis.T @ basis + mean
+    basis = pca["basis"][: min(components, min(len(train), x_held.shape[1]) - 1)]
+    rec = (x_held - pca["mean"]) @ basis.T @ basis + pca["mean"]
     rec = rec.float().view_as(to_float(heldout)).clamp(-1, 1)
     return per_image_mse(heldout, rec)
+
+
+def ppca_nll(pca: dict[str, Tensor], images: Tensor, components: int) -> Tensor:
+    """Negative log-likelihood per image, up to a constant shared by all images, under the
+    probabilistic PCA (Tipping and Bishop 1999) of `components` components of `pca` (from
+    `principal_components`): the plain Gaussian density an energy of the same data should beat.
+
+    The discarded directions share one variance, their mean; an image's NLL is half its
+    Mahalanobis length in the kept directions plus its residual over that variance."""
+    x = to_float(images).flatten(1).double() - pca["mean"]
+    dims, variance = x.shape[1], pca["variance"]
+    k = min(components, len(variance) - 1)
+    # Directions beyond the training images' count have zero variance: the residual's share
+    # is the total left over, spread over every dimension not kept.
+    rest = (variance.sum() - variance[:k].sum()) / (dims - k)
+    rest = rest.clamp_min(1e-12)
+    proj = x @ pca["basis"][:k].T
+    kept = (proj.square() * (1.0 / variance[:k].clamp_min(1e-12) - 1.0 / rest)).sum(1)
+    return 0.5 * (kept + x.square().sum(1) / rest)
 
 
 def r_squared(target: Tensor, prediction: Tensor) -> float:

@@ -54,6 +54,27 @@ def test_pca_baseline_recovers_low_rank_images_and_improves_with_components():
     assert errs[0] > errs[1] > 0
 
 
+def test_ppca_nll_is_the_gaussian_log_density_of_the_fitted_model():
+    gen = torch.Generator().manual_seed(3)
+    mixing = torch.randn(3 * 2 * 2, 3 * 2 * 2, generator=gen) * torch.linspace(0.3, 0.01, 12)
+    train = (torch.randn(400, 12, generator=gen) @ mixing.T).view(-1, 3, 2, 2)
+    pca = qm.principal_components(train)
+    k = 3
+    variance, basis = pca["variance"], pca["basis"]
+    rest = variance[k:].sum() / (12 - k)
+    # Tipping and Bishop's model: covariance W W^T + rest * I with W along the top directions.
+    cov = basis[:k].T @ torch.diag(variance[:k] - rest) @ basis[:k] + rest * torch.eye(12)
+    gauss = torch.distributions.MultivariateNormal(pca["mean"][0], covariance_matrix=cov)
+    probe = (torch.randn(50, 12, generator=gen) @ mixing.T * 1.5).view(-1, 3, 2, 2)
+    nll = qm.ppca_nll(pca, probe, k)
+    want = -gauss.log_prob(probe.flatten(1).double())
+    # The same up to one constant shared by every image.
+    torch.testing.assert_close(nll - nll[0], want - want[0], rtol=1e-6, atol=1e-6)
+    # Images moved along a direction the training images barely vary in are less likely.
+    off = train[:50] + 2.0 * basis[-1].float().view(3, 2, 2)
+    assert qm.auroc(qm.ppca_nll(pca, train[:50], k), qm.ppca_nll(pca, off, k)) > 0.9
+
+
 def test_diversity_ratio_and_precision_recall():
     gen = torch.Generator().manual_seed(3)
     real = torch.rand(64, 3, 8, 8, generator=gen) * 2 - 1
@@ -139,6 +160,9 @@ def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  #
     auroc = read("energy-auroc")
     assert len(auroc["sets"]) == 2 and list(auroc["sets"])[0] == "ood"
     assert auroc["sets"]["ood"]["n"] == 6
+    assert auroc["ppca"]["components"] == 8 and auroc["ppca"]["training_images"] > 0
+    assert all(0 <= s["auroc_ppca"] <= 1 for s in auroc["sets"].values())
+    assert "/ PPCA " in r.output
     prev = auroc["previous_snapshot"]
     assert prev is None or prev["shift_in_std"] == qm.scale_shift(
         auroc["heldout"]["energy"], prev["heldout_energy"]
