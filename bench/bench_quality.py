@@ -41,6 +41,10 @@ from progressive.training import Trainer, train  # noqa: E402
 
 PAPER_OPT = {"lr": {"generator": 3e-4, "energy": 1e-4, "inference": 3e-4}, "betas": [0.5, 0.999]}
 
+# Every term but the reconstruction off: the triangle's two networks as a plain autoencoder.
+AUTOENCODER_LOSS = {"kl": 0.0, "latent_nll": 0.0, "marginal_kl": 0.0, "code_decorrelation": 0.0,
+                    "energy": 0.0}
+
 # name: overrides of the demo preset (the networks the demo trains on two cores).
 CONFIGS: dict[str, dict] = {
     "demo": {},
@@ -64,6 +68,25 @@ CONFIGS: dict[str, dict] = {
     "demo+inference-lr-4e-3+energy-average": {"lr": {"inference": 4e-3}},
     # The energy model's learning rate halved, likewise measured again through the average.
     "demo+energy-lr-1e-3+energy-average": {"lr": {"energy": 1e-3}},
+    # The drift penalty 3e-3 on both sides, likewise measured again through the average.
+    "demo+drift-3e-3+energy-average": {"loss": {"energy_drift": 3e-3, "energy_drift_fake": 3e-3}},
+    # Bounds, not candidates: what the same two networks reconstruct in the same budget as a
+    # plain autoencoder (the squared error alone), and the triangle with the energy's pull on
+    # the generator removed (the energy model still trains, against those samples).
+    "demo+autoencoder": {"loss": AUTOENCODER_LOSS},
+    "demo+no-energy-pull": {"loss": {"energy": 0.0}},
+    # Probes of the autoencoder bound: Adam momentum (beta1 0.9) for both of its networks; then
+    # the same momentum for the generator and inference model of the triangle (the energy model
+    # keeps beta1 0).
+    "demo+autoencoder+momentum": {"betas": [0.9, 0.99], "loss": AUTOENCODER_LOSS},
+    "demo+momentum-generator-inference": {"betas": [0.9, 0.99], "betas_energy": [0.0, 0.99]},
+    # A zero-centred gradient penalty on the energy at the data (R1): the demo's energy is
+    # steep everywhere (|grad_x E|^2 about 3,000 at held-out faces, CIFAR images and samples
+    # alike), so the data are points on a slope rather than minima.
+    "demo+energy-r1-0.01": {"loss": {"energy_r1": 0.01}},
+    "demo+energy-r1-0.1": {"loss": {"energy_r1": 0.1}},
+    "demo+energy-r1-1": {"loss": {"energy_r1": 1.0}},
+    "demo+energy-r1-10": {"loss": {"energy_r1": 10.0}},
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model
