@@ -36,6 +36,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--latent", help="Latent dimension.", type=COUNT)
 @click.option("--fmap-base", help="Channels at res: min(fmap_base / res, fmap_max).", type=COUNT)
 @click.option("--fmap-max", help="Largest width.", type=COUNT)
+@click.option("--energy-width", help="The energy model's widths over the generator's.",
+              type=COUNT)
 @click.option("--inference-width", help="The inference model's widths over the others'.",
               type=COUNT)
 @click.option("--inference-hidden", help="Width of the inference model's dense layer.",

@@ -354,15 +354,17 @@ def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
         "fmap_max": cfg["fmap_max"],
         "fmap_min": cfg.get("fmap_min", 1),  # configurations from before the floor had none
     }
-    m = cfg.get("inference_width", 1)
-    inference_widths = {
-        **widths, "fmap_base": widths["fmap_base"] * m, "fmap_max": widths["fmap_max"] * m
-    }
+    def scaled(m: int) -> dict:
+        return {**widths, "fmap_base": widths["fmap_base"] * m, "fmap_max": widths["fmap_max"] * m}
+
+    inference_widths = scaled(cfg.get("inference_width", 1))
     generator = Generator(cfg["max_res"], cfg["latent"], **widths)
     generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.requires_grad_(False)
-    energy = Energy(cfg["max_res"], mbstd_group=cfg["mbstd_group"], **widths)
+    energy = Energy(
+        cfg["max_res"], mbstd_group=cfg["mbstd_group"], **scaled(cfg.get("energy_width", 1))
+    )
     return {
         "generator": generator,
         "generator_ema": generator_ema,

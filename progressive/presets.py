@@ -45,6 +45,7 @@ BASE: dict = {
     "fmap_min": FMAP_MIN,  # the narrowest any layer may be
     "mbstd_group": 0,  # minibatch-stddev layer in the energy model; 0 = none
     "inference_width": 1,  # the inference model's widths over the others'
+    "energy_width": 1,  # the energy model's widths over the generator's
     "inference_hidden": None,  # width of the inference model's dense layer; None: its 4x4 width
     "architecture": "progressive",  # or "reference": DCGAN-sized networks at max_res only
     "loss": {
@@ -252,8 +253,9 @@ def normalize(cfg: dict) -> dict:
         )
     if not isinstance(cfg["energy_every"], int) or cfg["energy_every"] < 1:
         raise UserError(f"energy_every {cfg['energy_every']!r} must be a whole number >= 1")
-    if not isinstance(cfg["inference_width"], int) or cfg["inference_width"] < 1:
-        raise UserError(f"inference_width {cfg['inference_width']!r} must be a whole number >= 1")
+    for key in ("inference_width", "energy_width"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise UserError(f"{key} {cfg[key]!r} must be a whole number >= 1")
     hidden = cfg["inference_hidden"]
     if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
         raise UserError(f"inference_hidden {hidden!r} must be a whole number >= 1 (or null)")

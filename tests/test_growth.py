@@ -269,9 +269,11 @@ def test_inference_width_and_energy_average_options_reach_the_configuration(tmp_
     args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
             "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args + ["--inference-width", "2", "--inference-hidden",
-                                              "96", "--energy-ema-kimg", "5"])
+                                              "96", "--energy-ema-kimg", "5",
+                                              "--energy-width", "3"])
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.output)["config"]
     assert (cfg["inference_width"], cfg["inference_hidden"], cfg["energy_ema_kimg"]) == (2, 96, 5)
+    assert cfg["energy_width"] == 3
     result = CliRunner().invoke(main, args + ["--energy-ema-kimg", "-1"])
     assert result.exit_code == 2 and "--energy-ema-kimg" in result.output

@@ -233,6 +233,11 @@ def test_inference_width_and_hidden_change_the_inference_model_only():
     for name in ("generator", "energy"):
         assert count(base[name]) == count(wide[name])
     assert count(wide["inference"]) > count(base["inference"])
+    wide_energy = build_networks(make_config("demo", **kw, energy_width=2))
+    for name in ("generator", "inference"):
+        assert count(base[name]) == count(wide_energy[name])
+    assert wide_energy["energy"].trunk.blocks["4"].conv.weight.shape[0] == 32
+    assert wide_energy["energy"](torch.zeros(2, 3, 8, 8)).shape == (2,)
     last = wide["inference"].trunk.blocks["4"]
     assert last.dense0.weight.shape[0] == 40 and last.conv.weight.shape[0] == 32
     mu, logvar = wide["inference"](torch.zeros(2, 3, 8, 8))
@@ -243,8 +248,8 @@ def test_bad_inference_width_or_energy_average_is_a_clear_error():
     from progressive.errors import UserError
     from progressive.presets import make_config
 
-    bad = [("inference_width", 0), ("inference_hidden", -3), ("energy_ema_kimg", -1),
-           ("inference_ema_kimg", -1)]
+    bad = [("inference_width", 0), ("energy_width", 0), ("inference_hidden", -3),
+           ("energy_ema_kimg", -1), ("inference_ema_kimg", -1)]
     for key, value in bad:
         with pytest.raises(UserError, match=key):
             make_config("demo", **{key: value})
