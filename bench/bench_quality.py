@@ -80,6 +80,10 @@ CONFIGS: dict[str, dict] = {
     # keeps beta1 0).
     "demo+autoencoder+momentum": {"betas": [0.9, 0.99], "loss": AUTOENCODER_LOSS},
     "demo+momentum-generator-inference": {"betas": [0.9, 0.99], "betas_energy": [0.0, 0.99]},
+    # A wider energy model (16 channels at 32x32 in the demo): more than colour and contrast to
+    # rank images by.
+    "demo+energy-width-2": {"energy_width": 2},
+    "demo+energy-width-4": {"energy_width": 4},
     # A zero-centred gradient penalty on the energy at the data (R1): the demo's energy is
     # steep everywhere (|grad_x E|^2 about 3,000 at held-out faces, CIFAR images and samples
     # alike), so the data are points on a slope rather than minima.
