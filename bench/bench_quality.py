@@ -84,6 +84,10 @@ CONFIGS: dict[str, dict] = {
     # rank images by.
     "demo+energy-width-2": {"energy_width": 2},
     "demo+energy-width-4": {"energy_width": 4},
+    # The two recipes together: latent recovery and the energy's ranking at once.
+    "demo+latent-16+sleep-2+energy-width-4": {
+        "latent": 16, "loss": {"latent_nll": 2.0}, "energy_width": 4
+    },
     # A zero-centred gradient penalty on the energy at the data (R1): the demo's energy is
     # steep everywhere (|grad_x E|^2 about 3,000 at held-out faces, CIFAR images and samples
     # alike), so the data are points on a slope rather than minima.
