@@ -81,6 +81,21 @@ def evaluate(
         "n": n,
     }
     results: dict[str, dict] = {}
+    cached: dict[str, object] = {}
+
+    def training_images() -> Tensor | None:
+        """Up to PCA_TRAINING_IMAGES of the run's training images, read once for the recon and
+        energy-auroc baselines; None when the training dataset is gone."""
+        if "train" not in cached:
+            cached["train"] = _training_images(run, run.res, PCA_TRAINING_IMAGES)
+        return cached["train"]
+
+    def training_pca() -> dict[str, Tensor] | None:
+        """Their principal components, fitted once."""
+        if "pca" not in cached:
+            train = training_images()
+            cached["pca"] = None if train is None else quality.principal_components(train)
+        return cached["pca"]
     chain_info = {"langevin": chain.as_dict()} if refined is not None else {}
 
     def record(name: str, value: float, **extra) -> None:
@@ -130,11 +145,12 @@ def evaluate(
     if "recon" in names:
         recon = reconstruct(run.generator, run.inference, real, run.res, run.alpha)
         err = metrics.reconstruction_error(real_in, recon)
-        train = _training_images(run, run.res, PCA_TRAINING_IMAGES)
+        train = training_images()
         baseline = metrics.mean_image_baseline(train if train is not None else real, real_in)
         # PCA with as many components as the latent, fitted on training images (held-out ones
         # when the training set is gone, which flatters the baseline).
-        pca = quality.pca_baseline(train if train is not None else real, real_in, run.latent)
+        fit = training_pca() if train is not None else quality.principal_components(real)
+        pca = quality.pca_baseline(fit, real_in, run.latent)
         record(
             "recon",
             err.mean().item(),
@@ -195,15 +211,14 @@ def evaluate(
         # The plain baseline: a Gaussian density (probabilistic PCA, as many components as the
         # latent) fitted on training images; none when the training set is gone, as fitting
         # it on the held-out images would flatter it.
-        train = _training_images(run, run.res, PCA_TRAINING_IMAGES)
+        pca = training_pca()
         scores["ppca"] = None
-        if train is not None:
-            pca = quality.principal_components(prepare_real(train, run.alpha))
+        if pca is not None:
             inside = quality.ppca_nll(pca, prepare_real(real, run.alpha), run.latent)
             for name, images in others.items():
                 outside = quality.ppca_nll(pca, prepare_real(images, run.alpha), run.latent)
                 scores["sets"][name]["auroc_ppca"] = quality.auroc(inside, outside)
-            scores["ppca"] = {"components": run.latent, "training_images": len(train)}
+            scores["ppca"] = {"components": run.latent, "training_images": len(training_images())}
         first = next(iter(scores["sets"].values()))
         previous = _previous_energy(run, real)
         if previous is not None:

@@ -141,12 +141,12 @@ def principal_components(train: Tensor) -> dict[str, Tensor]:
     return {"mean": mean, "basis": vh, "variance": sv.square() / max(len(x) - 1, 1)}
 
 
-def pca_baseline(train: Tensor, heldout: Tensor, components: int) -> Tensor:
+def pca_baseline(pca: dict[str, Tensor], heldout: Tensor, components: int) -> Tensor:
     """MSE per held-out image of its projection on the top `components` principal components
-    of the training images (mean included); the linear baseline of the same code size."""
-    pca = principal_components(train)
+    of `pca` (from `principal_components` of training images; mean included): the linear
+    baseline of the same code size."""
     x_held = to_float(heldout).flatten(1).double()
-    basis = pca["basis"][: min(components, min(len(train), x_held.shape[1]) - 1)]
+    basis = pca["basis"][: min(components, len(pca["variance"]) - 1)]
     rec = (x_held - pca["mean"]) @ basis.T @ basis + pca["mean"]
     rec = rec.float().view_as(to_float(heldout)).clamp(-1, 1)
     return per_image_mse(heldout, rec)
