@@ -84,6 +84,13 @@ CONFIGS: dict[str, dict] = {
     # rank images by.
     "demo+energy-width-2": {"energy_width": 2},
     "demo+energy-width-4": {"energy_width": 4},
+    # The generator and inference model on a fixed PCA of the training images, learning what
+    # it misses: reconstruction starts at the latent-sized PCA's instead of the mean image's.
+    "demo+pca-path": {"pca_path": True},
+    "demo+pca-path+energy-width-4": {"pca_path": True, "energy_width": 4},
+    "demo+pca-path+autoencoder": {"pca_path": True, "loss": AUTOENCODER_LOSS},
+    "demo+pca-path+energy-r1-0.1": {"pca_path": True, "loss": {"energy_r1": 0.1}},
+    "demo+pca-path+generator-lr-5e-4": {"pca_path": True, "lr": {"generator": 5e-4}},
     # The two recipes together: latent recovery and the energy's ranking at once.
     "demo+latent-16+sleep-2+energy-width-4": {
         "latent": 16, "loss": {"latent_nll": 2.0}, "energy_width": 4

@@ -42,6 +42,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               type=COUNT)
 @click.option("--inference-hidden", help="Width of the inference model's dense layer.",
               type=COUNT)
+@click.option("--pca-path/--no-pca-path", help="Start G and I from the images' fixed PCA.",
+              default=None)
 # Optimisation.
 @click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
 @click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))

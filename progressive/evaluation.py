@@ -19,7 +19,8 @@ from progressive.errors import UserError
 from progressive.files import append_jsonl
 from progressive.images import to_uint8
 from progressive.langevin import Langevin
-from progressive.networks import build_networks, in_use, initial_networks
+from progressive.networks import build_networks, in_use
+from progressive.pca_path import starting_networks
 from progressive.run_folder import METRIC_CACHE_NAME, list_snapshots, metric_file
 from progressive.sampling import energies, prepare_real, reconstruct, sample, sample_energies
 from progressive.use import load_images
@@ -336,7 +337,7 @@ def quality_summary(rec: dict) -> str:
 
 def _initial_generator(cfg: dict) -> torch.nn.Module:
     """The generator exactly as training started it."""
-    return initial_networks(cfg)["generator"].eval().requires_grad_(False)
+    return starting_networks(cfg)["generator"].eval().requires_grad_(False)
 
 
 def _training_images(run: LoadedRun, res: int, n: int) -> Tensor | None:

@@ -7,6 +7,7 @@ parameter shapes never depend on the stage; the stage is chosen per call by `res
 or by the input size (energy, inference) and `alpha` (fade-in weight of the newest block).
 """
 
+import contextlib
 import copy
 import math
 
@@ -93,6 +94,59 @@ class EqualizedLinear(nn.Module):
         return F.linear(x, self.weight * self.scale, self.bias)
 
 
+def _fp32(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off (the meta device, used to count costs, has no autocast)."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
+PCA_PATH_MAX_RES = 64  # the principal-component path's resolution is min(max_res, this)
+
+
+class PrincipalPath(nn.Module):
+    """A fixed linear Gaussian model under a network: the training images' top principal
+    components at `res` (buffers, set by `progressive.pca_path.install`, never trained).
+
+    The generator adds `image(z)`, the images' mean plus the components weighted by z times
+    their standard deviations, so z ~ N(0, I) draws from the components' Gaussian; the
+    inference model adds `code(x)`, the exact inverse on those components, and `logvar`, the
+    probabilistic PCA's posterior variances. The networks then start from the best linear
+    code of the latent's size and learn what it misses. Until installed it adds nothing.
+    """
+
+    def __init__(self, res: int, latent: int):
+        super().__init__()
+        self.res = res
+        d = 3 * res * res
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("basis", torch.zeros(latent, d))  # orthonormal rows
+        self.register_buffer("scale", torch.ones(latent))  # standard deviation along each
+        self.register_buffer("logvar", torch.zeros(latent))
+
+    def image(self, z: Tensor, res: int) -> Tensor:
+        """(N, latent) -> (N, 3, res, res): the linear model's image, resized to `res`."""
+        with _fp32(z.device):  # pixel values need more than bf16's 8 bits
+            x = torch.addmm(self.mean, z.float() * self.scale, self.basis)
+        x = x.view(-1, 3, self.res, self.res)
+        if res < self.res:
+            return F.avg_pool2d(x, self.res // res)
+        if res > self.res:
+            return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
+        return x
+
+    def code(self, x: Tensor) -> Tensor:
+        """(N, 3, r, r) -> (N, latent): the image's whitened coordinates on the components,
+        after resizing it to the path's resolution (nearest up, average-pooled down)."""
+        r = x.shape[-1]
+        if r < self.res:
+            x = F.interpolate(x, scale_factor=self.res // r, mode="nearest")
+        elif r > self.res:
+            x = F.avg_pool2d(x, r // self.res)
+        with _fp32(x.device):
+            return ((x.float().flatten(1) - self.mean) @ self.basis.T) / self.scale
+
+
 class _GeneratorFirst(nn.Module):
     """Latent -> 4x4 features: dense, lrelu, pn, conv3x3, lrelu, pn."""
 
@@ -138,9 +192,11 @@ class Generator(nn.Module):
         fmap_max: int = 512,
         pixel_norm: bool = True,
         fmap_min: int = 16,
+        pca_path: bool = False,
     ):
         super().__init__()
         self.max_res, self.latent, self.pixel_norm = max_res, latent, pixel_norm
+        self.pca = PrincipalPath(min(max_res, PCA_PATH_MAX_RES), latent) if pca_path else None
         ch = lambda r: channels(r, fmap_base, fmap_max, fmap_min)  # noqa: E731
         self.blocks = nn.ModuleDict()
         self.to_rgb = nn.ModuleDict()
@@ -154,6 +210,10 @@ class Generator(nn.Module):
 
     def forward(self, z: Tensor, res: int, alpha: float = 1.0) -> Tensor:
         check_resolution(res, "resolution", self.max_res)
+        x = self._convolutional(z, res, alpha)
+        return x if self.pca is None else x + self.pca.image(z, res)  # fp32 where it is added
+
+    def _convolutional(self, z: Tensor, res: int, alpha: float) -> Tensor:
         h = pixel_norm(z) if self.pixel_norm else z
         h = self.blocks["4"](h)
         r = 4
@@ -293,16 +353,19 @@ class Inference(nn.Module):
 
     def __init__(
         self, max_res: int, latent: int = 512, fmap_base: int = 16384, fmap_max: int = 512,
-        fmap_min: int = 16, hidden: int | None = None,
+        fmap_min: int = 16, hidden: int | None = None, pca_path: bool = False,
     ):
         super().__init__()
         self.max_res, self.latent = max_res, latent
         self.trunk = _Encoder(
             max_res, 2 * latent, fmap_base, fmap_max, fmap_min=fmap_min, hidden=hidden
         )
+        self.pca = PrincipalPath(min(max_res, PCA_PATH_MAX_RES), latent) if pca_path else None
 
     def forward(self, x: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
         mu, logvar = self.trunk(x, alpha).float().chunk(2, dim=1)
+        if self.pca is not None:
+            mu, logvar = mu + self.pca.code(x), logvar + self.pca.logvar
         return mu, soft_clamp(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
 
@@ -358,8 +421,9 @@ def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
         return {**widths, "fmap_base": widths["fmap_base"] * m, "fmap_max": widths["fmap_max"] * m}
 
     inference_widths = scaled(cfg.get("inference_width", 1))
-    generator = Generator(cfg["max_res"], cfg["latent"], **widths)
-    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths)
+    pca_path = bool(cfg.get("pca_path"))
+    generator = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
+    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.requires_grad_(False)
     energy = Energy(
@@ -370,7 +434,8 @@ def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
         "generator_ema": generator_ema,
         "energy": energy,
         "inference": Inference(
-            cfg["max_res"], cfg["latent"], **inference_widths, hidden=cfg.get("inference_hidden")
+            cfg["max_res"], cfg["latent"], **inference_widths, hidden=cfg.get("inference_hidden"),
+            pca_path=pca_path,
         ),
     }
 

@@ -46,6 +46,7 @@ BASE: dict = {
     "mbstd_group": 0,  # minibatch-stddev layer in the energy model; 0 = none
     "inference_width": 1,  # the inference model's widths over the others'
     "energy_width": 1,  # the energy model's widths over the generator's
+    "pca_path": False,  # generator and inference model on the training images' fixed PCA
     "inference_hidden": None,  # width of the inference model's dense layer; None: its 4x4 width
     "architecture": "progressive",  # or "reference": DCGAN-sized networks at max_res only
     "loss": {
@@ -256,6 +257,10 @@ def normalize(cfg: dict) -> dict:
     for key in ("inference_width", "energy_width"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} {cfg[key]!r} must be a whole number >= 1")
+    if not isinstance(cfg["pca_path"], bool):
+        raise UserError(f"pca_path {cfg['pca_path']!r} must be true or false")
+    if cfg["pca_path"] and cfg["architecture"] == "reference":
+        raise UserError("--pca-path is for the growing networks, not the reference ones")
     hidden = cfg["inference_hidden"]
     if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
         raise UserError(f"inference_hidden {hidden!r} must be a whole number >= 1 (or null)")

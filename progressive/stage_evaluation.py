@@ -98,10 +98,10 @@ class StageEvaluator:
     def _swd_at_init(self, res: int, real: Tensor, alpha: float) -> dict:
         """SWD of the generator as initialised, once per resolution (the baseline to beat)."""
         if res not in self._swd0_cache:
-            from progressive.networks import initial_networks
+            from progressive.pca_path import starting_networks
 
             with torch.random.fork_rng(devices=[]):
-                g0 = initial_networks(self.cfg)["generator_ema"].to(self.device).eval()
+                g0 = starting_networks(self.cfg)["generator_ema"].to(self.device).eval()
             fake0 = self._sample(g0, res, alpha)
             self._swd0_cache[res] = metrics.sliced_wasserstein(real, fake0, seed=0)
         return self._swd0_cache[res]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from progressive import checkpoint as ckpt
 from progressive import loss as triangle
-from progressive import precision
+from progressive import pca_path, precision
 from progressive import run_folder as layout
 from progressive import stage_evaluation as evaluation
 from progressive.data import ImageDataset, make_loader
@@ -612,6 +612,8 @@ def _train_locked(
         f"(the last {held} held out for evaluation), {world} process(es), {acc.device}, "
         f"{precision.describe(cfg['mixed_precision'], acc.device)}; run folder {run_dir}"
     )
+    if images_shown == 0 and cfg.get("pca_path"):  # on every rank: the same fit
+        pca_path.install(trainer.unwrapped(), pca_path.training_fit(cfg))
     if images_shown == 0:  # the starting point, for metrics against initialization
         final = last_good = _save(trainer, cfg, run_dir, 0)
         if acc.is_main_process:

@@ -1,0 +1,113 @@
+"""The principal-component path of the generator and inference model: fitted once on the
+training images before the first step, then fixed (see `networks.PrincipalPath`).
+
+A gradient-trained network with a 64-dimensional code does not reach the reconstruction error
+of 64 principal components in a short run, nor does a linear autoencoder trained the same way,
+whose optimum they are: the small-variance directions converge slowly. Fitting them directly
+and letting the convolutional networks learn the remainder starts reconstruction where a linear
+code ends.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from progressive.data import ImageDataset
+from progressive.errors import UserError
+from progressive.images import to_float
+from progressive.networks import PCA_PATH_MAX_RES, initial_networks
+from progressive.stage_evaluation import split_counts
+
+FIT_IMAGES = 4096  # at most this many training images, evenly spread over the dataset
+
+
+def fit(images: Tensor, components: int) -> dict[str, Tensor]:
+    """Mean, top principal directions (orthonormal rows), their standard deviations and the
+    probabilistic PCA's posterior log-variances log(noise / variance) of uint8 images (N, 3,
+    r, r), in float32. The noise is the mean variance of the directions left out."""
+    x = to_float(images).flatten(1).double()
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"a principal-component fit needs at least 2 images, got {n}")
+    mean = x.mean(0)
+    centred = x - mean
+    # Eigen-decompose the smaller of the Gram and covariance matrices: same nonzero spectrum.
+    if n <= d:
+        values, vectors = torch.linalg.eigh(centred @ centred.T)
+        values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+        basis = (centred.T @ vectors[:, :components]) / values[:components].sqrt().clamp_min(1e-12)
+        basis = basis.T
+    else:
+        values, vectors = torch.linalg.eigh(centred.T @ centred)
+        values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+        basis = vectors[:, :components].T
+    variance = values / (n - 1)
+    k = min(components, n - 1, d)
+    if k < components:
+        raise ValueError(
+            f"{components} principal components need at least {components + 1} images, got {n}"
+        )
+    total = centred.square().sum() / (n - 1)
+    noise = ((total - variance[:k].sum()) / max(d - k, 1)).clamp_min(1e-8)
+    top = variance[:k].clamp_min(1e-8)
+    return {
+        "mean": mean.float(),
+        "basis": basis[:k].float(),
+        "scale": top.sqrt().float(),
+        "logvar": (noise / top).log().float(),
+    }
+
+
+def spread_indices(count: int, n: int = FIT_IMAGES) -> list[int]:
+    """`n` indices spread evenly over `count` (all of them if fewer): datasets stored class by
+    class are sampled across classes."""
+    if count <= n:
+        return list(range(count))
+    return torch.linspace(0, count - 1, n).round().long().unique().tolist()
+
+
+@torch.no_grad()
+def install(networks: dict[str, torch.nn.Module], fitted: dict[str, Tensor]) -> None:
+    """Set the fitted components in every generator and inference model of `networks` (the
+    averages included) and zero their convolutional outputs, so each starts as the linear
+    model exactly and the averages equal their networks."""
+    for name, net in networks.items():
+        pca = getattr(net, "pca", None)
+        if pca is None:
+            continue
+        for key, value in fitted.items():
+            getattr(pca, key).copy_(value)
+        if name.startswith("generator"):
+            outputs = list(net.to_rgb.values())
+        else:
+            outputs = [net.trunk.blocks["4"].dense1]
+        for layer in outputs:
+            layer.weight.zero_()
+            layer.bias.zero_()
+
+
+def training_fit(cfg: dict) -> dict[str, Tensor]:
+    """`fit` on the run's training images (never its held-out ones) at the path's resolution."""
+    res = min(cfg["max_res"], PCA_PATH_MAX_RES)
+    dataset = ImageDataset(cfg["data"], res)
+    if dataset.has_masks:
+        raise UserError(
+            f"dataset {cfg['data']} has missing pixels; --pca-path needs complete images"
+        )
+    train_count, _ = split_counts(len(dataset), cfg["holdout"])
+    if train_count <= cfg["latent"]:
+        raise UserError(
+            f"--pca-path with --latent {cfg['latent']} needs more than {cfg['latent']} training "
+            f"images; {cfg['data']} has {train_count}"
+        )
+    return fit(dataset.batch(spread_indices(train_count)), cfg["latent"])
+
+
+def starting_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+    """The networks exactly as a run started them: `initial_networks`, with the principal
+    components fitted and installed where the configuration asks for them."""
+    networks = initial_networks(cfg)
+    if cfg.get("pca_path"):
+        install(networks, training_fit(cfg))
+    return networks

@@ -1,0 +1,185 @@
+"""The principal-component path: its fit, the networks it starts, and training on it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+from tiny import TINY_NETWORKS
+
+from progressive import pca_path
+from progressive.cli import main
+from progressive.errors import UserError
+from progressive.images import to_float
+from progressive.networks import LOGVAR_MAX, LOGVAR_MIN, build_networks, soft_clamp
+from progressive.presets import make_config
+from progressive.training import resolve_run, train
+
+
+def structured_images(n: int, res: int, seed: int = 0) -> torch.Tensor:
+    """uint8 images (n, 3, res, res) with a few strong directions of variation and noise."""
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.randn(5, 3 * res * res, generator=g)
+    codes = torch.randn(n, 5, generator=g) * torch.tensor([40.0, 30.0, 20.0, 10.0, 5.0])
+    x = 128 + codes @ directions + 3 * torch.randn(n, 3 * res * res, generator=g)
+    return x.clamp(0, 255).round().to(torch.uint8).view(n, 3, res, res)
+
+
+@pytest.mark.parametrize("n", [20, 100])  # fewer images than pixels (Gram) and more (covariance)
+def test_fit_is_the_principal_components(n):
+    images = structured_images(n, 4)
+    fitted = pca_path.fit(images, 6)
+    x = to_float(images).flatten(1).double()
+    centred = x - x.mean(0)
+    _, sv, vh = torch.linalg.svd(centred, full_matrices=False)
+    variance = sv.square() / (n - 1)
+    torch.testing.assert_close(fitted["mean"].double(), x.mean(0), atol=1e-6, rtol=0)
+    basis = fitted["basis"].double()
+    torch.testing.assert_close(basis @ basis.T, torch.eye(6, dtype=torch.float64), atol=1e-5,
+                               rtol=0)
+    # The same subspace: equal projections.
+    torch.testing.assert_close(basis.T @ basis, vh[:6].T @ vh[:6], atol=1e-4, rtol=0)
+    torch.testing.assert_close(fitted["scale"].double().square(), variance[:6], rtol=1e-4,
+                               atol=0)
+    noise = variance[6:].sum() / (48 - 6)  # 48 pixel values; variances past rank n-1 are 0
+    torch.testing.assert_close(fitted["logvar"].double(), (noise / variance[:6]).log(),
+                               rtol=0, atol=1e-4)
+
+
+def test_fit_needs_more_images_than_components():
+    with pytest.raises(ValueError, match="need at least 7 images"):
+        pca_path.fit(structured_images(5, 4), 6)
+
+
+def test_spread_indices_cover_the_whole_dataset():
+    assert pca_path.spread_indices(10, 20) == list(range(10))
+    picked = pca_path.spread_indices(1000, 5)
+    assert picked == [0, 250, 500, 749, 999]
+
+
+def tiny_networks(pca: bool):
+    torch.manual_seed(0)
+    return build_networks(make_config("demo", max_res=8, pca_path=pca, **TINY_NETWORKS))
+
+
+def test_path_draws_nothing_and_adds_nothing_until_installed():
+    plain, with_path = tiny_networks(False), tiny_networks(True)
+    z, x = torch.randn(4, 8), torch.rand(4, 3, 8, 8) * 2 - 1
+    for name in ("generator", "inference"):
+        assert with_path[name].pca is not None and plain[name].pca is None
+    torch.testing.assert_close(with_path["generator"](z, 8), plain["generator"](z, 8))
+    for a, b in zip(with_path["inference"](x), plain["inference"](x), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_installed_networks_start_as_the_linear_model():
+    nets = tiny_networks(True)
+    images = structured_images(40, 8)
+    fitted = pca_path.fit(images, 8)
+    pca_path.install(nets, fitted)
+    x = to_float(images[:6])
+    mu, logvar = nets["inference"](x)
+    # Decoding the code gives the projection on the components, mean included.
+    flat = x.flatten(1)
+    projection = (flat - fitted["mean"]) @ fitted["basis"].T @ fitted["basis"] + fitted["mean"]
+    with torch.no_grad():
+        torch.testing.assert_close(nets["generator"](mu, 8).flatten(1), projection, atol=1e-4,
+                                   rtol=0)
+        torch.testing.assert_close(nets["generator_ema"](mu, 8), nets["generator"](mu, 8))
+        torch.testing.assert_close(logvar[0], soft_clamp(fitted["logvar"], LOGVAR_MIN,
+                                                         LOGVAR_MAX))
+        # Codes of the training images are whitened: about unit spread along each component.
+        codes = nets["inference"](to_float(images))[0]
+        assert codes.std(0).min() > 0.9 and codes.std(0).max() < 1.1
+        # A lower stage sees the linear image average-pooled, and encodes its own images.
+        z = torch.randn(3, 8)
+        torch.testing.assert_close(nets["generator"](z, 4), F.avg_pool2d(nets["generator"](z, 8),
+                                                                         2), atol=1e-5, rtol=0)
+        assert nets["inference"](F.avg_pool2d(x, 2))[0].shape == (6, 8)
+    # The zeroed outputs still learn: their gradient is not zero.
+    nets["generator"](torch.randn(3, 8), 8).square().sum().backward()
+    assert nets["generator"].to_rgb["8"].weight.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from datasets_prep import make_source, write_dataset
+
+    path = tmp_path_factory.mktemp("data") / "synthetic"
+    write_dataset(make_source("synthetic", "40"), path, 8, workers=0, progress=False)
+    return path
+
+
+def tiny(dataset, **kw):
+    return make_config("demo", **(dict(
+        **TINY_NETWORKS, max_res=8, batch=4, fade_kimg=0.016, stable_kimg=0.016, workers=0,
+        snapshot_kimg=1.0, tick_kimg=0.016, holdout=0.25, pca_path=True, data=str(dataset),
+    ) | kw))
+
+
+def test_training_starts_from_the_fit_saves_it_and_resumes_exactly(dataset, tmp_path):
+    cfg = tiny(dataset)
+    full = train(cfg, tmp_path / "full", progress=False)
+    start = tmp_path / "full" / "snapshot-000000000"
+    fitted = pca_path.fit(pca_path_images(dataset, 30), 8)  # 40 images, the last 10 held out
+    for name in ("generator", "generator_ema", "inference", "inference_ema"):
+        saved = load_file(start / f"{name}.safetensors")
+        torch.testing.assert_close(saved["pca.basis"], fitted["basis"])
+        torch.testing.assert_close(saved["pca.logvar"], fitted["logvar"])
+        assert load_file(full / f"{name}.safetensors")["pca.basis"].equal(saved["pca.basis"])
+    # The evaluation's starting networks are the run's.
+    started = pca_path.starting_networks(json.loads((tmp_path / "full" / "config.json")
+                                                    .read_text()))
+    for key, value in load_file(start / "generator.safetensors").items():
+        torch.testing.assert_close(started["generator"].state_dict()[key], value)
+    # Interrupted and resumed: the same weights.
+    train(tiny(dataset, total_kimg=0.012), tmp_path / "parts", progress=False)
+    cfg, run_dir, snapshot = resolve_run(tiny(dataset), {"total_kimg": 0.048}, tmp_path, "parts",
+                                         "auto")
+    resumed = train(cfg, run_dir, snapshot, progress=False)
+    assert resumed.name == full.name
+    for name in ("generator", "inference"):
+        a, b = load_file(full / f"{name}.safetensors"), load_file(resumed / f"{name}.safetensors")
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def pca_path_images(dataset, n):
+    from progressive.data import ImageDataset
+
+    return ImageDataset(dataset, 8).batch(list(range(n)))
+
+
+def test_bad_pca_path_settings_are_clear_errors(dataset, tmp_path):
+    with pytest.raises(UserError, match="not the reference ones"):
+        make_config("demo", pca_path=True, architecture="reference", start_res=32)
+    with pytest.raises(UserError, match="must be true or false"):
+        make_config("demo", pca_path="yes")
+    with pytest.raises(UserError, match="needs more than 40 training images"):
+        pca_path.training_fit(tiny(dataset, latent=40))
+    from datasets_prep import make_source, write_dataset
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    occluded = tmp_path / "occluded"
+    write_dataset(make_source("folder", str(folder)), occluded, 8, workers=0, progress=False,
+                  occlude="block20", mask_seed=1)
+    with pytest.raises(UserError, match="needs complete images"):
+        pca_path.training_fit(tiny(occluded, latent=2, holdout=0.0))
+
+
+def test_pca_path_option_reaches_the_configuration(tmp_path):
+    args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
+            "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args + ["--pca-path"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["config"]["pca_path"] is True
+    result = CliRunner().invoke(main, args)
+    assert json.loads(result.output)["config"]["pca_path"] is False
