@@ -91,6 +91,12 @@ CONFIGS: dict[str, dict] = {
     "demo+pca-path+autoencoder": {"pca_path": True, "loss": AUTOENCODER_LOSS},
     "demo+pca-path+energy-r1-0.1": {"pca_path": True, "loss": {"energy_r1": 0.1}},
     "demo+pca-path+generator-lr-5e-4": {"pca_path": True, "lr": {"generator": 5e-4}},
+    "demo+pca-path+energy-r1-0.01": {"pca_path": True, "loss": {"energy_r1": 0.01}},
+    "demo+pca-path+energy-r1-0.03": {"pca_path": True, "loss": {"energy_r1": 0.03}},
+    "demo+pca-path+energy-r1-1": {"pca_path": True, "loss": {"energy_r1": 1.0}},
+    "demo+pca-path+energy-r1-0.1+energy-width-4": {
+        "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_width": 4
+    },
     # The two recipes together: latent recovery and the energy's ranking at once.
     "demo+latent-16+sleep-2+energy-width-4": {
         "latent": 16, "loss": {"latent_nll": 2.0}, "energy_width": 4

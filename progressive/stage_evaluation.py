@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from progressive import metrics
 from progressive.errors import UserError
 from progressive.files import append_jsonl, read_jsonl
 from progressive.images import to_float, to_uint8
-from progressive.networks import fade_real, in_use
+from progressive.networks import fade_real, in_use, initial_networks
 from progressive.run_folder import EVALUATIONS_NAME
 
 EVALUATIONS = EVALUATIONS_NAME
@@ -72,10 +73,16 @@ class StageEvaluator:
     """Fixed held-out images, latents and OOD reference for one run; `evaluate` measures the
     networks at a stage end and appends the record to the run's evaluations.jsonl."""
 
-    def __init__(self, cfg: dict, run_dir: Path, device: torch.device):
+    def __init__(
+        self, cfg: dict, run_dir: Path, device: torch.device,
+        starting_networks: Callable[[dict], dict] | None = None,
+    ):
+        """`starting_networks(cfg)`: the networks as the run started them, for SWD at
+        initialization; default `networks.initial_networks`."""
         from progressive.data import ImageDataset
 
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+        self._starting_networks = starting_networks or initial_networks
         count = len(ImageDataset(cfg["data"], 4))
         self.train_count, held = split_counts(count, cfg["holdout"])
         self.n = min(cfg["eval_images"], held)
@@ -98,10 +105,9 @@ class StageEvaluator:
     def _swd_at_init(self, res: int, real: Tensor, alpha: float) -> dict:
         """SWD of the generator as initialised, once per resolution (the baseline to beat)."""
         if res not in self._swd0_cache:
-            from progressive.pca_path import starting_networks
-
             with torch.random.fork_rng(devices=[]):
-                g0 = starting_networks(self.cfg)["generator_ema"].to(self.device).eval()
+                started = self._starting_networks(self.cfg)
+                g0 = started["generator_ema"].to(self.device).eval()
             fake0 = self._sample(g0, res, alpha)
             self._swd0_cache[res] = metrics.sliced_wasserstein(real, fake0, seed=0)
         return self._swd0_cache[res]

@@ -598,7 +598,10 @@ def _train_locked(
     dataset_meta = check_dataset(cfg["data"], cfg["max_res"], cfg["holdout"])
     train_count, held = evaluation.split_counts(dataset_meta["count"], cfg["holdout"])
     fixed = _fixed_inputs(cfg, schedule, acc.device)
-    evaluator = evaluation.StageEvaluator(cfg, run_dir, acc.device) if acc.is_main_process else None
+    evaluator = (
+        evaluation.StageEvaluator(cfg, run_dir, acc.device, pca_path.starting_networks)
+        if acc.is_main_process else None
+    )
 
     def evaluate(phase: Phase, shown: int) -> None:
         if evaluator is not None and evaluator.enabled:
