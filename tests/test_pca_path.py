@@ -183,3 +183,22 @@ def test_pca_path_option_reaches_the_configuration(tmp_path):
     assert json.loads(result.output)["config"]["pca_path"] is True
     result = CliRunner().invoke(main, args)
     assert json.loads(result.output)["config"]["pca_path"] is False
+
+
+def test_stage_evaluation_measures_swd_at_initialization_from_the_starting_networks(tmp_path):
+    from datasets_prep import make_source, write_dataset
+    from progressive import metrics
+    from progressive.stage_evaluation import StageEvaluator
+
+    data = tmp_path / "synthetic16"
+    write_dataset(make_source("synthetic", "40"), data, 16, workers=0, progress=False)
+    cfg = tiny(data, max_res=16)
+    evaluator = StageEvaluator(cfg, tmp_path / "run", torch.device("cpu"),
+                               pca_path.starting_networks)
+    real = evaluator._reals(16, evaluator.indices)
+    measured = evaluator._swd_at_init(16, real, 1.0)["mean"]
+    pca_samples = evaluator._sample(pca_path.starting_networks(cfg)["generator_ema"], 16, 1.0)
+    assert measured == metrics.sliced_wasserstein(real, pca_samples, seed=0)["mean"]
+    # Without the starting networks the evaluator would measure the random networks instead.
+    plain = StageEvaluator(cfg, tmp_path / "run", torch.device("cpu"))
+    assert plain._swd_at_init(16, real, 1.0)["mean"] != measured
