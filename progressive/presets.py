@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 from progressive.errors import UserError
+from progressive.networks import PCA_PATH_MAX_RES
 from progressive.resolutions import ALL_RES, check_resolution
 from progressive.sizing import FMAP_MIN, default_device, rule
 
@@ -261,6 +262,12 @@ def normalize(cfg: dict) -> dict:
         raise UserError(f"pca_path {cfg['pca_path']!r} must be true or false")
     if cfg["pca_path"] and cfg["architecture"] == "reference":
         raise UserError("--pca-path is for the growing networks, not the reference ones")
+    path_values = 3 * min(cfg["max_res"], PCA_PATH_MAX_RES) ** 2
+    if cfg["pca_path"] and cfg["latent"] > path_values:
+        raise UserError(
+            f"--pca-path with --latent {cfg['latent']} needs images of at least that many "
+            f"values; at --max-res {cfg['max_res']} they have {path_values}: lower --latent"
+        )
     hidden = cfg["inference_hidden"]
     if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
         raise UserError(f"inference_hidden {hidden!r} must be a whole number >= 1 (or null)")

@@ -53,6 +53,8 @@ def test_fit_is_the_principal_components(n):
 def test_fit_needs_more_images_than_components():
     with pytest.raises(ValueError, match="need at least 7 images"):
         pca_path.fit(structured_images(5, 4), 6)
+    with pytest.raises(ValueError, match="of 48 pixel values"):
+        pca_path.fit(structured_images(60, 4), 50)
 
 
 def test_spread_indices_cover_the_whole_dataset():
@@ -161,6 +163,8 @@ def test_bad_pca_path_settings_are_clear_errors(dataset, tmp_path):
         make_config("demo", pca_path="yes")
     with pytest.raises(UserError, match="needs more than 40 training images"):
         pca_path.training_fit(tiny(dataset, latent=40))
+    with pytest.raises(UserError, match="at --max-res 8 they have 192: lower --latent"):
+        tiny(dataset, latent=200)
     from datasets_prep import make_source, write_dataset
 
     folder = tmp_path / "faces"
