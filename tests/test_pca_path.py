@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import TINY_NETWORKS
+from tiny import TINY_NETWORKS, write_synthetic
 
 from progressive import pca_path
 from progressive.cli import main
@@ -109,11 +109,7 @@ def test_installed_networks_start_as_the_linear_model():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from datasets_prep import make_source, write_dataset
-
-    path = tmp_path_factory.mktemp("data") / "synthetic"
-    write_dataset(make_source("synthetic", "40"), path, 8, workers=0, progress=False)
-    return path
+    return write_synthetic(tmp_path_factory.mktemp("data") / "synthetic", 40, 8)
 
 
 def tiny(dataset, **kw):
@@ -190,12 +186,10 @@ def test_pca_path_option_reaches_the_configuration(tmp_path):
 
 
 def test_stage_evaluation_measures_swd_at_initialization_from_the_starting_networks(tmp_path):
-    from datasets_prep import make_source, write_dataset
     from progressive import metrics
     from progressive.stage_evaluation import StageEvaluator
 
-    data = tmp_path / "synthetic16"
-    write_dataset(make_source("synthetic", "40"), data, 16, workers=0, progress=False)
+    data = write_synthetic(tmp_path / "synthetic16", 40, 16)
     cfg = tiny(data, max_res=16)
     evaluator = StageEvaluator(cfg, tmp_path / "run", torch.device("cpu"),
                                pca_path.starting_networks)

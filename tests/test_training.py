@@ -9,7 +9,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from click.testing import CliRunner
 from safetensors.torch import load_file
-from tiny import TINY_NETWORKS, cli_args
+from tiny import TINY_NETWORKS, cli_args, write_synthetic
 
 from progressive import checkpoint as ckpt
 from progressive import run_folder as layout
@@ -34,11 +34,7 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from datasets_prep import make_source, write_dataset
-
-    path = tmp_path_factory.mktemp("data") / "synthetic"
-    write_dataset(make_source("synthetic", "40"), path, 16, workers=0, progress=False)
-    return path
+    return write_synthetic(tmp_path_factory.mktemp("data") / "synthetic", 40, 16)
 
 
 def tiny(dataset, **kw):

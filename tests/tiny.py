@@ -23,3 +23,11 @@ def train_tiny_run(root, max_res: int = 16):
     )
     train(cfg, root / "run", progress=False)
     return root / "run"
+
+
+def write_synthetic(path, count: int, max_res: int):
+    """A built-in synthetic dataset of `count` images at `path`, up to `max_res`."""
+    from datasets_prep import make_source, write_dataset
+
+    write_dataset(make_source("synthetic", str(count)), path, max_res, workers=0, progress=False)
+    return path
