@@ -21,7 +21,7 @@ from progressive.images import to_uint8
 from progressive.langevin import Langevin
 from progressive.networks import build_networks, in_use
 from progressive.pca_path import starting_networks
-from progressive.run_folder import METRIC_CACHE_NAME, list_snapshots, metric_file
+from progressive.run_folder import METRIC_CACHE_NAME, list_snapshots, metric_file, snapshot_dir
 from progressive.sampling import energies, prepare_real, reconstruct, sample, sample_energies
 from progressive.use import load_images
 
@@ -113,7 +113,7 @@ def evaluate(
             swd = metrics.sliced_wasserstein(real_in, fake, seed=seed)
             # The same measurement for the run's generator as initialised (same seed), the
             # baseline that training should beat.
-            initial = _initial_generator(run.config).to(run.device)
+            initial = _initial_generator(run).to(run.device)
             fake0 = sample(initial, n, seed, run.latent, run.res, run.alpha)
             swd0 = metrics.sliced_wasserstein(real_in, fake0, seed=seed)
             extra = dict(levels=swd["levels"], per_level=swd["swd"], at_init=swd0["mean"])
@@ -335,9 +335,16 @@ def quality_summary(rec: dict) -> str:
     return ""
 
 
-def _initial_generator(cfg: dict) -> torch.nn.Module:
-    """The generator exactly as training started it."""
-    return starting_networks(cfg)["generator"].eval().requires_grad_(False)
+def _initial_generator(run: LoadedRun) -> torch.nn.Module:
+    """The generator exactly as training started it: a PCA path's from the run's first
+    snapshot while it is kept (its fit needs the training data, which may have moved)."""
+    first = snapshot_dir(run.run_dir, 0)
+    if run.config.get("pca_path") and (first / "generator.safetensors").exists():
+        networks = {"generator": build_networks(run.config)["generator"]}
+        load_weights(first, networks)
+    else:
+        networks = starting_networks(run.config)
+    return networks["generator"].eval().requires_grad_(False)
 
 
 def _training_images(run: LoadedRun, res: int, n: int) -> Tensor | None:

@@ -89,19 +89,23 @@ def install(networks: dict[str, torch.nn.Module], fitted: dict[str, Tensor]) -> 
 
 def training_fit(cfg: dict) -> dict[str, Tensor]:
     """`fit` on the run's training images (never its held-out ones) at the path's resolution."""
-    res = min(cfg["max_res"], PCA_PATH_MAX_RES)
-    dataset = ImageDataset(cfg["data"], res)
-    if dataset.has_masks:
-        raise UserError(
-            f"dataset {cfg['data']} has missing pixels; --pca-path needs complete images"
-        )
+    dataset = ImageDataset(cfg["data"], min(cfg["max_res"], PCA_PATH_MAX_RES))
+    check_data(cfg, len(dataset), dataset.has_masks, cfg["data"])
     train_count, _ = split_counts(len(dataset), cfg["holdout"])
+    return fit(dataset.batch(spread_indices(train_count)), cfg["latent"])
+
+
+def check_data(cfg: dict, count: int, has_masks: bool, where: str) -> None:
+    """One-line errors, before anything is written, for data the path cannot be fitted on:
+    missing pixels, or no more training images than latent dimensions."""
+    if has_masks:
+        raise UserError(f"{where} has missing pixels; --pca-path needs complete images")
+    train_count, _ = split_counts(count, cfg["holdout"])
     if train_count <= cfg["latent"]:
         raise UserError(
             f"--pca-path with --latent {cfg['latent']} needs more than {cfg['latent']} training "
-            f"images; {cfg['data']} has {train_count}"
+            f"images; {where} has {train_count}"
         )
-    return fit(dataset.batch(spread_indices(train_count)), cfg["latent"])
 
 
 def starting_networks(cfg: dict) -> dict[str, torch.nn.Module]:

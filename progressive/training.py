@@ -317,9 +317,14 @@ def dataset_max_res(path: str | os.PathLike) -> int:
 def check_data(cfg: dict) -> None:
     """Everything about the run's data that can be checked before anything is written."""
     if cfg["data"] is not None:
-        check_dataset(cfg["data"], cfg["max_res"], cfg["holdout"])
+        meta = check_dataset(cfg["data"], cfg["max_res"], cfg["holdout"])
+        count, has_masks, where = meta["count"], "masks" in meta, f"dataset {cfg['data']}"
     else:
-        evaluation.check_holdout(cfg["synthetic_count"], cfg["holdout"], "the built-in dataset")
+        where = "the built-in dataset"
+        evaluation.check_holdout(cfg["synthetic_count"], cfg["holdout"], where)
+        count, has_masks = cfg["synthetic_count"], False
+    if cfg.get("pca_path"):
+        pca_path.check_data(cfg, count, has_masks, where)
 
 
 def _save_grids(

@@ -134,6 +134,17 @@ def test_training_starts_from_the_fit_saves_it_and_resumes_exactly(dataset, tmp_
                                                     .read_text()))
     for key, value in load_file(start / "generator.safetensors").items():
         torch.testing.assert_close(started["generator"].state_dict()[key], value)
+    # `evaluate` finds the start in the run's first snapshot, even with the data gone.
+    import dataclasses
+
+    from progressive.checkpoint import load_run
+    from progressive.evaluation import _initial_generator
+
+    run = load_run(tmp_path / "full")
+    run = dataclasses.replace(run, config={**run.config, "data": str(tmp_path / "moved")})
+    initial = _initial_generator(run).state_dict()
+    for key, value in load_file(start / "generator.safetensors").items():
+        assert initial[key].equal(value)
     # Interrupted and resumed: the same weights.
     train(tiny(dataset, total_kimg=0.012), tmp_path / "parts", progress=False)
     cfg, run_dir, snapshot = resolve_run(tiny(dataset), {"total_kimg": 0.048}, tmp_path, "parts",
@@ -159,6 +170,12 @@ def test_bad_pca_path_settings_are_clear_errors(dataset, tmp_path):
         make_config("demo", pca_path="yes")
     with pytest.raises(UserError, match="needs more than 40 training images"):
         pca_path.training_fit(tiny(dataset, latent=40))
+    # From the command line, before anything is written.
+    result = CliRunner().invoke(main, ["train", "--data", str(dataset), "--max-res", "8",
+                                       "--pca-path", "--latent", "40", "--out",
+                                       str(tmp_path / "runs")])
+    assert result.exit_code == 1 and "needs more than 40 training images" in result.output
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(UserError, match="at --max-res 8 they have 192: lower --latent"):
         tiny(dataset, latent=200)
     from datasets_prep import make_source, write_dataset
