@@ -423,7 +423,7 @@ def test_swd_baseline_generator_is_the_one_training_started_from(run_dir, model)
     from progressive.evaluation import _initial_generator
 
     start = load_file(run_dir / "snapshot-000000000" / "generator.safetensors")
-    rebuilt = _initial_generator(model.config).state_dict()
+    rebuilt = _initial_generator(model).state_dict()
     assert start.keys() == rebuilt.keys()
     for key, value in start.items():
         assert torch.equal(value, rebuilt[key]), key
