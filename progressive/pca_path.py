@@ -15,8 +15,8 @@ from torch import Tensor
 
 from progressive.data import ImageDataset
 from progressive.errors import UserError
-from progressive.images import to_float
 from progressive.networks import PCA_PATH_MAX_RES, initial_networks
+from progressive.quality_metrics import ppca_noise, principal_components
 from progressive.stage_evaluation import split_counts
 
 FIT_IMAGES = 4096  # at most this many training images, evenly spread over the dataset
@@ -25,37 +25,21 @@ FIT_IMAGES = 4096  # at most this many training images, evenly spread over the d
 def fit(images: Tensor, components: int) -> dict[str, Tensor]:
     """Mean, top principal directions (orthonormal rows), their standard deviations and the
     probabilistic PCA's posterior log-variances log(noise / variance) of uint8 images (N, 3,
-    r, r), in float32. The noise is the mean variance of the directions left out."""
-    x = to_float(images).flatten(1).double()
-    n, d = x.shape
+    r, r), in float32 (`quality_metrics.principal_components` and `ppca_noise`)."""
+    n, d = len(images), images[0].numel()
     if components > d:
         raise ValueError(f"{components} principal components of {d} pixel values")
     if n <= components:
         raise ValueError(
             f"{components} principal components need at least {components + 1} images, got {n}"
         )
-    mean = x.mean(0)
-    centred = x - mean
-    # Eigen-decompose the smaller of the Gram and covariance matrices: same nonzero spectrum.
-    if n <= d:
-        values, vectors = torch.linalg.eigh(centred @ centred.T)
-        values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-        basis = (centred.T @ vectors[:, :components]) / values[:components].sqrt().clamp_min(1e-12)
-        basis = basis.T
-    else:
-        values, vectors = torch.linalg.eigh(centred.T @ centred)
-        values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
-        basis = vectors[:, :components].T
-    variance = values / (n - 1)
-    k = components
-    total = centred.square().sum() / (n - 1)
-    noise = ((total - variance[:k].sum()) / max(d - k, 1)).clamp_min(1e-8)
-    top = variance[:k].clamp_min(1e-8)
+    pca = principal_components(images, components)
+    variance = pca["variance"][:components].clamp_min(1e-8)
     return {
-        "mean": mean.float(),
-        "basis": basis[:k].float(),
-        "scale": top.sqrt().float(),
-        "logvar": (noise / top).log().float(),
+        "mean": pca["mean"][0].float(),
+        "basis": pca["basis"].float(),
+        "scale": variance.sqrt().float(),
+        "logvar": (ppca_noise(pca, components).clamp_min(1e-8) / variance).log().float(),
     }
 
 
@@ -90,14 +74,14 @@ def install(networks: dict[str, torch.nn.Module], fitted: dict[str, Tensor]) -> 
 def training_fit(cfg: dict) -> dict[str, Tensor]:
     """`fit` on the run's training images (never its held-out ones) at the path's resolution."""
     dataset = ImageDataset(cfg["data"], min(cfg["max_res"], PCA_PATH_MAX_RES))
-    check_data(cfg, len(dataset), dataset.has_masks, cfg["data"])
-    train_count, _ = split_counts(len(dataset), cfg["holdout"])
+    train_count = check_data(cfg, len(dataset), dataset.has_masks, cfg["data"])
     return fit(dataset.batch(spread_indices(train_count)), cfg["latent"])
 
 
-def check_data(cfg: dict, count: int, has_masks: bool, where: str) -> None:
+def check_data(cfg: dict, count: int, has_masks: bool, where: str) -> int:
     """One-line errors, before anything is written, for data the path cannot be fitted on:
-    missing pixels, or no more training images than latent dimensions."""
+    missing pixels, or no more training images than latent dimensions; else the number of
+    training images."""
     if has_masks:
         raise UserError(f"{where} has missing pixels; --pca-path needs complete images")
     train_count, _ = split_counts(count, cfg["holdout"])
@@ -106,6 +90,7 @@ def check_data(cfg: dict, count: int, has_masks: bool, where: str) -> None:
             f"--pca-path with --latent {cfg['latent']} needs more than {cfg['latent']} training "
             f"images; {where} has {train_count}"
         )
+    return train_count
 
 
 def starting_networks(cfg: dict) -> dict[str, torch.nn.Module]:

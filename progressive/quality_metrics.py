@@ -132,13 +132,34 @@ def fitted_codes(
     return z.detach().cpu(), err
 
 
-def principal_components(train: Tensor) -> dict[str, Tensor]:
-    """Mean, principal directions (rows) and variances along them of images (float64)."""
+def principal_components(train: Tensor, components: int | None = None) -> dict[str, Tensor]:
+    """Mean (1, D), principal directions (orthonormal rows, the top `components` or all) and
+    the variances along every direction, of images (float64).
+
+    Eigen-decomposes the smaller of the Gram and covariance matrices (the same nonzero
+    spectrum): images by images below as many images as pixel values, else pixels by pixels."""
     x = to_float(train).flatten(1).double()
+    n, d = x.shape
     mean = x.mean(0, keepdim=True)
-    # Right singular vectors of the centred data are the principal directions.
-    _, sv, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    return {"mean": mean, "basis": vh, "variance": sv.square() / max(len(x) - 1, 1)}
+    centred = x - mean
+    keep = min(n, d) if components is None else components
+    if n <= d:
+        values, vectors = torch.linalg.eigh(centred @ centred.T)
+        basis = centred.T @ vectors.flip(1)[:, :keep]
+        basis = (basis / basis.norm(dim=0).clamp_min(1e-12)).T
+    else:
+        values, vectors = torch.linalg.eigh(centred.T @ centred)
+        basis = vectors.flip(1)[:, :keep].T
+    variance = values.flip(0).clamp_min(0) / max(n - 1, 1)
+    return {"mean": mean, "basis": basis, "variance": variance}
+
+
+def ppca_noise(pca: dict[str, Tensor], components: int) -> Tensor:
+    """The probabilistic PCA's noise variance with `components` kept: the variance left over,
+    spread over every pixel value not kept (directions beyond the training images' count have
+    none)."""
+    variance, dims = pca["variance"], pca["mean"].shape[-1]
+    return ((variance.sum() - variance[:components].sum()) / (dims - components)).clamp_min(1e-12)
 
 
 def pca_baseline(pca: dict[str, Tensor], heldout: Tensor, components: int) -> Tensor:
@@ -160,12 +181,9 @@ def ppca_nll(pca: dict[str, Tensor], images: Tensor, components: int) -> Tensor:
     The discarded directions share one variance, their mean; an image's NLL is half its
     Mahalanobis length in the kept directions plus its residual over that variance."""
     x = to_float(images).flatten(1).double() - pca["mean"]
-    dims, variance = x.shape[1], pca["variance"]
+    variance = pca["variance"]
     k = min(components, len(variance) - 1)
-    # Directions beyond the training images' count have zero variance: the residual's share
-    # is the total left over, spread over every dimension not kept.
-    rest = (variance.sum() - variance[:k].sum()) / (dims - k)
-    rest = rest.clamp_min(1e-12)
+    rest = ppca_noise(pca, k)
     proj = x @ pca["basis"][:k].T
     kept = (proj.square() * (1.0 / variance[:k].clamp_min(1e-12) - 1.0 / rest)).sum(1)
     return 0.5 * (kept + x.square().sum(1) / rest)
