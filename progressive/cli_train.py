@@ -61,6 +61,12 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--energy-r1", help="Gradient penalty on E at the data, gamma (0: off).",
               type=click.FloatRange(min=0))
 @click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
+@click.option("--energy-langevin", help="Langevin steps on E refining its negatives (0: off).",
+              type=click.IntRange(min=0))
+@click.option("--energy-langevin-step", help="Step size of those Langevin steps.",
+              type=click.FloatRange(min=0, min_open=True))
+@click.option("--energy-langevin-noise", help="Temperature of those steps (0: descent).",
+              type=click.FloatRange(min=0))
 @click.option("--energy-ema-kimg", help="Half-life of the energy average, used (0: none).",
               type=click.FloatRange(min=0))
 @click.option("--inference-ema-kimg", help="Half-life of the inference average (0: none).",

@@ -37,6 +37,9 @@ BASE: dict = {
     "grad_clip": 100.0,
     "reset_optimizers": False,  # fresh Adam state at each stage change
     "energy_every": 1,  # the energy model steps on every k-th batch; the other two on every one
+    "energy_langevin": 0,  # Langevin steps on E refining the energy's negatives g(z); 0: none
+    "energy_langevin_step": 5e-3,  # their step size s: x <- x - s grad E(x) + sqrt(2 s T) eps
+    "energy_langevin_noise": 0.0,  # their temperature T (0: plain descent)
     "ema_kimg": 10.0,  # half-life of the generator average, thousands of images
     "energy_ema_kimg": None,  # half-life of the energy model's average (used); None: `ema_kimg`
     "inference_ema_kimg": None,  # the same for the inference model
@@ -255,6 +258,12 @@ def normalize(cfg: dict) -> dict:
         )
     if not isinstance(cfg["energy_every"], int) or cfg["energy_every"] < 1:
         raise UserError(f"energy_every {cfg['energy_every']!r} must be a whole number >= 1")
+    if not isinstance(cfg["energy_langevin"], int) or cfg["energy_langevin"] < 0:
+        raise UserError(f"--energy-langevin {cfg['energy_langevin']!r} must be a whole number >= 0")
+    if not cfg["energy_langevin_step"] > 0:
+        raise UserError(f"--energy-langevin-step {cfg['energy_langevin_step']!r} must be > 0")
+    if not cfg["energy_langevin_noise"] >= 0:
+        raise UserError(f"--energy-langevin-noise {cfg['energy_langevin_noise']!r} must be >= 0")
     for key in ("inference_width", "energy_width"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} {cfg[key]!r} must be a whole number >= 1")

@@ -28,6 +28,7 @@ from progressive.errors import UserError, one_line
 from progressive.files import append_jsonl, write_json_atomic
 from progressive.grids import pairs, save_grid
 from progressive.images import to_float
+from progressive.langevin import langevin
 from progressive.masks import fade_mask, fill
 from progressive.networks import (
     AVERAGE_OF,
@@ -186,13 +187,19 @@ class Trainer:
         update_energy = (images_shown // phase.batch) % cfg["energy_every"] == 0
         r1 = update_energy and bool(w.get("energy_r1"))
         x_real = x.detach().requires_grad_(True) if r1 else x
+        x_negative, move = x_fake.detach(), None
+        if update_energy and cfg.get("energy_langevin"):
+            x_negative = self.refine_negatives(x_negative, alpha, gen)
+            move = (x_negative - x_fake.detach().float()).square().mean().sqrt()
         with acc.autocast(), torch.set_grad_enabled(update_energy):
-            energies = self.energy(torch.cat([x_real, x_fake.detach()]), alpha)
+            energies = self.energy(torch.cat([x_real, x_negative.to(x_real.dtype)]), alpha)
             loss_e, stats = triangle.energy_loss(energies[:n], energies[n:], w)
             if r1:
                 penalty = triangle.data_gradient_penalty(energies[:n], x_real)
                 loss_e = loss_e + 0.5 * w["energy_r1"] * penalty
                 stats["energy_r1"], stats["loss_energy"] = penalty.detach(), loss_e.detach()
+        if move is not None:  # root-mean-square change of a pixel by the chain
+            stats["langevin_move"] = move
         stats["grad_norm_energy"] = torch.zeros((), device=acc.device)
         if update_energy:
             opt_e = self.optimizers["energy"]
@@ -223,6 +230,32 @@ class Trainer:
         opt_i.step()
         self.update_ema(phase.batch)
         return {k: v.detach().float() for k, v in stats.items()}
+
+    def refine_negatives(
+        self, x_fake: torch.Tensor, alpha: float, gen: torch.Generator
+    ) -> torch.Tensor:
+        """The energy's negatives: generated images moved by `energy_langevin` short-run
+        Langevin steps on the current energy, clamped to [-1, 1] (fp32, detached).
+
+        The generator's samples show the energy only where the generator already puts mass;
+        a chain on E itself also visits the low-energy regions the energy has wrongly made,
+        and the contrastive step raises them. The chain's noise comes from this step's
+        seeded stream, so a resumed run repeats it."""
+        cfg, acc = self.cfg, self.accelerator
+        noise = torch.Generator().manual_seed(
+            int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
+        )
+        energy = acc.unwrap_model(self.energy).requires_grad_(False)
+        try:
+            with acc.autocast():
+                return langevin(
+                    lambda v: energy(v, alpha), x_fake.float().clamp(-1.0, 1.0),
+                    cfg["energy_langevin"], cfg["energy_langevin_step"],
+                    cfg["energy_langevin_noise"], generator=noise,
+                    project=lambda v: v.clamp(-1.0, 1.0),
+                ).float()
+        finally:
+            energy.requires_grad_(True)
 
     @torch.no_grad()
     def recenter_energy(self, stats: dict[str, torch.Tensor], rate: float) -> None:

@@ -362,6 +362,46 @@ def test_energy_r1_penalises_the_energy_gradient_at_the_data():
     assert any(moved)
 
 
+def test_energy_langevin_refines_the_energys_negatives_downhill():
+    from progressive.errors import UserError
+
+    def trainer_for(steps, noise=0.0):
+        cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
+                          energy_langevin=steps, energy_langevin_step=0.05,
+                          energy_langevin_noise=noise)
+        torch.manual_seed(0)
+        return Trainer.create(cfg), Schedule.from_config(cfg).at(0)
+
+    trainer, phase = trainer_for(3)
+    energy = trainer.unwrapped()["energy"]
+    x = torch.rand(4, 3, phase.res, phase.res, generator=torch.Generator().manual_seed(2))
+    x = 2.4 * x - 1.2  # partly outside the image range
+    refined = trainer.refine_negatives(x, phase.alpha, torch.Generator().manual_seed(3))
+    assert refined.min() >= -1 and refined.max() <= 1
+    with torch.no_grad():
+        before, after = energy(x.clamp(-1, 1), phase.alpha), energy(refined, phase.alpha)
+    assert after.mean() < before.mean()
+    assert all(p.requires_grad and p.grad is None for p in energy.parameters())
+
+    torch.manual_seed(1)
+    real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
+    assert "langevin_move" not in trainer_for(0)[0].step(real, phase, 0)
+    assert trainer.step(real, phase, 0)["langevin_move"] > 0
+
+    # With noise the chain still depends only on the step's seed, not the global stream.
+    results = []
+    for global_seed in (5, 6):
+        noisy, phase = trainer_for(2, noise=1e-3)
+        torch.manual_seed(global_seed)
+        noisy.step(real, phase, 8)
+        results.append([p.detach().clone() for p in noisy.unwrapped()["energy"].parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    for bad in ({"energy_langevin": -1}, {"energy_langevin_step": 0.0},
+                {"energy_langevin_noise": -1.0}):
+        with pytest.raises(UserError, match="--energy-langevin"):
+            make_config("demo", **bad)
+
+
 @pytest.mark.parametrize("network", ["energy", "inference"])
 def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
     avg, kimg = f"{network}_ema", {f"{network}_ema_kimg": 0.008}
