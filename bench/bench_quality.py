@@ -109,8 +109,9 @@ CONFIGS: dict[str, dict] = {
     "demo+energy-r1-1": {"loss": {"energy_r1": 1.0}},
     "demo+energy-r1-10": {"loss": {"energy_r1": 10.0}},
     # The energy's negatives refined by five steps of Langevin descent on the energy itself
-    # (step 0.03: pixels move 0.03 RMS early in training, 0.09 to 0.14 later), so its contrastive
-    # step also raises low-energy regions the generator does not visit.
+    # (step 0.03: pixels move 0.05 to 0.06 RMS with the demo's networks, 0.13 with the PCA path,
+    # medians over training), so its contrastive step also raises low-energy regions the
+    # generator does not visit.
     "demo+energy-langevin-5": {"energy_langevin": 5, "energy_langevin_step": 3e-2},
     "demo+pca-path+energy-r1-0.1+energy-langevin-5": {
         "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5,

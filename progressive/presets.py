@@ -38,7 +38,7 @@ BASE: dict = {
     "reset_optimizers": False,  # fresh Adam state at each stage change
     "energy_every": 1,  # the energy model steps on every k-th batch; the other two on every one
     "energy_langevin": 0,  # Langevin steps on E refining the energy's negatives g(z); 0: none
-    "energy_langevin_step": 5e-3,  # their step size s: x <- x - s grad E(x) + sqrt(2 s T) eps
+    "energy_langevin_step": 3e-2,  # their step size s: x <- x - s grad E(x) + sqrt(2 s T) eps
     "energy_langevin_noise": 0.0,  # their temperature T (0: plain descent)
     "ema_kimg": 10.0,  # half-life of the generator average, thousands of images
     "energy_ema_kimg": None,  # half-life of the energy model's average (used); None: `ema_kimg`
