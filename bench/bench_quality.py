@@ -109,21 +109,17 @@ CONFIGS: dict[str, dict] = {
     "demo+energy-r1-1": {"loss": {"energy_r1": 1.0}},
     "demo+energy-r1-10": {"loss": {"energy_r1": 10.0}},
     # The energy's negatives refined by five steps of Langevin descent on the energy itself
-    # (step 0.03: pixels move 0.05 to 0.06 RMS with the demo's networks, 0.13 with the PCA path,
-    # medians over training), so its contrastive step also raises low-energy regions the
-    # generator does not visit.
-    "demo+energy-langevin-5": {"energy_langevin": 5, "energy_langevin_step": 3e-2},
+    # (the default step 0.03: pixels move 0.05 to 0.06 RMS with the demo's networks, 0.13 with
+    # the PCA path, medians over training), so its contrastive step also raises low-energy
+    # regions the generator does not visit.
+    "demo+energy-langevin-5": {"energy_langevin": 5},
     "demo+pca-path+energy-r1-0.1+energy-langevin-5": {
         "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5,
-        "energy_langevin_step": 3e-2,
     },
     # ... with the four times wider energy model, the one setting that met the ranking target.
-    "demo+energy-width-4+energy-langevin-5": {
-        "energy_width": 4, "energy_langevin": 5, "energy_langevin_step": 3e-2,
-    },
+    "demo+energy-width-4+energy-langevin-5": {"energy_width": 4, "energy_langevin": 5},
     "demo+pca-path+energy-r1-0.1+energy-langevin-5+energy-width-4": {
-        "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5,
-        "energy_langevin_step": 3e-2, "energy_width": 4,
+        "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5, "energy_width": 4,
     },
 }
 

@@ -192,7 +192,7 @@ class Trainer:
             x_negative = self.refine_negatives(x_negative, alpha, gen)
             move = (x_negative - x_fake.detach().float()).square().mean().sqrt()
         with acc.autocast(), torch.set_grad_enabled(update_energy):
-            energies = self.energy(torch.cat([x_real, x_negative.to(x_real.dtype)]), alpha)
+            energies = self.energy(torch.cat([x_real, x_negative]), alpha)
             loss_e, stats = triangle.energy_loss(energies[:n], energies[n:], w)
             if r1:
                 penalty = triangle.data_gradient_penalty(energies[:n], x_real)
