@@ -121,12 +121,6 @@ CONFIGS: dict[str, dict] = {
     "demo+pca-path+energy-r1-0.1+energy-langevin-5+energy-width-4": {
         "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5, "energy_width": 4,
     },
-    # The generator's blocks doubling bilinearly (a [1, 3, 3, 1] filter) instead of copying
-    # each pixel into a 2x2 block, against the blocky samples of the grown runs.
-    "demo+upsample-bilinear": {"upsample": "bilinear"},
-    "demo+pca-path+energy-r1-0.1+upsample-bilinear": {
-        "pca_path": True, "loss": {"energy_r1": 0.1}, "upsample": "bilinear",
-    },
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model

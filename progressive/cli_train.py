@@ -44,8 +44,6 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               type=COUNT)
 @click.option("--pca-path/--no-pca-path", help="Start G and I from the images' fixed PCA.",
               default=None)
-@click.option("--upsample", help="The generator blocks' doubling. Default nearest.",
-              type=click.Choice(["nearest", "bilinear"]))
 # Optimisation.
 @click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
 @click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))

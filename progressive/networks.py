@@ -1,8 +1,7 @@
 """The three progressive networks: generator, energy model and inference model.
 
 Progressive-GAN building blocks: equalized learning rate, pixel norm in the generator, leaky
-ReLU 0.2, nearest upsampling (bilinear inside the generator's blocks with `upsample`), 2x2
-average-pool downsampling and `channels(res)` feature maps.
+ReLU 0.2, nearest upsampling, 2x2 average-pool downsampling and `channels(res)` feature maps.
 Every network is built once at full size (all blocks and RGB adapters up to `max_res`), so the
 parameter shapes never depend on the stage; the stage is chosen per call by `res` (generator)
 or by the input size (energy, inference) and `alpha` (fade-in weight of the newest block).
@@ -46,14 +45,8 @@ def lrelu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, LRELU_SLOPE, inplace=True)
 
 
-UPSAMPLING = ("nearest", "bilinear")
-
-
-def upsample2x(x: Tensor, mode: str = "nearest") -> Tensor:
-    # Bilinear doubling is the [1, 3, 3, 1] filter along each axis: no copied 2x2 blocks.
-    if mode == "nearest":
-        return F.interpolate(x, scale_factor=2.0, mode="nearest")
-    return F.interpolate(x, scale_factor=2.0, mode=mode, align_corners=False)
+def upsample2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
 def downsample2x(x: Tensor) -> Tensor:
@@ -173,16 +166,16 @@ class _GeneratorFirst(nn.Module):
 
 
 class _GeneratorBlock(nn.Module):
-    """Upsample x2 (`upsample`: nearest or bilinear), then (conv3x3, lrelu, pn) twice."""
+    """Upsample x2, then (conv3x3, lrelu, pn) twice."""
 
-    def __init__(self, in_ch: int, out_ch: int, pn: bool, upsample: str = "nearest"):
+    def __init__(self, in_ch: int, out_ch: int, pn: bool):
         super().__init__()
-        self.pn, self.upsample = pn, upsample
+        self.pn = pn
         self.conv0 = EqualizedConv2d(in_ch, out_ch, 3)
         self.conv1 = EqualizedConv2d(out_ch, out_ch, 3)
 
     def forward(self, h: Tensor) -> Tensor:
-        h = lrelu(self.conv0(upsample2x(h, self.upsample)))
+        h = lrelu(self.conv0(upsample2x(h)))
         h = pixel_norm(h) if self.pn else h
         h = lrelu(self.conv1(h))
         return pixel_norm(h) if self.pn else h
@@ -200,11 +193,8 @@ class Generator(nn.Module):
         pixel_norm: bool = True,
         fmap_min: int = 16,
         pca_path: bool = False,
-        upsample: str = "nearest",
     ):
         super().__init__()
-        if upsample not in UPSAMPLING:
-            raise ValueError(f"upsample {upsample!r} must be one of {UPSAMPLING}")
         self.max_res, self.latent, self.pixel_norm = max_res, latent, pixel_norm
         self.pca = PrincipalPath(min(max_res, PCA_PATH_MAX_RES), latent) if pca_path else None
         ch = lambda r: channels(r, fmap_base, fmap_max, fmap_min)  # noqa: E731
@@ -214,7 +204,7 @@ class Generator(nn.Module):
             self.blocks[str(r)] = (
                 _GeneratorFirst(latent, ch(4), pixel_norm)
                 if r == 4
-                else _GeneratorBlock(ch(r // 2), ch(r), pixel_norm, upsample)
+                else _GeneratorBlock(ch(r // 2), ch(r), pixel_norm)
             )
             self.to_rgb[str(r)] = EqualizedConv2d(ch(r), 3, 1, gain=1.0)
 
@@ -235,7 +225,6 @@ class Generator(nn.Module):
         new = self.to_rgb[str(res)](self.blocks[str(res)](h))
         if alpha >= 1.0:
             return new
-        # Nearest here whatever `upsample` is: real images fade the same way (`fade_real`).
         return fade(upsample2x(self.to_rgb[str(res // 2)](h)), new, alpha)
 
 
@@ -433,9 +422,8 @@ def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
 
     inference_widths = scaled(cfg.get("inference_width", 1))
     pca_path = bool(cfg.get("pca_path"))
-    shape = {"pca_path": pca_path, "upsample": cfg.get("upsample", "nearest")}
-    generator = Generator(cfg["max_res"], cfg["latent"], **widths, **shape)
-    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths, **shape)
+    generator = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
+    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.requires_grad_(False)
     energy = Energy(

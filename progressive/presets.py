@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 
 from progressive.errors import UserError
-from progressive.networks import PCA_PATH_MAX_RES, UPSAMPLING
+from progressive.networks import PCA_PATH_MAX_RES
 from progressive.resolutions import ALL_RES, check_resolution
 from progressive.sizing import FMAP_MIN, default_device, rule
 
@@ -51,7 +51,6 @@ BASE: dict = {
     "inference_width": 1,  # the inference model's widths over the others'
     "energy_width": 1,  # the energy model's widths over the generator's
     "pca_path": False,  # generator and inference model on the training images' fixed PCA
-    "upsample": "nearest",  # the generator blocks' doubling: "nearest" or "bilinear"
     "inference_hidden": None,  # width of the inference model's dense layer; None: its 4x4 width
     "architecture": "progressive",  # or "reference": DCGAN-sized networks at max_res only
     "loss": {
@@ -268,14 +267,10 @@ def normalize(cfg: dict) -> dict:
     for key in ("inference_width", "energy_width"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} {cfg[key]!r} must be a whole number >= 1")
-    if cfg["upsample"] not in UPSAMPLING:
-        raise UserError(f"upsample {cfg['upsample']!r} must be one of {', '.join(UPSAMPLING)}")
     if not isinstance(cfg["pca_path"], bool):
         raise UserError(f"pca_path {cfg['pca_path']!r} must be true or false")
     if cfg["pca_path"] and cfg["architecture"] == "reference":
         raise UserError("--pca-path is for the growing networks, not the reference ones")
-    if cfg["upsample"] != "nearest" and cfg["architecture"] == "reference":
-        raise UserError("--upsample is for the growing networks, not the reference ones")
     path_values = 3 * min(cfg["max_res"], PCA_PATH_MAX_RES) ** 2
     if cfg["pca_path"] and cfg["latent"] > path_values:
         raise UserError(

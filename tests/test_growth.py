@@ -290,15 +290,3 @@ def test_energy_langevin_options_reach_the_configuration(tmp_path):
     assert cfg["energy_langevin_noise"] == 0.001
     bad = CliRunner().invoke(main, [*args[:6], "--energy-langevin-step", "0"])
     assert bad.exit_code != 0 and "--energy-langevin-step" in bad.output
-
-
-def test_upsample_option_reaches_the_configuration(tmp_path):
-    args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
-            "--out", str(tmp_path)]
-    default = CliRunner().invoke(main, args)
-    assert json.loads(default.output)["config"]["upsample"] == "nearest"
-    result = CliRunner().invoke(main, [*args, "--upsample", "bilinear"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["config"]["upsample"] == "bilinear"
-    bad = CliRunner().invoke(main, [*args, "--upsample", "cubic"])
-    assert bad.exit_code != 0 and "--upsample" in bad.output

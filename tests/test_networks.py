@@ -275,35 +275,3 @@ def test_inference_average_pairs_with_the_generator_average_and_old_runs_keep_no
     assert in_use(nets, "inference") is nets["inference_ema"]
     del nets["inference_ema"]
     assert in_use(nets, "inference") is nets["inference"]
-
-
-def test_bilinear_upsampling_smooths_the_generator_blocks_and_keeps_its_parameters():
-    from progressive.networks import build_networks, upsample2x
-    from progressive.presets import make_config
-
-    h = torch.randn(2, 4, 5, 5)
-    blocks = upsample2x(h, "nearest").unfold(2, 2, 2).unfold(3, 2, 2)  # (..., 5, 5, 2, 2)
-    assert torch.equal(blocks.amin((-2, -1)), blocks.amax((-2, -1)))  # copied 2x2 blocks
-    smooth = upsample2x(h, "bilinear")
-    assert smooth.shape == (2, 4, 10, 10)
-    assert torch.allclose(smooth.mean((2, 3)), h.mean((2, 3)), atol=1e-5)  # no gain
-    jumps = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()  # noqa: E731
-    assert jumps(smooth) < 0.7 * jumps(upsample2x(h, "nearest"))
-
-    kw = dict(max_res=16, latent=8, fmap_base=64, fmap_max=16, mixed_precision="no")
-    torch.manual_seed(0)
-    nearest = build_networks(make_config("demo", **kw))["generator"]
-    torch.manual_seed(0)
-    bilinear = build_networks(make_config("demo", **kw, upsample="bilinear"))["generator"]
-    bilinear.load_state_dict(nearest.state_dict())  # the same parameters, strictly
-    z = torch.randn(3, 8)
-    with torch.no_grad():
-        assert torch.equal(nearest(z, 4), bilinear(z, 4))  # nothing doubles at 4x4
-        assert not torch.allclose(nearest(z, 16), bilinear(z, 16))
-        # as a fade-in starts, the older image is doubled by nearest, like real images
-        start = bilinear(z, 16, 0.0)
-        assert torch.allclose(start, upsample2x(bilinear(z, 8), "nearest"), atol=1e-6)
-    for bad in ({"upsample": "bicubic"}, {"upsample": "bilinear", "architecture": "reference",
-                                          "start_res": 16}):
-        with pytest.raises(UserError, match="upsample"):
-            make_config("demo", **kw, **bad)
