@@ -122,7 +122,7 @@ CONFIGS: dict[str, dict] = {
         "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5, "energy_width": 4,
     },
     # The PCA path's reconstruction ends above the PCA's own at 40k images, on training faces
-    # too: the KL's pull on the codes. Weighting the reconstruction against it:
+    # too. Is it the KL's pull on the codes? The reconstruction weighted against the rest:
     "demo+pca-path+energy-r1-0.1+rec-2": {"pca_path": True, "loss": {"energy_r1": 0.1, "rec": 2.0}},
     "demo+pca-path+energy-r1-0.1+rec-4": {"pca_path": True, "loss": {"energy_r1": 0.1, "rec": 4.0}},
 }
