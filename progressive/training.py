@@ -242,9 +242,10 @@ class Trainer:
         and the contrastive step raises them. The chain's noise comes from this step's
         seeded stream, so a resumed run repeats it."""
         cfg, acc = self.cfg, self.accelerator
-        noise = torch.Generator().manual_seed(
-            int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
-        )
+        noise = None  # plain descent (the default) draws nothing: no device sync per step
+        if cfg["energy_langevin_noise"] > 0:  # nothing after this reads `gen` in the step
+            seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
+            noise = torch.Generator().manual_seed(seed)
         energy = acc.unwrap_model(self.energy).requires_grad_(False)
         try:
             with acc.autocast():
