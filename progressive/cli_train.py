@@ -52,6 +52,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               type=click.FloatRange(min=0))
 @click.option("--code-decorrelation", help="Weight of the codes' squared covariances (0: off).",
               type=click.FloatRange(min=0))
+@click.option("--code-center", help="Weight of the codes' mean's squared length (0: off).",
+              type=click.FloatRange(min=0))
 @click.option("--latent-nll", help="Weight of the sleep phase, -log q(z|g(z)) (0: off).",
               type=click.FloatRange(min=0))
 @click.option("--energy-center", help="Weight pinning E's midpoint (data/samples) at 0 (0: off).",
@@ -89,15 +91,16 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               is_flag=True)
 @click.option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
               type=click.FloatRange(min=0), default=20.0, show_default=True)
-def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelation, latent_nll,
-          energy_center, energy_recenter, energy_r1, dry_run, calibration_seconds,
+def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelation, code_center,
+          latent_nll, energy_center, energy_recenter, energy_r1, dry_run, calibration_seconds,
           **overrides) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive import training
     from progressive.presets import make_config
 
     loss = {"rec_scaling": rec_scaling, "marginal_kl": marginal_kl,
-            "code_decorrelation": code_decorrelation, "latent_nll": latent_nll,
+            "code_decorrelation": code_decorrelation, "code_center": code_center,
+            "latent_nll": latent_nll,
             "energy_center": energy_center,
             "energy_recenter": energy_recenter, "energy_r1": energy_r1}
     overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None

@@ -8,6 +8,7 @@ min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
            + code_decorrelation * sum_{i<j} Cov(mu_i, mu_j)^2
+           + code_center * |E[mu]|^2                                          (0 by default)
            + code_mmd * MMD^2(batch codes mu, the batch's prior draws z)     (0 by default)
 The joint loss's gradient w.r.t. the inference model is its loss and w.r.t. the generator the
 generator's loss, so one backward pass serves both.
@@ -83,6 +84,22 @@ def code_decorrelation(mu: Tensor) -> Tensor:
     mu = mu.to(torch.promote_types(mu.dtype, torch.float32))
     first, second = torch.cov(mu[:half].T), torch.cov(mu[half : 2 * half].T)
     return torch.triu(first * second, diagonal=1).sum()
+
+
+def code_center(mu: Tensor) -> Tensor:
+    """Squared length of the codes' mean, estimated without bias from the batch as the dot
+    product of its two halves' means; 0 below two codes.
+
+    The marginal KL charges an offset of the codes' mean only half a nat per unit squared
+    length, and the generator can use such an offset as a switch: at the data's codes it
+    reconstructs, at the prior's centre it follows the energy's pull alone. Weighting the
+    marginal KL up charges the offset, but its batch estimate of the mean, squared, also pulls
+    each batch's codes towards one another; the product of two independent means does not."""
+    half = mu.shape[0] // 2
+    if half < 1:
+        return torch.zeros((), device=mu.device)
+    mu = mu.to(torch.promote_types(mu.dtype, torch.float32))
+    return (mu[:half].mean(0) * mu[half : 2 * half].mean(0)).sum()
 
 
 IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -173,14 +190,16 @@ def joint_loss(
         + weights["energy"] * e_fake
         + weights.get("marginal_kl", 0.0) * marginal
     )
-    # The decorrelation is reported even unweighted; the MMD, pairwise over the batch, only
-    # costs when it is weighted.
+    # The decorrelation and centring are reported even unweighted; the MMD, pairwise over the
+    # batch, only costs when it is weighted.
     decorrelation = code_decorrelation(mu)
+    center = code_center(mu)
     mmd = code_mmd(mu, z) if weights.get("code_mmd") else torch.zeros((), device=mu.device)
     loss = (
         loss
         + weights.get("code_mmd", 0.0) * mmd
         + weights.get("code_decorrelation", 0.0) * decorrelation
+        + weights.get("code_center", 0.0) * center
     )
     stats = {
         "rec": rec.detach(),
@@ -189,6 +208,7 @@ def joint_loss(
         "latent_nll": nll.detach(),
         "marginal_kl": marginal.detach(),
         "code_decorrelation": decorrelation.detach(),
+        "code_center": center.detach(),
         "code_mmd": mmd.detach(),
         "loss_joint": loss.detach(),
     }

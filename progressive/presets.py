@@ -62,6 +62,7 @@ BASE: dict = {
         "latent_nll": 0.1,  # lambda_lat on generated pairs
         "marginal_kl": 1.0,  # KL of the batch's aggregate posterior to N(0, I)
         "code_decorrelation": 1.0,  # squared covariances between the codes' dimensions
+        "code_center": 0.0,  # squared length of the codes' mean
         "code_mmd": 0.0,  # MMD between the batch's codes and prior samples
         "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero

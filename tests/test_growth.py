@@ -128,7 +128,7 @@ def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
             "--out", str(tmp_path)]
     plans = []
     for extra in ([], ["--marginal-kl", "0"], ["--rec-scaling", "sum", "--marginal-kl", "0.5"],
-                  ["--code-decorrelation", "0"],
+                  ["--code-decorrelation", "0", "--code-center", "30"],
                   ["--energy-center", "2", "--energy-recenter", "0.1", "--latent-nll", "1",
                    "--energy-r1", "0.05"]):
         result = CliRunner().invoke(main, args + extra)
@@ -141,6 +141,7 @@ def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
     assert default["energy_r1"] == 0.0 and centred["energy_r1"] == 0.05
     assert default["code_decorrelation"] == 1.0 and decorrelation_off["code_decorrelation"] == 0.0
     assert decorrelation_off["marginal_kl"] == default["marginal_kl"]
+    assert default["code_center"] == 0.0 and decorrelation_off["code_center"] == 30.0
     assert default["marginal_kl"] == 1.0 and off["marginal_kl"] == 0.0
     assert both["marginal_kl"] == 0.5 and both["rec_scaling"] == "sum"
     assert {k: v for k, v in off.items() if k != "marginal_kl"} == {

@@ -97,6 +97,40 @@ def test_code_decorrelation_is_unbiased_for_the_squared_covariances():
     assert make_config("cifar10")["loss"]["code_decorrelation"] == 0.0  # the paper's loss
 
 
+def test_code_center_is_unbiased_for_the_squared_mean():
+    g = torch.Generator().manual_seed(6)
+    d, offset = 16, torch.full((16,), 0.25)
+    expected = offset.square().sum().item()  # 1.0
+    batches = torch.randn(20000, 8, d, generator=g) + offset
+    estimates = torch.stack([loss.code_center(b) for b in batches])
+    assert abs(estimates.mean().item() - expected) < 0.05 * expected
+    # The batch mean squared, the marginal KL's estimate, adds the mean's variance d / 8.
+    squared = batches.mean(1).square().sum(1).mean().item()
+    assert abs(squared - (expected + d / 8)) < 0.1 * (expected + d / 8)
+    centred = torch.stack([loss.code_center(b) for b in batches - offset])
+    assert abs(centred.mean().item()) < 0.02
+    assert loss.code_center(torch.randn(1, d)).item() == 0.0  # too few codes to split
+    mu = batches[0].clone().requires_grad_(True)
+    loss.code_center(mu).backward()
+    assert mu.grad.abs().sum() > 0
+    assert make_config("demo")["loss"]["code_center"] == 0.0
+
+
+def test_code_center_enters_the_joint_loss_with_its_weight():
+    g = torch.Generator().manual_seed(7)
+    n, d, res = 8, 5, 8
+    x, x_rec = torch.rand(n, 3, res, res, generator=g), torch.rand(n, 3, res, res, generator=g)
+    mu, logvar, z = (torch.randn(n, d, generator=g) + 1.0 for _ in range(3))
+    mu_f, logvar_f = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+    e_fake = torch.randn(n, generator=g)
+    args = (x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res)
+    off, _ = loss.joint_loss(*args, make_config("demo")["loss"])
+    on, stats = loss.joint_loss(*args, make_config("demo", loss={"code_center": 3.0})["loss"])
+    center = (mu[:4].mean(0) * mu[4:].mean(0)).sum().item()
+    assert np.isclose(stats["code_center"].item(), center, rtol=1e-5)
+    assert np.isclose(on.item() - off.item(), 3.0 * center, rtol=1e-4)
+
+
 def test_marginal_kl_charges_codes_that_drift_off_the_prior_together():
     g = torch.Generator().manual_seed(1)
     mu, logvar = torch.randn(16, 6, generator=g), torch.randn(16, 6, generator=g) * 0.3
