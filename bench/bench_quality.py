@@ -142,7 +142,7 @@ CONFIGS: dict[str, dict] = {
     "demo+pca-path+energy-r1-0.1+code-center-100": {
         "pca_path": True, "loss": {"energy_r1": 0.1, "code_center": 100.0},
     },
-    "demo+code-center-100": {"loss": {"code_center": 100.0}},
+    "demo+code-center-10": {"loss": {"code_center": 10.0}},
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model
