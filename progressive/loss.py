@@ -91,10 +91,11 @@ def code_center(mu: Tensor) -> Tensor:
     product of its two halves' means; 0 below two codes.
 
     The marginal KL charges an offset of the codes' mean only half a nat per unit squared
-    length, and the generator can use such an offset as a switch: at the data's codes it
-    reconstructs, at the prior's centre it follows the energy's pull alone. Weighting the
-    marginal KL up charges the offset, but its batch estimate of the mean, squared, also pulls
-    each batch's codes towards one another; the product of two independent means does not."""
+    length, and trained generators use such an offset as a switch: at the data's codes they
+    reconstruct, at the prior's centre they follow the energy's pull alone. Weighting the
+    marginal KL up charges the offset too, but its squared batch mean, biased by the mean's
+    variance, also pulls each batch's codes towards one another; the product of two
+    independent means does neither."""
     half = mu.shape[0] // 2
     if half < 1:
         return torch.zeros((), device=mu.device)
