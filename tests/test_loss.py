@@ -76,6 +76,19 @@ def test_joint_loss_matches_formula():
         assert np.isclose(stats["code_decorrelation"].item(), decorrelation, rtol=1e-5)
 
 
+def check_half_batch_estimate(estimate, batches, expected, null_batches, too_few):
+    """`estimate` averages to `expected` over `batches` and to 0 over `null_batches`, is 0 for a
+    batch of `too_few` codes, and passes gradients to the codes."""
+    assert abs(torch.stack([estimate(b) for b in batches]).mean().item() - expected) < (
+        0.05 * expected
+    )
+    assert abs(torch.stack([estimate(b) for b in null_batches]).mean().item()) < 0.02
+    assert estimate(torch.randn(too_few, batches.shape[-1])).item() == 0.0  # too few to split
+    mu = batches[0].clone().requires_grad_(True)
+    estimate(mu).backward()
+    assert mu.grad.abs().sum() > 0
+
+
 def test_code_decorrelation_is_unbiased_for_the_squared_covariances():
     g = torch.Generator().manual_seed(5)
     d = 4
@@ -84,15 +97,8 @@ def test_code_decorrelation_is_unbiased_for_the_squared_covariances():
     cov = mix @ mix.T
     expected = torch.triu(cov.square(), diagonal=1).sum().item()  # 2 * 0.8^2
     batches = torch.randn(20000, 8, d, generator=g) @ mix.T
-    estimates = torch.stack([loss.code_decorrelation(b) for b in batches])
-    assert abs(estimates.mean().item() - expected) < 0.05 * expected
     unrelated = torch.randn(20000, 8, d, generator=g)
-    independent = torch.stack([loss.code_decorrelation(b) for b in unrelated])
-    assert abs(independent.mean().item()) < 0.02
-    assert loss.code_decorrelation(torch.randn(3, d)).item() == 0.0  # too few codes to split
-    mu = batches[0].clone().requires_grad_(True)
-    loss.code_decorrelation(mu).backward()
-    assert mu.grad.abs().sum() > 0
+    check_half_batch_estimate(loss.code_decorrelation, batches, expected, unrelated, too_few=3)
     assert make_config("demo")["loss"]["code_decorrelation"] == 1.0
     assert make_config("cifar10")["loss"]["code_decorrelation"] == 0.0  # the paper's loss
 
@@ -102,17 +108,10 @@ def test_code_center_is_unbiased_for_the_squared_mean():
     d, offset = 16, torch.full((16,), 0.25)
     expected = offset.square().sum().item()  # 1.0
     batches = torch.randn(20000, 8, d, generator=g) + offset
-    estimates = torch.stack([loss.code_center(b) for b in batches])
-    assert abs(estimates.mean().item() - expected) < 0.05 * expected
+    check_half_batch_estimate(loss.code_center, batches, expected, batches - offset, too_few=1)
     # The batch mean squared, the marginal KL's estimate, adds the mean's variance d / 8.
     squared = batches.mean(1).square().sum(1).mean().item()
     assert abs(squared - (expected + d / 8)) < 0.1 * (expected + d / 8)
-    centred = torch.stack([loss.code_center(b) for b in batches - offset])
-    assert abs(centred.mean().item()) < 0.02
-    assert loss.code_center(torch.randn(1, d)).item() == 0.0  # too few codes to split
-    mu = batches[0].clone().requires_grad_(True)
-    loss.code_center(mu).backward()
-    assert mu.grad.abs().sum() > 0
     assert make_config("demo")["loss"]["code_center"] == 0.0
 
 
