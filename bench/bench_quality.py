@@ -125,16 +125,15 @@ CONFIGS: dict[str, dict] = {
     # too. Is it the KL's pull on the codes? The reconstruction weighted against the rest:
     "demo+pca-path+energy-r1-0.1+rec-2": {"pca_path": True, "loss": {"energy_r1": 0.1, "rec": 2.0}},
     "demo+pca-path+energy-r1-0.1+rec-4": {"pca_path": True, "loss": {"energy_r1": 0.1, "rec": 4.0}},
-    # The codes of held-out faces sit off the prior's centre (mean of length 2 to 3.4 in every
-    # run), and prior samples decoded there show blocks that samples shifted by that mean do
-    # not. The marginal KL's charge on the offset, weighted up:
+    # The codes of held-out faces sit off the prior's centre (mean of length 2 to 5 in every
+    # run), and prior samples show blocks that the same draws shifted by that mean do not (at
+    # 64 px). The marginal KL's charge on the offset, weighted up:
     "demo+pca-path+energy-r1-0.1+marginal-kl-10": {
         "pca_path": True, "loss": {"energy_r1": 0.1, "marginal_kl": 10.0},
     },
     "demo+pca-path+energy-r1-0.1+marginal-kl-100": {
         "pca_path": True, "loss": {"energy_r1": 0.1, "marginal_kl": 100.0},
     },
-    "demo+marginal-kl-10": {"loss": {"marginal_kl": 10.0}},
     # ... and the offset alone charged, without bias (`loss.code_center`):
     "demo+pca-path+energy-r1-0.1+code-center-10": {
         "pca_path": True, "loss": {"energy_r1": 0.1, "code_center": 10.0},
