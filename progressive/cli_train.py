@@ -100,8 +100,7 @@ def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelatio
 
     loss = {"rec_scaling": rec_scaling, "marginal_kl": marginal_kl,
             "code_decorrelation": code_decorrelation, "code_center": code_center,
-            "latent_nll": latent_nll,
-            "energy_center": energy_center,
+            "latent_nll": latent_nll, "energy_center": energy_center,
             "energy_recenter": energy_recenter, "energy_r1": energy_r1}
     overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None
     if preset is None and overrides["max_res"] is None and overrides["data"] is not None:

@@ -78,11 +78,10 @@ def code_decorrelation(mu: Tensor) -> Tensor:
     diagonal one. A batch's own covariance cannot give that KL (its estimate is singular when
     the batch is smaller than the latent); the product of two independent estimates is unbiased
     for each squared covariance at any batch of four or more."""
-    half = mu.shape[0] // 2
-    if half < 2:
+    halves = _two_halves(mu, least=2)
+    if halves is None:
         return torch.zeros((), device=mu.device)
-    mu = mu.to(torch.promote_types(mu.dtype, torch.float32))
-    first, second = torch.cov(mu[:half].T), torch.cov(mu[half : 2 * half].T)
+    first, second = (torch.cov(h.T) for h in halves)
     return torch.triu(first * second, diagonal=1).sum()
 
 
@@ -96,11 +95,21 @@ def code_center(mu: Tensor) -> Tensor:
     marginal KL up charges the offset too, but its squared batch mean, biased by the mean's
     variance, also pulls each batch's codes towards one another; the product of two
     independent means does neither."""
-    half = mu.shape[0] // 2
-    if half < 1:
+    halves = _two_halves(mu, least=1)
+    if halves is None:
         return torch.zeros((), device=mu.device)
+    first, second = (h.mean(0) for h in halves)
+    return (first * second).sum()
+
+
+def _two_halves(mu: Tensor, least: int) -> tuple[Tensor, Tensor] | None:
+    """The batch's first and second halves of codes (an odd one left out), at least fp32:
+    independent draws, so products of their estimates are unbiased. None below `least` each."""
+    half = mu.shape[0] // 2
+    if half < least:
+        return None
     mu = mu.to(torch.promote_types(mu.dtype, torch.float32))
-    return (mu[:half].mean(0) * mu[half : 2 * half].mean(0)).sum()
+    return mu[:half], mu[half : 2 * half]
 
 
 IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
