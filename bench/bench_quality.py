@@ -116,6 +116,21 @@ CONFIGS: dict[str, dict] = {
     "demo+pca-path+energy-r1-0.1+energy-langevin-5": {
         "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5,
     },
+    # The chain's length and step size, with the PCA path:
+    "demo+pca-path+energy-r1-0.1+energy-langevin-2": {
+        "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 2,
+    },
+    "demo+pca-path+energy-r1-0.1+energy-langevin-15": {
+        "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 15,
+    },
+    "demo+pca-path+energy-r1-0.1+energy-langevin-5-step-0.01": {
+        "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5,
+        "energy_langevin_step": 0.01,
+    },
+    "demo+pca-path+energy-r1-0.1+energy-langevin-5-step-0.1": {
+        "pca_path": True, "loss": {"energy_r1": 0.1}, "energy_langevin": 5,
+        "energy_langevin_step": 0.1,
+    },
     # ... with the four times wider energy model, the one setting that met the ranking target.
     "demo+energy-width-4+energy-langevin-5": {"energy_width": 4, "energy_langevin": 5},
     "demo+pca-path+energy-r1-0.1+energy-langevin-5+energy-width-4": {
@@ -142,6 +157,15 @@ CONFIGS: dict[str, dict] = {
         "pca_path": True, "loss": {"energy_r1": 0.1, "code_center": 100.0},
     },
     "demo+code-center-10": {"loss": {"code_center": 10.0}},
+    # At 64 px the energy's pull paints blocks of flat colour: a narrow energy model rewards
+    # detail it cannot judge. Instance noise on every image it sees (`energy_noise`):
+    "demo+energy-noise-0.1": {"energy_noise": 0.1},
+    "demo+pca-path+energy-r1-0.1+energy-noise-0.1": {
+        "pca_path": True, "energy_noise": 0.1, "loss": {"energy_r1": 0.1},
+    },
+    "demo+pca-path+energy-r1-0.1+energy-noise-0.3": {
+        "pca_path": True, "energy_noise": 0.3, "loss": {"energy_r1": 0.1},
+    },
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model
