@@ -211,15 +211,7 @@ class Generator(nn.Module):
     def forward(self, z: Tensor, res: int, alpha: float = 1.0) -> Tensor:
         check_resolution(res, "resolution", self.max_res)
         x = self._convolutional(z, res, alpha)
-        if self.pca is None:
-            return x
-        linear = self.pca.image(z, res)  # fp32 where it is added
-        if res > 4 and alpha < 1.0:
-            # Faded in as the data are: while the data are shown as their block copies blended
-            # with the new resolution, a path image at the new resolution throughout would tell
-            # the energy that data have blocks and samples do not.
-            linear = fade_real(linear, alpha)
-        return x + linear
+        return x if self.pca is None else x + self.pca.image(z, res)  # fp32 where it is added
 
     def _convolutional(self, z: Tensor, res: int, alpha: float) -> Tensor:
         h = pixel_norm(z) if self.pixel_norm else z

@@ -15,13 +15,7 @@ from progressive import pca_path
 from progressive.cli import main
 from progressive.errors import UserError
 from progressive.images import to_float
-from progressive.networks import (
-    LOGVAR_MAX,
-    LOGVAR_MIN,
-    build_networks,
-    fade_real,
-    soft_clamp,
-)
+from progressive.networks import LOGVAR_MAX, LOGVAR_MIN, build_networks, soft_clamp
 from progressive.presets import make_config
 from progressive.training import resolve_run, train
 
@@ -111,23 +105,6 @@ def test_installed_networks_start_as_the_linear_model():
     # The zeroed outputs still learn: their gradient is not zero.
     nets["generator"](torch.randn(3, 8), 8).square().sum().backward()
     assert nets["generator"].to_rgb["8"].weight.grad.abs().sum() > 0
-
-
-def test_linear_image_fades_in_as_the_data_do():
-    nets = tiny_networks(True)
-    pca_path.install(nets, pca_path.fit(structured_images(40, 8), 8))
-    generator, z = nets["generator"], torch.randn(3, 8)
-    with torch.no_grad():
-        linear = generator.pca.image(z, 8)
-        for alpha in (0.0, 0.3, 1.0):
-            residual = generator._convolutional(z, 8, alpha)
-            torch.testing.assert_close(generator(z, 8, alpha) - residual,
-                                       fade_real(linear, alpha), atol=1e-5, rtol=0)
-        # At the fade's start the whole sample is its 4 px image doubled by copies, as the data
-        # are then shown: constant on aligned 2x2 cells.
-        start = generator(z, 8, 0.0)
-        torch.testing.assert_close(start, F.interpolate(generator(z, 4), scale_factor=2.0),
-                                   atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")
