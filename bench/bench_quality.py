@@ -166,12 +166,6 @@ CONFIGS: dict[str, dict] = {
     "demo+pca-path+energy-r1-0.1+energy-noise-0.3": {
         "pca_path": True, "energy_noise": 0.3, "loss": {"energy_r1": 0.1},
     },
-    # The energies of those 64 px runs rate a face's 2x2 block copy below its bilinear doubling:
-    # blocks are the generator's cheapest way down. Data ranked below their block copies:
-    "demo+energy-blocks-1": {"loss": {"energy_blocks": 1.0}},
-    "demo+pca-path+energy-r1-0.1+energy-blocks-1": {
-        "pca_path": True, "loss": {"energy_r1": 0.1, "energy_blocks": 1.0},
-    },
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model

@@ -4,7 +4,6 @@ min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(
 - energy:  mean E(x) - mean E(stopgrad g(z))                         (contrastive divergence)
            + drift * (mean E(x)^2 + mean E(g(z))^2) + center * ((mean E(x) + mean E(g(z))) / 2)^2
            + r1 / 2 * mean |grad_x E(x)|^2                              (0 by default)
-           + blocks * mean softplus(E(x) - E(2x2 block copy of x))        (0 by default)
 - joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
@@ -23,7 +22,6 @@ equals the reference at `rec_ref_res`; `rec_scaling="sum"` is the reference's pl
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -151,22 +149,6 @@ def data_gradient_penalty(energy_real: Tensor, x: Tensor) -> Tensor:
     minima of the landscape rather than points on a slope."""
     (grad,) = torch.autograd.grad(energy_real.float().sum(), x, create_graph=True)
     return grad.float().square().flatten(1).sum(1).mean()
-
-
-def block_copy(x: Tensor) -> Tensor:
-    """The image's half-resolution content doubled back by nearest copies: constant 2x2 blocks
-    on the grid of the generator's nearest-neighbour doubling."""
-    return F.interpolate(F.avg_pool2d(x, 2), scale_factor=2.0, mode="nearest")
-
-
-def block_ranking(energy_real: Tensor, energy_blocks: Tensor) -> Tensor:
-    """Mean softplus(E(x) - E(block copy of x)): the data ranked below their own block copies.
-
-    An energy trained against blurred samples learns that sharp edges are data-like, and then
-    rates the block copies of a face below its smooth (bilinear) doubling: the generator's
-    cheapest way down is to keep its last doubling's copies. This names those copies as worse
-    than the data they came from."""
-    return F.softplus(energy_real.float() - energy_blocks.float()).mean()
 
 
 def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tuple[Tensor, dict]:

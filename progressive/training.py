@@ -193,16 +193,10 @@ class Trainer:
             x_negative = self.refine_negatives(x_negative, alpha, gen)
             move = (x_negative - x_fake.detach().float()).square().mean().sqrt()
         noisy = self.noisy_for_energy(gen)
-        blocks = update_energy and res > 4 and bool(w.get("energy_blocks"))
         with acc.autocast(), torch.set_grad_enabled(update_energy):
-            seen = [x_real, x_negative] + ([triangle.block_copy(x.detach())] if blocks else [])
-            seen = torch.cat(seen)
-            energies = self.energy(noisy(seen) if update_energy else seen, alpha)
-            loss_e, stats = triangle.energy_loss(energies[:n], energies[n : 2 * n], w)
-            if blocks:
-                ranking = triangle.block_ranking(energies[:n], energies[2 * n :])
-                loss_e = loss_e + w["energy_blocks"] * ranking
-                stats["energy_blocks"], stats["loss_energy"] = ranking.detach(), loss_e.detach()
+            both = torch.cat([x_real, x_negative])
+            energies = self.energy(noisy(both) if update_energy else both, alpha)
+            loss_e, stats = triangle.energy_loss(energies[:n], energies[n:], w)
             if r1:
                 penalty = triangle.data_gradient_penalty(energies[:n], x_real)
                 loss_e = loss_e + 0.5 * w["energy_r1"] * penalty

@@ -221,26 +221,3 @@ def test_data_gradient_penalty_is_the_squared_input_gradient_and_trains_the_ener
     assert penalty.item() == pytest.approx(want)
     penalty.backward()  # the graph was kept: the penalty reaches the energy's parameters
     assert weight.grad is not None and weight.grad.abs().sum() > 0
-
-
-def test_block_copy_keeps_the_half_resolution_content_in_aligned_2x2_blocks():
-    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    copy = loss.block_copy(x)
-    assert copy.shape == x.shape
-    pooled = torch.nn.functional.avg_pool2d(x, 2)
-    assert torch.allclose(torch.nn.functional.avg_pool2d(copy, 2), pooled, atol=1e-6)
-    for dy in (0, 1):  # every pixel of an aligned cell is its cell's mean
-        for dx in (0, 1):
-            assert torch.allclose(copy[..., dy::2, dx::2], pooled, atol=1e-6)
-    assert not torch.allclose(copy, x)
-
-
-def test_block_ranking_is_the_mean_softplus_and_pushes_copies_above_the_data():
-    real = torch.tensor([0.0, 2.0, -3.0], requires_grad=True)
-    blocks = torch.tensor([1.0, 0.0, 5.0], requires_grad=True)
-    ranking = loss.block_ranking(real, blocks)
-    want = sum(math.log1p(math.exp(a - b)) for a, b in [(0, 1), (2, 0), (-3, 5)]) / 3
-    assert ranking.item() == pytest.approx(want, rel=1e-6)
-    ranking.backward()
-    assert (real.grad > 0).all() and (blocks.grad < 0).all()  # data down, copies up
-    assert blocks.grad[1].abs() > blocks.grad[2].abs()  # most where a copy ranks below its data

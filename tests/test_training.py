@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from tiny import TINY_NETWORKS, cli_args, write_synthetic
 
 from progressive import checkpoint as ckpt
-from progressive import loss
 from progressive import run_folder as layout
 from progressive.cli import main
 from progressive.images import to_float
@@ -440,35 +439,6 @@ def test_energy_noise_reaches_every_image_the_energy_sees_and_repeats_with_the_s
         assert torch.equal(a, b)
     with pytest.raises(UserError, match="--energy-noise"):
         make_config("demo", energy_noise=-0.1)
-
-
-def test_energy_blocks_ranks_the_data_below_their_block_copies_above_4px():
-    def step_at(stage, weight):
-        cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
-                          fade_kimg=0.004, stable_kimg=0.004, loss={"energy_blocks": weight})
-        torch.manual_seed(0)
-        trainer = Trainer.create(cfg)
-        schedule = Schedule.from_config(cfg)
-        shown = 0 if stage == 0 else schedule.end_of_last_stage - 4  # 4 px, or 8 px, alpha 1
-        phase = schedule.at(shown)
-        real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8,
-                             generator=torch.Generator().manual_seed(1))
-        energy = trainer.unwrapped()["energy"]
-        with torch.no_grad():
-            x = to_float(real)
-            want = torch.nn.functional.softplus(
-                energy(x, 1.0) - energy(loss.block_copy(x), 1.0)).mean()
-        return trainer.step(real, phase, shown), want, energy, phase
-
-    plain, _, plain_energy, phase = step_at(1, 0.0)
-    ranked, want, ranked_energy, _ = step_at(1, 3.0)
-    assert phase.res == 8 and phase.alpha == 1.0
-    assert "energy_blocks" not in plain
-    assert ranked["energy_blocks"].item() == pytest.approx(want.item(), rel=2e-2)  # bf16
-    assert ranked["loss_energy"] > plain["loss_energy"]
-    assert any(not torch.equal(a, b) for a, b in
-               zip(plain_energy.parameters(), ranked_energy.parameters(), strict=True))
-    assert "energy_blocks" not in step_at(0, 3.0)[0]  # 4 px has no coarser content to copy
 
 
 @pytest.mark.parametrize("network", ["energy", "inference"])
