@@ -157,15 +157,6 @@ CONFIGS: dict[str, dict] = {
         "pca_path": True, "loss": {"energy_r1": 0.1, "code_center": 100.0},
     },
     "demo+code-center-10": {"loss": {"code_center": 10.0}},
-    # At 64 px the energy's pull paints blocks of flat colour: a narrow energy model rewards
-    # detail it cannot judge. Instance noise on every image it sees (`energy_noise`):
-    "demo+energy-noise-0.1": {"energy_noise": 0.1},
-    "demo+pca-path+energy-r1-0.1+energy-noise-0.1": {
-        "pca_path": True, "energy_noise": 0.1, "loss": {"energy_r1": 0.1},
-    },
-    "demo+pca-path+energy-r1-0.1+energy-noise-0.3": {
-        "pca_path": True, "energy_noise": 0.3, "loss": {"energy_r1": 0.1},
-    },
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model

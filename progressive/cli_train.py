@@ -69,8 +69,6 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               type=click.FloatRange(min=0, min_open=True))
 @click.option("--energy-langevin-noise", help="Temperature of those steps (0: descent).",
               type=click.FloatRange(min=0))
-@click.option("--energy-noise", help="Sd of noise on the images E sees in training (0: off).",
-              type=click.FloatRange(min=0))
 @click.option("--energy-ema-kimg", help="Half-life of the energy average, used (0: none).",
               type=click.FloatRange(min=0))
 @click.option("--inference-ema-kimg", help="Half-life of the inference average (0: none).",

@@ -40,7 +40,6 @@ BASE: dict = {
     "energy_langevin": 0,  # Langevin steps on E refining the energy's negatives g(z); 0: none
     "energy_langevin_step": 3e-2,  # their step size s: x <- x - s grad E(x) + sqrt(2 s T) eps
     "energy_langevin_noise": 0.0,  # their temperature T (0: plain descent)
-    "energy_noise": 0.0,  # sd of Gaussian noise on every image E sees in training; 0: none
     "ema_kimg": 10.0,  # half-life of the generator average, thousands of images
     "energy_ema_kimg": None,  # half-life of the energy model's average (used); None: `ema_kimg`
     "inference_ema_kimg": None,  # the same for the inference model
@@ -266,8 +265,6 @@ def normalize(cfg: dict) -> dict:
         raise UserError(f"--energy-langevin-step {cfg['energy_langevin_step']!r} must be > 0")
     if not cfg["energy_langevin_noise"] >= 0:
         raise UserError(f"--energy-langevin-noise {cfg['energy_langevin_noise']!r} must be >= 0")
-    if not cfg["energy_noise"] >= 0:
-        raise UserError(f"--energy-noise {cfg['energy_noise']!r} must be >= 0")
     for key in ("inference_width", "energy_width"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} {cfg[key]!r} must be a whole number >= 1")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,10 +191,8 @@ class Trainer:
         if update_energy and cfg.get("energy_langevin"):
             x_negative = self.refine_negatives(x_negative, alpha, gen)
             move = (x_negative - x_fake.detach().float()).square().mean().sqrt()
-        noisy = self.noisy_for_energy(gen)
         with acc.autocast(), torch.set_grad_enabled(update_energy):
-            both = torch.cat([x_real, x_negative])
-            energies = self.energy(noisy(both) if update_energy else both, alpha)
+            energies = self.energy(torch.cat([x_real, x_negative]), alpha)
             loss_e, stats = triangle.energy_loss(energies[:n], energies[n:], w)
             if r1:
                 penalty = triangle.data_gradient_penalty(energies[:n], x_real)
@@ -217,7 +214,7 @@ class Trainer:
         # evaluated unwrapped with frozen weights so only its input receives gradients.
         energy_frozen = acc.unwrap_model(self.energy).requires_grad_(False)
         with acc.autocast():
-            e_fake = energy_frozen(noisy(x_fake), alpha)
+            e_fake = energy_frozen(x_fake, alpha)
             loss_j, joint = triangle.joint_loss(
                 x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w, observed
             )
@@ -233,23 +230,6 @@ class Trainer:
         opt_i.step()
         self.update_ema(phase.batch)
         return {k: v.detach().float() for k, v in stats.items()}
-
-    def noisy_for_energy(self, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
-        """What the energy model sees in training: images plus `energy_noise` Gaussian noise
-        from this step's seeded stream (a resumed run repeats it), or the images unchanged.
-
-        The contrastive step then tells data from samples by what survives the noise, and the
-        generator is pulled along the noise-smoothed energy's gradient, not along the fine
-        detail a narrow energy model can reward but not judge."""
-        sigma = self.cfg["energy_noise"]
-        if not sigma:
-            return lambda x: x
-
-        def add(x: torch.Tensor) -> torch.Tensor:
-            noise = torch.randn(x.shape, device=x.device, generator=gen)
-            return x + sigma * noise.to(x.dtype)
-
-        return add
 
     def refine_negatives(
         self, x_fake: torch.Tensor, alpha: float, gen: torch.Generator

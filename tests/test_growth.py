@@ -283,11 +283,11 @@ def test_inference_width_and_energy_average_options_reach_the_configuration(tmp_
 def test_energy_langevin_options_reach_the_configuration(tmp_path):
     args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
             "--out", str(tmp_path), "--energy-langevin", "4", "--energy-langevin-step", "0.02",
-            "--energy-langevin-noise", "0.001", "--energy-noise", "0.05"]
+            "--energy-langevin-noise", "0.001"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.output)["config"]
     assert (cfg["energy_langevin"], cfg["energy_langevin_step"]) == (4, 0.02)
-    assert (cfg["energy_langevin_noise"], cfg["energy_noise"]) == (0.001, 0.05)
+    assert cfg["energy_langevin_noise"] == 0.001
     bad = CliRunner().invoke(main, [*args[:6], "--energy-langevin-step", "0"])
     assert bad.exit_code != 0 and "--energy-langevin-step" in bad.output

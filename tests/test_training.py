@@ -402,45 +402,6 @@ def test_energy_langevin_refines_the_energys_negatives_downhill():
             make_config("demo", **bad)
 
 
-def test_energy_noise_reaches_every_image_the_energy_sees_and_repeats_with_the_step():
-    from progressive.errors import UserError
-
-    sigma, seen = 0.5, {}
-
-    def step_with(noise, global_seed=0):
-        cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
-                          energy_noise=noise)
-        torch.manual_seed(0)
-        trainer = Trainer.create(cfg)
-        phase = Schedule.from_config(cfg).at(0)
-        calls = seen.setdefault(noise, [])
-        trainer.unwrapped()["energy"].register_forward_pre_hook(
-            lambda _, args: calls.append(args[0].detach().float().clone()))
-        real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8,
-                             generator=torch.Generator().manual_seed(1))
-        torch.manual_seed(global_seed)
-        trainer.step(real, phase, 0)
-        return trainer, fade_real(to_float(real), phase.alpha)
-
-    plain, clean = step_with(0.0)
-    noisy, _ = step_with(sigma)
-    (contrast, pull), (contrast_noisy, pull_noisy) = seen[0.0][-2:], seen[sigma][-2:]
-    assert torch.equal(contrast[:4], clean)  # no noise: the data as they are
-    # The contrastive step's data and samples and the generator's pull each get their own
-    # noise of the configured spread (the samples before the step are the same in both).
-    for before, after in ((contrast[:4], contrast_noisy[:4]), (contrast[4:], contrast_noisy[4:]),
-                          (pull, pull_noisy)):
-        assert 0.4 < (after - before).std().item() < 0.6
-    assert not torch.allclose(contrast_noisy[4:] - contrast[4:], pull_noisy - pull)
-    # The noise comes from the step's seeded stream: the global seed does not change it.
-    again, _ = step_with(sigma, global_seed=7)
-    for a, b in zip(noisy.unwrapped()["energy"].parameters(),
-                    again.unwrapped()["energy"].parameters(), strict=True):
-        assert torch.equal(a, b)
-    with pytest.raises(UserError, match="--energy-noise"):
-        make_config("demo", energy_noise=-0.1)
-
-
 @pytest.mark.parametrize("network", ["energy", "inference"])
 def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
     avg, kimg = f"{network}_ema", {f"{network}_ema_kimg": 0.008}
