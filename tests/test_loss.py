@@ -79,10 +79,11 @@ def test_joint_loss_matches_formula():
 def check_half_batch_estimate(estimate, batches, expected, null_batches, too_few):
     """`estimate` averages to `expected` over `batches` and to 0 over `null_batches`, is 0 for a
     batch of `too_few` codes, and passes gradients to the codes."""
-    assert abs(torch.stack([estimate(b) for b in batches]).mean().item() - expected) < (
-        0.05 * expected
-    )
-    assert abs(torch.stack([estimate(b) for b in null_batches]).mean().item()) < 0.02
+    def mean_over(many: torch.Tensor) -> float:
+        return torch.stack([estimate(b) for b in many]).mean().item()
+
+    assert abs(mean_over(batches) - expected) < 0.05 * expected
+    assert abs(mean_over(null_batches)) < 0.02
     assert estimate(torch.randn(too_few, batches.shape[-1])).item() == 0.0  # too few to split
     mu = batches[0].clone().requires_grad_(True)
     estimate(mu).backward()
