@@ -157,6 +157,13 @@ CONFIGS: dict[str, dict] = {
         "pca_path": True, "loss": {"energy_r1": 0.1, "code_center": 100.0},
     },
     "demo+code-center-10": {"loss": {"code_center": 10.0}},
+    # The data ranked below random-scale noise (a flat colour to independent pixels): the
+    # generator's samples never show the energy such images, and the PCA path's energy rates a
+    # flat grey image 2 standard deviations of the held-out energies below the faces.
+    "demo+energy-outliers-1": {"loss": {"energy_outliers": 1.0}},
+    "demo+pca-path+energy-r1-0.1+energy-outliers-1": {
+        "pca_path": True, "loss": {"energy_r1": 0.1, "energy_outliers": 1.0}
+    },
 }
 
 # Rows measured before the energy model's average was a default: they evaluate the energy model

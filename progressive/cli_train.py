@@ -62,6 +62,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               type=click.FloatRange(0, 1))
 @click.option("--energy-r1", help="Gradient penalty on E at the data, gamma (0: off).",
               type=click.FloatRange(min=0))
+@click.option("--energy-outliers", help="Weight ranking data below random-scale noise (0: off).",
+              type=click.FloatRange(min=0))
 @click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
 @click.option("--energy-langevin", help="Langevin steps on E refining its negatives (0: off).",
               type=click.IntRange(min=0))
@@ -92,8 +94,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
               type=click.FloatRange(min=0), default=20.0, show_default=True)
 def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelation, code_center,
-          latent_nll, energy_center, energy_recenter, energy_r1, dry_run, calibration_seconds,
-          **overrides) -> None:
+          latent_nll, energy_center, energy_recenter, energy_r1, energy_outliers, dry_run,
+          calibration_seconds, **overrides) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive import training
     from progressive.presets import make_config
@@ -101,7 +103,8 @@ def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelatio
     loss = {"rec_scaling": rec_scaling, "marginal_kl": marginal_kl,
             "code_decorrelation": code_decorrelation, "code_center": code_center,
             "latent_nll": latent_nll, "energy_center": energy_center,
-            "energy_recenter": energy_recenter, "energy_r1": energy_r1}
+            "energy_recenter": energy_recenter, "energy_r1": energy_r1,
+            "energy_outliers": energy_outliers}
     overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None
     if preset is None and overrides["max_res"] is None and overrides["data"] is not None:
         overrides["max_res"] = training.dataset_max_res(overrides["data"])  # grow to the data's

@@ -230,7 +230,8 @@ def energy(**options):
     "energy-auroc.",
     default="swd,recon",
 )
-@click.option("--ood", help="Dataset or image folder for energy-auroc; repeatable.", multiple=True)
+@click.option("--ood", help="Dataset, image folder or noise:flat/smooth/pixel for energy-auroc; "
+              "repeatable.", multiple=True)
 @click.option("--n", help="Real and generated images.", type=click.IntRange(min=2), default=2000)
 @click.option("--inception-weights", help="torch-fidelity's InceptionV3 .pth file.", type=FILE)
 @click.option("--seed", help="Random seed (and of --occlude's masks).", type=int, default=0)

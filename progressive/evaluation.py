@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from progressive import metrics
+from progressive import metrics, outliers
 from progressive import quality_metrics as quality
 from progressive.checkpoint import LoadedRun, load_weights, read_state
 from progressive.data import ImageDataset
@@ -28,6 +28,7 @@ from progressive.use import load_images
 METRICS = ("swd", "recon", "fid", "kid", "diversity", "energy", "recovery",
            *quality.QUALITY_METRICS)
 PCA_TRAINING_IMAGES = 10000  # training images the recon metric's PCA baseline is fitted on
+NOISE_PREFIX = "noise:"  # --ood noise:KIND, the built-in sets of images no dataset holds
 RECON_FIT_IMAGES = 200  # held-out images whose codes recon-fit fits (300 generator steps each)
 
 
@@ -52,7 +53,7 @@ def evaluate(
     FID/KID without usable Inception weights are skipped with one notice (via `notify`).
     "recovery" fills the pixels that `occlude` masks (or the dataset's own masks) hide.
     `ood`: datasets or image folders that energy-auroc tells apart from `data` (up to `n`
-    images each).
+    images each), or the built-in `noise:flat`, `noise:smooth` and `noise:pixel`.
     """
     unknown = [m for m in names if m not in METRICS]
     if unknown:
@@ -66,7 +67,9 @@ def evaluate(
     real = ds.batch(list(range(n)))
     real_in = to_uint8(prepare_real(real, run.alpha))
     if "energy-auroc" in names and not ood:
-        raise UserError("--metrics energy-auroc needs --ood DIR (a dataset or image folder)")
+        raise UserError(
+            "--metrics energy-auroc needs --ood DIR (a dataset or image folder) or --ood noise:flat"
+        )
     fake = refined = None
     args = (run.generator, n, seed, run.latent, run.res, run.alpha)
     if {"swd", "fid", "kid", "diversity", "energy", "energy-auroc"} & set(names):
@@ -203,9 +206,7 @@ def evaluate(
     if "energy-auroc" in names:
         others: dict[str, Tensor] = {}
         for source in ood:
-            others[_set_name(source, others)] = load_images(
-                source, run.res, run.config["max_res"], n, spread=True
-            )[1]
+            others[_set_name(source, others)] = _other_set(source, run, n, seed)
         scores = quality.energy_auroc(
             run.energy, run.generator, run.inference, real, others, fake, run.res, run.alpha
         )
@@ -272,6 +273,18 @@ def _recovery(
     return {"value": model["mae"], "psnr": model["psnr"], "mean_colour_mae": mean["mae"],
             "mean_colour_psnr": mean["psnr"], "harmonic_mae": harmonic["mae"],
             "harmonic_psnr": harmonic["psnr"], "missing_share": model["missing_share"], **how}
+def _other_set(source: str, run: LoadedRun, n: int, seed: int) -> Tensor:
+    """The `--ood` set `source` as uint8 images: `noise:KIND` is built in (see
+    progressive.outliers), anything else a dataset or image folder."""
+    kind = source.removeprefix(NOISE_PREFIX)
+    if kind == source or Path(source).exists():
+        return load_images(source, run.res, run.config["max_res"], n, spread=True)[1]
+    if kind not in outliers.KINDS:
+        known = ", ".join(NOISE_PREFIX + k for k in outliers.KINDS)
+        raise UserError(f"--ood {source}: unknown noise kind; use one of {known}")
+    return outliers.noise_set(kind, n, run.res, seed)
+
+
 def _set_name(source: str, taken: dict) -> str:
     name, i = Path(source).name or str(source), 2
     while name in taken:

@@ -4,6 +4,7 @@ min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(
 - energy:  mean E(x) - mean E(stopgrad g(z))                         (contrastive divergence)
            + drift * (mean E(x)^2 + mean E(g(z))^2) + center * ((mean E(x) + mean E(g(z))) / 2)^2
            + r1 / 2 * mean |grad_x E(x)|^2                              (0 by default)
+           + outliers * mean softplus(E(x) - E(random-scale noise))       (0 by default)
 - joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
@@ -22,6 +23,7 @@ equals the reference at `rec_ref_res`; `rec_scaling="sum"` is the reference's pl
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -149,6 +151,12 @@ def data_gradient_penalty(energy_real: Tensor, x: Tensor) -> Tensor:
     minima of the landscape rather than points on a slope."""
     (grad,) = torch.autograd.grad(energy_real.float().sum(), x, create_graph=True)
     return grad.float().square().flatten(1).sum(1).mean()
+
+
+def outlier_ranking(energy_real: Tensor, energy_outliers: Tensor) -> Tensor:
+    """Mean softplus(E(x) - E(o)) over pairs of a data image and a noise image: the data
+    ranked below images no dataset holds, which the generator's samples never show the energy."""
+    return F.softplus(energy_real.float() - energy_outliers.float()).mean()
 
 
 def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tuple[Tensor, dict]:

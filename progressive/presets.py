@@ -70,6 +70,7 @@ BASE: dict = {
         "energy_center": 0.0,  # (midpoint of mean E(x) and mean E(g(z)))^2: pins E's constant
         "energy_recenter": 0.0,  # share of that midpoint taken off E's output bias per step
         "energy_r1": 0.0,  # gamma of gamma/2 * mean |grad_x E(x)|^2 at the data (R1)
+        "energy_outliers": 0.0,  # weight ranking each x below a random-scale noise image
     },
     "seed": 0,
     "mixed_precision": "auto",  # bf16 where the device runs it natively, else fp32

@@ -37,6 +37,7 @@ from progressive.networks import (
     in_use,
     initial_networks,
 )
+from progressive.outliers import random_scale_noise
 from progressive.runlock import RunLock, Watchdog
 from progressive.schedule import NETWORKS, Phase, Schedule
 
@@ -191,9 +192,17 @@ class Trainer:
         if update_energy and cfg.get("energy_langevin"):
             x_negative = self.refine_negatives(x_negative, alpha, gen)
             move = (x_negative - x_fake.detach().float()).square().mean().sqrt()
+        seen = [x_real, x_negative]
+        outliers = update_energy and bool(w.get("energy_outliers"))
+        if outliers:  # drawn last from the step's stream, so nothing else in the step moves
+            seen.append(random_scale_noise(n, res, gen).to(x.dtype))
         with acc.autocast(), torch.set_grad_enabled(update_energy):
-            energies = self.energy(torch.cat([x_real, x_negative]), alpha)
-            loss_e, stats = triangle.energy_loss(energies[:n], energies[n:], w)
+            energies = self.energy(torch.cat(seen), alpha)
+            loss_e, stats = triangle.energy_loss(energies[:n], energies[n : 2 * n], w)
+            if outliers:
+                ranking = triangle.outlier_ranking(energies[:n], energies[2 * n :])
+                loss_e = loss_e + w["energy_outliers"] * ranking
+                stats["energy_outliers"], stats["loss_energy"] = ranking.detach(), loss_e.detach()
             if r1:
                 penalty = triangle.data_gradient_penalty(energies[:n], x_real)
                 loss_e = loss_e + 0.5 * w["energy_r1"] * penalty
@@ -243,7 +252,7 @@ class Trainer:
         seeded stream, so a resumed run repeats it."""
         cfg, acc = self.cfg, self.accelerator
         noise = None  # plain descent (the default) draws nothing: no device sync per step
-        if cfg["energy_langevin_noise"] > 0:  # nothing after this reads `gen` in the step
+        if cfg["energy_langevin_noise"] > 0:  # one draw from `gen`, before the outliers
             seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
             noise = torch.Generator().manual_seed(seed)
         energy = acc.unwrap_model(self.energy).requires_grad_(False)

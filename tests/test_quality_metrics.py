@@ -319,3 +319,18 @@ def test_energy_recenter_moves_only_the_output_bias_by_the_midpoint(architecture
     for (name, a), b in zip(plain.named_parameters(), centred.parameters(), strict=True):
         if a is not bias_plain:
             assert torch.equal(a, b), name
+
+
+def test_energy_auroc_against_the_built_in_noise_sets(run_dir, model):  # noqa: F811
+    data = model.config["data"]
+    r = invoke("evaluate", "--ckpt", run_dir, "--data", data, "--n", 8, "--metrics",
+               "energy-auroc", "--ood", "noise:flat", "--ood", "noise:pixel")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((run_dir / "metric-energy-auroc.jsonl").read_text().splitlines()[-1])
+    assert list(rec["sets"]) == ["noise:flat", "noise:pixel"]
+    assert all(s["n"] == 8 and 0 <= s["auroc_energy"] <= 1 for s in rec["sets"].values())
+    assert rec["sets"]["noise:flat"]["energy"] != rec["sets"]["noise:pixel"]["energy"]
+    r = invoke("evaluate", "--ckpt", run_dir, "--data", data, "--n", 8, "--metrics",
+               "energy-auroc", "--ood", "noise:stripes")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "--ood noise:stripes" in r.output and "noise:smooth" in r.output

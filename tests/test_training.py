@@ -12,13 +12,15 @@ from safetensors.torch import load_file
 from tiny import TINY_NETWORKS, cli_args, write_synthetic
 
 from progressive import checkpoint as ckpt
+from progressive import loss
 from progressive import run_folder as layout
 from progressive.cli import main
 from progressive.images import to_float
 from progressive.networks import build_networks, fade_real, network_names
+from progressive.outliers import random_scale_noise
 from progressive.presets import make_config
 from progressive.schedule import Schedule
-from progressive.training import Trainer, resolve_run, train
+from progressive.training import Trainer, resolve_run, step_generator, train
 
 TINY = dict(
     **TINY_NETWORKS,
@@ -459,3 +461,33 @@ def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tm
     raw = load_file(first / "energy.safetensors")
     for key, value in trainer.averages["energy_ema"].state_dict().items():
         assert torch.equal(value, raw[key])
+
+
+def test_energy_outliers_rank_the_data_below_random_scale_noise():
+    def energy_step(weight):
+        cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
+                          loss={"energy_outliers": weight})
+        torch.manual_seed(0)
+        trainer = Trainer.create(cfg)
+        phase = Schedule.from_config(cfg).at(0)
+        torch.manual_seed(1)
+        real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
+        energy = trainer.unwrapped()["energy"]
+        with torch.no_grad():
+            e_real = energy(fade_real(to_float(real), phase.alpha), phase.alpha)
+            gen = step_generator(cfg["seed"], 0, 0, torch.device("cpu"))
+            for _ in ("z", "eps"):  # the step's draws before the outliers
+                torch.randn(4, cfg["latent"], generator=gen)
+            e_noise = energy(random_scale_noise(4, phase.res, gen), phase.alpha)
+        stats = trainer.step(real, phase, 0)
+        return stats, loss.outlier_ranking(e_real, e_noise), energy
+
+    plain, _, plain_energy = energy_step(0.0)
+    stats, want, ranked = energy_step(2.0)
+    assert "energy_outliers" not in plain
+    assert stats["energy_outliers"].item() == pytest.approx(want.item(), rel=2e-2)
+    assert stats["loss_energy"].item() == pytest.approx(
+        plain["loss_energy"].item() + 2.0 * want.item(), rel=2e-2, abs=1e-3
+    )
+    assert any(not torch.equal(a, b) for a, b in
+               zip(plain_energy.parameters(), ranked.parameters(), strict=True))
