@@ -70,7 +70,7 @@ BASE: dict = {
         "energy_center": 0.0,  # (midpoint of mean E(x) and mean E(g(z)))^2: pins E's constant
         "energy_recenter": 0.0,  # share of that midpoint taken off E's output bias per step
         "energy_r1": 0.0,  # gamma of gamma/2 * mean |grad_x E(x)|^2 at the data (R1)
-        "energy_outliers": 0.0,  # weight ranking each x below a random-scale noise image
+        "energy_outliers": 1.0,  # weight ranking each x below a random-scale noise image
     },
     "seed": 0,
     "mixed_precision": "auto",  # bf16 where the device runs it natively, else fp32
@@ -130,6 +130,7 @@ _PAPER = {
         "energy_drift_fake": 0.0,
         "marginal_kl": 0.0,
         "code_decorrelation": 0.0,
+        "energy_outliers": 0.0,
     },
 }
 
@@ -219,13 +220,14 @@ def normalize(cfg: dict) -> dict:
 
     A configuration saved before a key existed gets the behaviour it was trained with: no
     width floor, no drift penalty on generated energies, no marginal KL, no decorrelation of
-    the codes, no average of the inference or energy model, and BASE's value for every other missing
-    key."""
+    the codes, no average of the inference or energy model, no outliers ranked above the data,
+    and BASE's value for every other missing key."""
     cfg = copy.deepcopy(cfg)
     cfg.setdefault("fmap_min", 1)
     cfg.setdefault("loss", {}).setdefault("energy_drift_fake", 0.0)  # runs before it had none
     cfg["loss"].setdefault("marginal_kl", 0.0)  # nor the marginal KL
     cfg["loss"].setdefault("code_decorrelation", 0.0)  # nor the decorrelation
+    cfg["loss"].setdefault("energy_outliers", 0.0)  # nor the outliers
     cfg.setdefault("inference_ema_kimg", 0.0)  # nor the inference model's average
     cfg.setdefault("energy_ema_kimg", 0.0)  # nor, before that became a default, the energy's
     for key, value in BASE.items():

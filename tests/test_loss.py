@@ -190,6 +190,9 @@ def test_reference_weights_reproducible_by_configuration():
     assert cfg["lr"]["energy"][32] == 1e-4 and cfg["lr"]["generator"][32] == 3e-4
     assert cfg["lr"]["inference"][32] == 3e-4 and cfg["weight_decay_generator"] == 5e-4
     assert cfg["batch"][32] == 100 and cfg["latent"] == 100
+    # The paper's energy sees only data and samples; the demo's also ranks noise above data.
+    assert cfg["loss"]["energy_outliers"] == 0.0
+    assert make_config("demo")["loss"]["energy_outliers"] == 1.0
 
 
 def test_code_mmd_is_unbiased_near_zero_on_the_prior_and_grows_off_it():

@@ -249,11 +249,14 @@ def test_configuration_saved_before_new_keys_loads_as_trained():
     del cfg["loss"]["energy_drift_fake"]
     del cfg["loss"]["marginal_kl"]
     del cfg["loss"]["code_decorrelation"]
+    del cfg["loss"]["energy_outliers"]
     old = normalize(cfg)
     assert old["architecture"] == "progressive" and old["loss"]["kl_reduction"] == "mean"
     assert old["fmap_min"] == 1
     assert old["loss"]["marginal_kl"] == 0.0 and make_config("demo")["loss"]["marginal_kl"] > 0
     assert old["loss"]["code_decorrelation"] == 0.0
+    assert old["loss"]["energy_outliers"] == 0.0
+    assert make_config("demo")["loss"]["energy_outliers"] > 0
     # held to zero from both sides now, but a run from before keeps its real-side-only penalty
     assert make_config("demo")["loss"]["energy_drift_fake"] == 1e-3
     assert old["loss"]["energy_drift_fake"] == 0.0
