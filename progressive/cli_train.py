@@ -62,7 +62,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               type=click.FloatRange(0, 1))
 @click.option("--energy-r1", help="Gradient penalty on E at the data, gamma (0: off).",
               type=click.FloatRange(min=0))
-@click.option("--energy-outliers", help="Weight ranking data below random-scale noise (0: off).",
+@click.option("--energy-outliers", help="Weight ranking data below random-scale noise (0: off; "
+              "default 1, paper presets 0).",
               type=click.FloatRange(min=0))
 @click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
 @click.option("--energy-langevin", help="Langevin steps on E refining its negatives (0: off).",

@@ -273,6 +273,8 @@ def _recovery(
     return {"value": model["mae"], "psnr": model["psnr"], "mean_colour_mae": mean["mae"],
             "mean_colour_psnr": mean["psnr"], "harmonic_mae": harmonic["mae"],
             "harmonic_psnr": harmonic["psnr"], "missing_share": model["missing_share"], **how}
+
+
 def _other_set(source: str, run: LoadedRun, n: int, seed: int) -> Tensor:
     """The `--ood` set `source` as uint8 images: `noise:KIND` is built in (see
     progressive.outliers), anything else a dataset or image folder."""

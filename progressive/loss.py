@@ -4,7 +4,7 @@ min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(
 - energy:  mean E(x) - mean E(stopgrad g(z))                         (contrastive divergence)
            + drift * (mean E(x)^2 + mean E(g(z))^2) + center * ((mean E(x) + mean E(g(z))) / 2)^2
            + r1 / 2 * mean |grad_x E(x)|^2                              (0 by default)
-           + outliers * mean softplus(E(x) - E(random-scale noise))       (0 by default)
+           + outliers * mean softplus(E(x) - E(random-scale noise))  (1; paper presets 0)
 - joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
