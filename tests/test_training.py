@@ -339,15 +339,21 @@ def test_energy_every_steps_the_energy_model_on_every_kth_batch_only():
         make_config("demo", energy_every=0)
 
 
+def _tiny_trainer_and_batch(**loss):
+    """A tiny trainer at its first phase with the loss weights `loss`, and a seeded batch of
+    four real images."""
+    cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, loss=loss)
+    torch.manual_seed(0)
+    trainer = Trainer.create(cfg)
+    phase = Schedule.from_config(cfg).at(0)
+    torch.manual_seed(1)
+    real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
+    return cfg, trainer, phase, real
+
+
 def test_energy_r1_penalises_the_energy_gradient_at_the_data():
     def energy_step(r1):
-        cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
-                          loss={"energy_r1": r1})
-        torch.manual_seed(0)
-        trainer = Trainer.create(cfg)
-        phase = Schedule.from_config(cfg).at(0)
-        torch.manual_seed(1)
-        real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
+        _, trainer, phase, real = _tiny_trainer_and_batch(energy_r1=r1)
         energy = trainer.unwrapped()["energy"]
         x = fade_real(to_float(real), phase.alpha).requires_grad_(True)
         (grad,) = torch.autograd.grad(energy(x, phase.alpha).sum(), x)
@@ -465,13 +471,7 @@ def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tm
 
 def test_energy_outliers_rank_the_data_below_random_scale_noise():
     def energy_step(weight):
-        cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
-                          loss={"energy_outliers": weight})
-        torch.manual_seed(0)
-        trainer = Trainer.create(cfg)
-        phase = Schedule.from_config(cfg).at(0)
-        torch.manual_seed(1)
-        real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
+        cfg, trainer, phase, real = _tiny_trainer_and_batch(energy_outliers=weight)
         energy = trainer.unwrapped()["energy"]
         with torch.no_grad():
             e_real = energy(fade_real(to_float(real), phase.alpha), phase.alpha)
