@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from progressive.images import to_uint8
+
 # The evaluation's sets, each a range of the scales training draws from.
 KINDS = ("flat", "smooth", "pixel")
 
@@ -53,5 +55,4 @@ def noise_set(kind: str, n: int, res: int, seed: int) -> Tensor:
     """The evaluation's set `noise:KIND` as uint8 (N, 3, res, res), from a CPU stream seeded
     with `seed`."""
     gen = torch.Generator().manual_seed(seed)
-    images = random_scale_noise(n, res, gen, scales(res, kind))
-    return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return to_uint8(random_scale_noise(n, res, gen, scales(res, kind)))

@@ -195,7 +195,7 @@ class Trainer:
         seen = [x_real, x_negative]
         outliers = update_energy and bool(w.get("energy_outliers"))
         if outliers:  # drawn last from the step's stream, so nothing else in the step moves
-            seen.append(random_scale_noise(n, res, gen).to(x.dtype))
+            seen.append(random_scale_noise(n, res, gen))
         with acc.autocast(), torch.set_grad_enabled(update_energy):
             energies = self.energy(torch.cat(seen), alpha)
             loss_e, stats = triangle.energy_loss(energies[:n], energies[n : 2 * n], w)
