@@ -222,11 +222,14 @@ def evaluate(
                 scores["sets"][name]["auroc_ppca"] = quality.auroc(inside, outside)
             scores["ppca"] = {"components": run.latent, "training_images": len(training_images())}
         first = next(iter(scores["sets"].values()))
-        previous = _previous_energy(run, real)
+        previous = _previous_energy(run, real, n, seed)
         if previous is not None:
-            previous["shift_in_std"] = quality.scale_shift(
-                scores["heldout"]["energy"], previous["heldout_energy"]
-            )
+            now = {"heldout": scores["heldout"]["energy"], "samples": scores["samples"]["energy"]}
+            before = {"heldout": previous["heldout_energy"], "samples": previous["samples_energy"]}
+            previous["shift_in_std"] = quality.scale_shift(now["heldout"], before["heldout"])
+            previous["offset_shift_in_std"] = quality.offset_shift(now, before)
+            previous["gap"] = quality.energy_gap(before)
+            scores["gap"] = quality.energy_gap(now)
         record("energy-auroc", first["auroc_energy"], **scores, previous_snapshot=previous)
 
     wanted = [m for m in ("fid", "kid") if m in names]
@@ -294,9 +297,10 @@ def _set_name(source: str, taken: dict) -> str:
     return name
 
 
-def _previous_energy(run: LoadedRun, real: Tensor) -> dict | None:
-    """Mean and std of the held-out energies under the run's snapshot before this one (not the
-    one at initialization), to see whether the energy's scale holds still."""
+def _previous_energy(run: LoadedRun, real: Tensor, n: int, seed: int) -> dict | None:
+    """Mean and std of the held-out energies, and of that snapshot's own samples' (`n`, the
+    same latents as now), under the run's snapshot before this one (not the one at
+    initialization), to see whether the energy's scale holds still."""
     earlier = [s for s in list_snapshots(run.run_dir) if s.name < Path(run.snapshot).name]
     earlier = [s for s in earlier if read_state(s)["images_shown"] > 0]
     if not earlier:
@@ -304,11 +308,15 @@ def _previous_energy(run: LoadedRun, real: Tensor) -> dict | None:
     nets = build_networks(run.config)
     load_weights(earlier[-1], nets)
     energy = in_use(nets, "energy").to(run.device).eval().requires_grad_(False)
+    generator = in_use(nets, "generator").to(run.device).eval().requires_grad_(False)
     values = energies(energy, real, run.alpha)
+    fake = sample(generator, n, seed, run.latent, run.res, run.alpha)
+    on_samples = energies(energy, fake, run.alpha)  # as energy_auroc scores the samples now
     return {
         "snapshot": str(earlier[-1]),
         "images_shown": read_state(earlier[-1])["images_shown"],
         "heldout_energy": {"mean": float(values.mean()), "std": float(values.std())},
+        "samples_energy": {"mean": float(on_samples.mean()), "std": float(on_samples.std())},
     }
 
 
@@ -344,7 +352,9 @@ def quality_summary(rec: dict) -> str:
             parts.append(
                 f"held-out energy at {prev['images_shown']} images "
                 f"{prev['heldout_energy']['mean']:.4g}, a shift of "
-                f"{prev['shift_in_std']:.2f} standard deviations"
+                f"{prev['shift_in_std']:.2f} standard deviations; its midpoint to the samples "
+                f"moved {prev['offset_shift_in_std']:.2f}, their gap {prev['gap']:.4g} -> "
+                f"{rec['gap']:.4g}"
             )
         return "  (" + "; ".join(parts) + ")"
     return ""

@@ -237,6 +237,21 @@ def scale_shift(now: dict, before: dict) -> float:
     return abs(now["mean"] - before["mean"]) / max(now["std"], 1e-12)
 
 
+def offset_shift(now: dict, before: dict) -> float:
+    """How far the energy's offset moved between two snapshots: the midpoint of the held-out
+    images' and the samples' mean energies, in standard deviations of the held-out energies
+    now (`now`, `before`: {"heldout": {"mean", "std"}, "samples": {"mean"}}). An energy whose
+    gap to the samples closes as they improve moves its held-out mean (`scale_shift`) without
+    moving this; a wandering constant moves both alike."""
+    mid = lambda e: 0.5 * (e["heldout"]["mean"] + e["samples"]["mean"])  # noqa: E731
+    return abs(mid(now) - mid(before)) / max(now["heldout"]["std"], 1e-12)
+
+
+def energy_gap(e: dict) -> float:
+    """The samples' mean energy over the held-out images' ({"heldout", "samples"} spreads)."""
+    return e["samples"]["mean"] - e["heldout"]["mean"]
+
+
 def auroc(inside: Tensor, outside: Tensor) -> float:
     """Area under the ROC curve of telling `outside` from `inside` by a score that should be
     LOWER inside (energy, KL, error): P(score_in < score_out) + P(tie) / 2, by ranks."""

@@ -95,6 +95,17 @@ def _tiny_networks(latent=8):
     return Generator(16, latent, **widths), Energy(16, **widths), Inference(16, latent, **widths)
 
 
+def test_energy_offset_shift_ignores_a_closing_gap_but_not_a_constant():
+    before = {"heldout": {"mean": -60.0, "std": 90.0}, "samples": {"mean": 60.0}}
+    closed = {"heldout": {"mean": -20.0, "std": 30.0}, "samples": {"mean": 20.0}}
+    assert qm.scale_shift(closed["heldout"], before["heldout"]) == pytest.approx(40 / 30)
+    assert qm.offset_shift(closed, before) == 0.0
+    assert (qm.energy_gap(before), qm.energy_gap(closed)) == (120.0, 40.0)
+    moved = {"heldout": {"mean": -15.0, "std": 30.0}, "samples": {"mean": 25.0}}  # +5 everywhere
+    assert qm.offset_shift(moved, closed) == pytest.approx(5 / 30)
+    assert qm.scale_shift(moved["heldout"], closed["heldout"]) == pytest.approx(5 / 30)
+
+
 def test_energy_scale_shift_is_in_standard_deviations_now():
     assert qm.scale_shift({"mean": 12.0, "std": 4.0}, {"mean": 4.0, "std": 1.0}) == 2.0
     assert qm.scale_shift({"mean": -3.0, "std": 2.0}, {"mean": 1.0, "std": 9.0}) == 2.0
@@ -166,9 +177,13 @@ def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  #
     assert all(0 <= s["auroc_ppca"] <= 1 for s in auroc["sets"].values())
     assert "/ PPCA " in r.output
     prev = auroc["previous_snapshot"]
-    assert prev is None or prev["shift_in_std"] == qm.scale_shift(
-        auroc["heldout"]["energy"], prev["heldout_energy"]
-    )
+    assert prev is not None  # the fixture's run has a snapshot between init and its last
+    now = {"heldout": auroc["heldout"]["energy"], "samples": auroc["samples"]["energy"]}
+    assert prev["shift_in_std"] == qm.scale_shift(now["heldout"], prev["heldout_energy"])
+    before = {"heldout": prev["heldout_energy"], "samples": prev["samples_energy"]}
+    assert prev["offset_shift_in_std"] == qm.offset_shift(now, before)
+    assert prev["gap"] == qm.energy_gap(before) and auroc["gap"] == qm.energy_gap(now)
+    assert "midpoint to the samples moved" in r.output
     assert read("diversity")["value"] > 0
     assert "AUROC by energy" in r.output
     line = next(x for x in r.output.splitlines() if x.startswith("appended to "))
