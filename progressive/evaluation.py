@@ -222,14 +222,14 @@ def evaluate(
                 scores["sets"][name]["auroc_ppca"] = quality.auroc(inside, outside)
             scores["ppca"] = {"components": run.latent, "training_images": len(training_images())}
         first = next(iter(scores["sets"].values()))
+        now = {"heldout": scores["heldout"]["energy"], "samples": scores["samples"]["energy"]}
+        scores["gap"] = quality.energy_gap(now)
         previous = _previous_energy(run, real, n, seed)
         if previous is not None:
-            now = {"heldout": scores["heldout"]["energy"], "samples": scores["samples"]["energy"]}
             before = {"heldout": previous["heldout_energy"], "samples": previous["samples_energy"]}
             previous["shift_in_std"] = quality.scale_shift(now["heldout"], before["heldout"])
             previous["offset_shift_in_std"] = quality.offset_shift(now, before)
             previous["gap"] = quality.energy_gap(before)
-            scores["gap"] = quality.energy_gap(now)
         record("energy-auroc", first["auroc_energy"], **scores, previous_snapshot=previous)
 
     wanted = [m for m in ("fid", "kid") if m in names]

@@ -243,8 +243,11 @@ def offset_shift(now: dict, before: dict) -> float:
     now (`now`, `before`: {"heldout": {"mean", "std"}, "samples": {"mean"}}). An energy whose
     gap to the samples closes as they improve moves its held-out mean (`scale_shift`) without
     moving this; a wandering constant moves both alike."""
-    mid = lambda e: 0.5 * (e["heldout"]["mean"] + e["samples"]["mean"])  # noqa: E731
-    return abs(mid(now) - mid(before)) / max(now["heldout"]["std"], 1e-12)
+    return abs(_midpoint(now) - _midpoint(before)) / max(now["heldout"]["std"], 1e-12)
+
+
+def _midpoint(e: dict) -> float:
+    return 0.5 * (e["heldout"]["mean"] + e["samples"]["mean"])
 
 
 def energy_gap(e: dict) -> float:
