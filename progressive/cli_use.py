@@ -227,7 +227,7 @@ def energy(**options):
     "--metrics",
     "metric_names",
     help="Of swd, recon, fid, kid, diversity, energy, recovery, recon-synth, latent-recovery, "
-    "energy-auroc.",
+    "energy-auroc, recon-fit.",
     default="swd,recon",
 )
 @click.option("--ood", help="Dataset, image folder or noise:flat/smooth/pixel for energy-auroc; "

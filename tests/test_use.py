@@ -257,6 +257,15 @@ def test_energy_of_a_dataset(run_dir, model, tmp_path):
     assert sorted(int(i) for i, _ in rows) == [0, 1, 2, 3, 4]
 
 
+def test_evaluate_help_names_every_metric():
+    from progressive.evaluation import METRICS
+
+    text = " ".join(CliRunner().invoke(main, ["evaluate", "--help"]).output.split())
+    listed = text.split("--metrics TEXT", 1)[1].split("--ood", 1)[0]
+    missing = [m for m in METRICS if f" {m}," not in listed and f" {m}." not in listed]
+    assert not missing, listed
+
+
 def test_evaluate_appends_metrics_and_skips_fid_without_weights(run_dir, model, tmp_path):
     data = model.config["data"]
     args = [
