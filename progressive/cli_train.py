@@ -47,6 +47,12 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 # Optimisation.
 @click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
 @click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))
+@click.option("--generator-lr", help="The generator's learning rate (over --lr).",
+              type=click.FloatRange(min=0))
+@click.option("--energy-lr", help="The energy model's learning rate (over --lr).",
+              type=click.FloatRange(min=0))
+@click.option("--inference-lr", help="The inference model's learning rate (over --lr).",
+              type=click.FloatRange(min=0))
 @click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
 @click.option("--marginal-kl", help="Weight of the batch codes' KL to the prior (0: off).",
               type=click.FloatRange(min=0))
@@ -95,8 +101,8 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
 @click.option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
               type=click.FloatRange(min=0), default=20.0, show_default=True)
 def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelation, code_center,
-          latent_nll, energy_center, energy_recenter, energy_r1, energy_outliers, dry_run,
-          calibration_seconds, **overrides) -> None:
+          latent_nll, energy_center, energy_recenter, energy_r1, energy_outliers, generator_lr,
+          energy_lr, inference_lr, dry_run, calibration_seconds, **overrides) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive import training
     from progressive.presets import make_config
@@ -107,6 +113,11 @@ def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelatio
             "energy_recenter": energy_recenter, "energy_r1": energy_r1,
             "energy_outliers": energy_outliers}
     overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None
+    rates = {"generator": generator_lr, "energy": energy_lr, "inference": inference_lr}
+    if any(v is not None for v in rates.values()):  # one network's rate over --lr or the preset's
+        every = overrides["lr"]
+        overrides["lr"] = {n: every if v is None else v for n, v in rates.items()
+                           if v is not None or every is not None}
     if preset is None and overrides["max_res"] is None and overrides["data"] is not None:
         overrides["max_res"] = training.dataset_max_res(overrides["data"])  # grow to the data's
     cfg = make_config(preset, **overrides)

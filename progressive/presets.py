@@ -191,7 +191,8 @@ def make_config(preset: str | None = "demo", device: str | None = None, **overri
 
     `preset` None or "auto": the sizing rule for `max_res` (default 32) on `device` (default:
     the GPU if there is one). `batch` may be an int (every resolution) or a table; `lr` may be
-    a float (every network and resolution); `loss` a partial dict of loss weights.
+    a float (every network and resolution) or a dict of some networks' rates (each a float or
+    a table); `loss` a partial dict of loss weights.
     """
     if preset is None or preset == AUTO:
         max_res = overrides.get("max_res") or 32
@@ -211,6 +212,9 @@ def make_config(preset: str | None = "demo", device: str | None = None, **overri
             value = {r: int(value) for r in ALL_RES}
         if key == "lr" and not isinstance(value, dict):
             value = _lrs(float(value), float(value), float(value))
+        elif key == "lr":  # some networks' rates, each a float or a per-resolution table
+            value = {n: v if isinstance(v, dict) else {r: float(v) for r in ALL_RES}
+                     for n, v in value.items()}
         cfg = _merge(cfg, {key: value})
     return normalize(cfg)
 

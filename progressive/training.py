@@ -773,6 +773,8 @@ def resolve_run(
         given = {k: v for k, v in overrides.items() if v is not None}
         if "loss" in given:  # one weight changed; the run's other weights stay as trained
             given["loss"] = {**saved.get("loss", {}), **given["loss"]}
+        if isinstance(given.get("lr"), dict):  # so do the other networks' learning rates
+            given["lr"] = {**saved["lr"], **given["lr"]}
         merged = {k: v for k, v in saved.items() if k != "preset"} | given
         cfg = make_config(saved["preset"], **merged)
     return cfg, run_dir, snapshot

@@ -211,6 +211,23 @@ def test_too_small_dataset_for_a_holdout_is_refused(tmp_path):
     assert json.loads(dry.output)["config"]["max_res"] == 8
 
 
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--generator-lr", "8e-3"], (8e-3, 2e-3, 2e-3)),
+        (["--lr", "1e-3", "--energy-lr", "5e-4"], (1e-3, 5e-4, 1e-3)),
+        (["--inference-lr", "4e-3", "--generator-lr", "3e-3"], (3e-3, 2e-3, 4e-3)),
+    ],
+)
+def test_one_networks_learning_rate_over_the_others(extra, expected):
+    args = ["train", "--preset", "demo", "--dry-run", "--calibration-seconds", "0", *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lr = json.loads(result.output)["config"]["lr"]
+    for name, rate in zip(("generator", "energy", "inference"), expected, strict=True):
+        assert set(lr[name].values()) == {rate}, (name, lr[name])
+
+
 def test_mixed_precision_auto_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     assert precision.resolve("auto", "cpu") == "bf16"

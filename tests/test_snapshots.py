@@ -102,15 +102,19 @@ def test_resume_auto_skips_a_nonfinite_snapshot_and_use_commands_refuse_it(run_d
         resolve_run(cfg, {}, tmp_path, "x", str(newest))
 
 
-def test_a_loss_override_on_resume_keeps_the_runs_other_loss_weights(dataset, tmp_path):
+def test_a_loss_or_rate_override_on_resume_keeps_the_runs_other_settings(dataset, tmp_path):
     weights = {"latent_nll": 0.5, "marginal_kl": 0.0}
-    cfg = make_config("demo", **TINY, data=str(dataset), total_kimg=0.016, loss=weights)
+    cfg = make_config("demo", **TINY, data=str(dataset), total_kimg=0.016, loss=weights, lr=1e-3)
     train(cfg, tmp_path / "run", progress=False)
-    over = {"loss": {"rec_scaling": "sum"}, "total_kimg": 0.032}
+    over = {"loss": {"rec_scaling": "sum"}, "total_kimg": 0.032, "lr": {"generator": 4e-3}}
     resumed, _, snapshot = resolve_run(cfg, over, tmp_path, "run", "auto")
     assert snapshot is not None
     assert resumed["loss"]["rec_scaling"] == "sum"
     assert resumed["loss"]["latent_nll"] == 0.5 and resumed["loss"]["marginal_kl"] == 0.0
+    # One network's learning rate changed; the others stay the run's, not the preset's 2e-3.
+    assert set(resumed["lr"]["generator"].values()) == {4e-3}
+    for name in ("energy", "inference"):
+        assert set(resumed["lr"][name].values()) == {1e-3}
 
 
 def test_resume_from_a_snapshot_under_a_new_name_branches_and_leaves_the_source(
