@@ -100,6 +100,12 @@ def evaluate(
             train = training_images()
             cached["pca"] = None if train is None else quality.principal_components(train)
         return cached["pca"]
+
+    def baseline_pca() -> dict[str, Tensor]:
+        """The reconstruction baselines' components: the training images' (the held-out
+        images' when the training set is gone, which flatters the baseline)."""
+        fit = training_pca()
+        return quality.principal_components(real) if fit is None else fit
     chain_info = {"langevin": chain.as_dict()} if refined is not None else {}
 
     def record(name: str, value: float, **extra) -> None:
@@ -151,10 +157,7 @@ def evaluate(
         err = metrics.reconstruction_error(real_in, recon)
         train = training_images()
         baseline = metrics.mean_image_baseline(train if train is not None else real, real_in)
-        # PCA with as many components as the latent, fitted on training images (held-out ones
-        # when the training set is gone, which flatters the baseline).
-        fit = training_pca() if train is not None else quality.principal_components(real)
-        pca = quality.pca_baseline(fit, real_in, run.latent)
+        pca = quality.pca_baseline(baseline_pca(), real_in, run.latent)
         record(
             "recon",
             err.mean().item(),
@@ -171,10 +174,13 @@ def evaluate(
         x, mu = prepare_real(real[:k], run.alpha).float(), codes[0][:k]
         inferred = quality.per_image_mse(quality.decode(run.generator, mu, run.res, run.alpha), x)
         z, fitted = quality.fitted_codes(run.generator, x, mu, run.res, run.alpha)
+        # The latent-sized PCA on the same images, so the three figures compare directly.
+        pca = quality.pca_baseline(baseline_pca(), real_in[:k], run.latent)
         record(
             "recon-fit",
             fitted.mean().item(),
             inferred=inferred.mean().item(),
+            pca_baseline=pca.mean().item(),
             images=k,
             codes_moved=(z - mu).norm(dim=1).mean().item(),
             codes_norm=mu.norm(dim=1).mean().item(),
@@ -332,7 +338,8 @@ def quality_summary(rec: dict) -> str:
     if name == "recon-fit":
         return (
             f"  (MSE of codes fitted per image, {rec['images']} images; from the inference "
-            f"model's codes {rec['inferred']:.4g}; the fitted codes moved "
+            f"model's codes {rec['inferred']:.4g}, the latent-sized PCA's "
+            f"{rec['pca_baseline']:.4g}; the fitted codes moved "
             f"{rec['codes_moved']:.3g} from codes of length {rec['codes_norm']:.3g})"
         )
     if name == "energy-auroc":

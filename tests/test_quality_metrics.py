@@ -310,6 +310,7 @@ def test_evaluate_recon_fit_records_the_gap(run_dir, model):  # noqa: F811
     rec = json.loads((run_dir / "metric-recon-fit.jsonl").read_text().splitlines()[-1])
     assert rec["images"] == 6 and rec["value"] <= rec["inferred"]
     assert rec["codes_moved"] > 0 and "codes fitted per image" in r.output
+    assert 0 < rec["pca_baseline"] < 1 and "PCA" in r.output
 
 
 @pytest.mark.parametrize("architecture", ["progressive", "reference"])
