@@ -11,6 +11,7 @@ from progressive.presets import PRESETS
 
 # Option types shared by several options.
 KIMG = click.FloatRange(min=0)
+NONNEG = click.FloatRange(min=0)  # loss weights and learning rates
 COUNT = click.IntRange(min=1)
 RES = click.IntRange(4, 1024)
 FOLDER = click.Path(file_okay=False)
@@ -46,42 +47,42 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               default=None)
 # Optimisation.
 @click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
-@click.option("--lr", help="Learning rate of all three networks.", type=click.FloatRange(min=0))
+@click.option("--lr", help="Learning rate of all three networks.", type=NONNEG)
 @click.option("--generator-lr", help="The generator's learning rate (over --lr).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--energy-lr", help="The energy model's learning rate (over --lr).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--inference-lr", help="The inference model's learning rate (over --lr).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
 @click.option("--marginal-kl", help="Weight of the batch codes' KL to the prior (0: off).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--code-decorrelation", help="Weight of the codes' squared covariances (0: off).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--code-center", help="Weight of the codes' mean's squared length (0: off).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--latent-nll", help="Weight of the sleep phase, -log q(z|g(z)) (0: off).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--energy-center", help="Weight pinning E's midpoint (data/samples) at 0 (0: off).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--energy-recenter", help="Share of E's midpoint off its bias per step (0: off).",
               type=click.FloatRange(0, 1))
 @click.option("--energy-r1", help="Gradient penalty on E at the data, gamma (0: off).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--energy-outliers", help="Weight ranking data below random-scale noise (0: off; "
               "default 1, paper presets 0).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
 @click.option("--energy-langevin", help="Langevin steps on E refining its negatives (0: off).",
               type=click.IntRange(min=0))
 @click.option("--energy-langevin-step", help="Step size of those Langevin steps.",
               type=click.FloatRange(min=0, min_open=True))
 @click.option("--energy-langevin-noise", help="Temperature of those steps (0: descent).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--energy-ema-kimg", help="Half-life of the energy average, used (0: none).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--inference-ema-kimg", help="Half-life of the inference average (0: none).",
-              type=click.FloatRange(min=0))
+              type=NONNEG)
 @click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
 @click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
 # Speed.
