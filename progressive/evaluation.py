@@ -106,6 +106,7 @@ def evaluate(
         images' when the training set is gone, which flatters the baseline)."""
         fit = training_pca()
         return quality.principal_components(real) if fit is None else fit
+
     chain_info = {"langevin": chain.as_dict()} if refined is not None else {}
 
     def record(name: str, value: float, **extra) -> None:
