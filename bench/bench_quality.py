@@ -330,6 +330,13 @@ CONFIGS = {n: _without(o, "energy_outliers") for n, o in CONFIGS.items()}
 CONFIGS["demo-no-outliers"] = CONFIGS.pop("demo")
 CONFIGS = {"demo": {}, **CONFIGS}
 
+def _path(**over) -> dict:
+    """The PCA-path recipe (`--pca-path --energy-r1 0.1`, the outliers explicit) with `over`
+    on top; `over["loss"]` adds to its loss weights."""
+    loss = {"energy_r1": 0.1, "energy_outliers": 1.0, **over.pop("loss", {})}
+    return {"pca_path": True, **over, "loss": loss}
+
+
 # Rows measured with the outliers a default.
 CONFIGS.update(
     {
@@ -353,49 +360,31 @@ CONFIGS.update(
         "demo+energy-ema-5k+energy-outliers-1": {
             "energy_ema_kimg": 5.0, "loss": {"energy_outliers": 1.0}
         },
-        "demo+pca-path+energy-r1-0.1+energy-ema-10k+energy-outliers-1": {
-            "pca_path": True, "energy_ema_kimg": 10.0,
-            "loss": {"energy_r1": 0.1, "energy_outliers": 1.0},
-        },
+        "demo+pca-path+energy-r1-0.1+energy-ema-10k+energy-outliers-1": _path(energy_ema_kimg=10.0),
         # The PCA path's reconstruction ends above the PCA's at 40,000 images, and codes fitted
         # per face (recon-fit) barely improve on the inference model's: the generator limits
         # it. More steps (batch 4) or a faster generator (its learning rate over the others'):
-        "demo+pca-path+energy-r1-0.1+energy-ema-10k+batch-4": {
-            "pca_path": True, "energy_ema_kimg": 10.0, "batch": 4,
-            "loss": {"energy_r1": 0.1, "energy_outliers": 1.0},
-        },
-        "demo+pca-path+energy-r1-0.1+energy-ema-10k+generator-lr-4e-3": {
-            "pca_path": True, "energy_ema_kimg": 10.0, "lr": {"generator": 4e-3},
-            "loss": {"energy_r1": 0.1, "energy_outliers": 1.0},
-        },
-        "demo+pca-path+energy-r1-0.1+energy-ema-10k+generator-lr-8e-3": {
-            "pca_path": True, "energy_ema_kimg": 10.0, "lr": {"generator": 8e-3},
-            "loss": {"energy_r1": 0.1, "energy_outliers": 1.0},
-        },
-        "demo+pca-path+energy-r1-0.1+energy-ema-10k+batch-4+generator-lr-4e-3": {
-            "pca_path": True, "energy_ema_kimg": 10.0, "batch": 4, "lr": {"generator": 4e-3},
-            "loss": {"energy_r1": 0.1, "energy_outliers": 1.0},
-        },
-        "demo+pca-path+energy-r1-0.1+energy-ema-10k+generator-lr-8e-3+energy-recenter-0.1": {
-            "pca_path": True, "energy_ema_kimg": 10.0, "lr": {"generator": 8e-3},
-            "loss": {"energy_r1": 0.1, "energy_outliers": 1.0, "energy_recenter": 0.1},
-        },
+        "demo+pca-path+energy-r1-0.1+energy-ema-10k+batch-4": _path(energy_ema_kimg=10.0, batch=4),
+        "demo+pca-path+energy-r1-0.1+energy-ema-10k+generator-lr-4e-3": _path(
+            energy_ema_kimg=10.0, lr={"generator": 4e-3}
+        ),
+        "demo+pca-path+energy-r1-0.1+energy-ema-10k+generator-lr-8e-3": _path(
+            energy_ema_kimg=10.0, lr={"generator": 8e-3}
+        ),
+        "demo+pca-path+energy-r1-0.1+energy-ema-10k+batch-4+generator-lr-4e-3": _path(
+            energy_ema_kimg=10.0, batch=4, lr={"generator": 4e-3}
+        ),
+        "demo+pca-path+energy-r1-0.1+energy-ema-10k+generator-lr-8e-3+energy-recenter-0.1": _path(
+            energy_ema_kimg=10.0, lr={"generator": 8e-3}, loss={"energy_recenter": 0.1}
+        ),
         # With the faster generator the raw energy's gap to the samples closes within 12,000
         # images, and the demo's 2,000-image average follows it better than 10,000.
-        "demo+pca-path+energy-r1-0.1+generator-lr-8e-3": {
-            "pca_path": True, "lr": {"generator": 8e-3},
-            "loss": {"energy_r1": 0.1, "energy_outliers": 1.0},
-        },
+        "demo+pca-path+energy-r1-0.1+generator-lr-8e-3": _path(lr={"generator": 8e-3}),
         # ... and twice as fast again.
-        "demo+pca-path+energy-r1-0.1+generator-lr-16e-3": {
-            "pca_path": True, "lr": {"generator": 16e-3},
-            "loss": {"energy_r1": 0.1, "energy_outliers": 1.0},
-        },
+        "demo+pca-path+energy-r1-0.1+generator-lr-16e-3": _path(lr={"generator": 16e-3}),
         # The four times wider energy model (which had ranked CIFAR-10 at 0.89 to 0.97 with
         # the demo) on the PCA path, now with the outliers.
-        "demo+pca-path+energy-r1-0.1+energy-width-4+energy-outliers-1": {
-            "pca_path": True, "energy_width": 4, "loss": {"energy_r1": 0.1, "energy_outliers": 1.0}
-        },
+        "demo+pca-path+energy-r1-0.1+energy-width-4+energy-outliers-1": _path(energy_width=4),
     }
 )
 
