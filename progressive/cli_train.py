@@ -8,15 +8,42 @@ from pathlib import Path
 import click
 
 from progressive.presets import PRESETS
+from progressive.resolutions import ALL_RES
 
 # Option types shared by several options.
 KIMG = click.FloatRange(min=0)
-NONNEG = click.FloatRange(min=0)  # loss weights and learning rates
+NONNEG = click.FloatRange(min=0)  # loss weights
 COUNT = click.IntRange(min=1)
 RES = click.IntRange(4, 1024)
 FOLDER = click.Path(file_okay=False)
 SCALINGS = click.Choice(["fixed", "sum"])
 PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
+
+
+class Rates(click.ParamType):
+    """A learning rate, with other rates at some resolutions: `2e-3` or `16e-3,64:2e-3`."""
+
+    name = "RATE[,RES:RATE...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (float, dict)):
+            return value
+        base, *pairs = str(value).split(",")
+        try:
+            rate = float(base)
+            table = {int(r): float(v) for r, v in (pair.split(":") for pair in pairs)}
+        except ValueError:
+            self.fail(f"{value!r} is not a rate (2e-3) or a rate with others at some "
+                      "resolutions (16e-3,64:2e-3)", param, ctx)
+        if min([rate, *table.values()]) < 0:
+            self.fail(f"{value!r}: a learning rate cannot be negative", param, ctx)
+        if unknown := sorted(set(table) - set(ALL_RES)):
+            self.fail(f"{value!r}: no resolution {unknown[0]}; use one of "
+                      f"{', '.join(map(str, ALL_RES))}", param, ctx)
+        return {r: table.get(r, rate) for r in ALL_RES} if table else rate
+
+
+RATES = Rates()
 
 
 @click.command()
@@ -47,13 +74,12 @@ PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
               default=None)
 # Optimisation.
 @click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
-@click.option("--lr", help="Learning rate of all three networks.", type=NONNEG)
-@click.option("--generator-lr", help="The generator's learning rate (over --lr).",
-              type=NONNEG)
-@click.option("--energy-lr", help="The energy model's learning rate (over --lr).",
-              type=NONNEG)
+@click.option("--lr", help="Learning rate of all three networks (16e-3,64:2e-3: 2e-3 at 64 px).",
+              type=RATES)
+@click.option("--generator-lr", help="The generator's learning rate (over --lr).", type=RATES)
+@click.option("--energy-lr", help="The energy model's learning rate (over --lr).", type=RATES)
 @click.option("--inference-lr", help="The inference model's learning rate (over --lr).",
-              type=NONNEG)
+              type=RATES)
 @click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
 @click.option("--marginal-kl", help="Weight of the batch codes' KL to the prior (0: off).",
               type=NONNEG)
@@ -115,8 +141,9 @@ def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelatio
             "energy_outliers": energy_outliers}
     overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None
     rates = {"generator": generator_lr, "energy": energy_lr, "inference": inference_lr}
-    if any(v is not None for v in rates.values()):  # one network's rate over --lr or the preset's
-        every = overrides["lr"]
+    every = overrides["lr"]
+    if isinstance(every, dict) or any(v is not None for v in rates.values()):
+        # one network's rate over --lr or the preset's; a per-resolution --lr is every network's
         overrides["lr"] = {n: every if v is None else v for n, v in rates.items()
                            if v is not None or every is not None}
     if preset is None and overrides["max_res"] is None and overrides["data"] is not None:

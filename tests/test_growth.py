@@ -220,12 +220,43 @@ def test_too_small_dataset_for_a_holdout_is_refused(tmp_path):
     ],
 )
 def test_one_networks_learning_rate_over_the_others(extra, expected):
-    args = ["train", "--preset", "demo", "--dry-run", "--calibration-seconds", "0", *extra]
-    result = CliRunner().invoke(main, args)
+    result = _dry_lr(*extra)
     assert result.exit_code == 0, result.output
     lr = json.loads(result.output)["config"]["lr"]
     for name, rate in zip(("generator", "energy", "inference"), expected, strict=True):
         assert set(lr[name].values()) == {rate}, (name, lr[name])
+
+
+def _dry_lr(*extra: str):
+    args = ["train", "--preset", "demo", "--dry-run", "--calibration-seconds", "0", *extra]
+    return CliRunner().invoke(main, args)
+
+
+def test_learning_rates_per_resolution():
+    result = _dry_lr("--generator-lr", "16e-3,64:2e-3,128:1e-3")
+    assert result.exit_code == 0, result.output
+    lr = json.loads(result.output)["config"]["lr"]
+    assert lr["generator"]["32"] == 16e-3 and lr["generator"]["4"] == 16e-3
+    assert lr["generator"]["64"] == 2e-3 and lr["generator"]["128"] == 1e-3
+    assert set(lr["energy"].values()) == {2e-3} and set(lr["inference"].values()) == {2e-3}
+    # A per-resolution --lr is every network's; a network's own option still wins.
+    result = _dry_lr("--lr", "1e-3,8:5e-4", "--energy-lr", "3e-4")
+    assert result.exit_code == 0, result.output
+    lr = json.loads(result.output)["config"]["lr"]
+    for name in ("generator", "inference"):
+        assert lr[name]["8"] == 5e-4 and lr[name]["16"] == 1e-3, lr[name]
+    assert set(lr["energy"].values()) == {3e-4}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("fast", "is not a rate"), ("1e-3,64", "is not a rate"), ("1e-3,48:1e-4", "no resolution 48"),
+     ("1e-3,64:-1e-4", "cannot be negative"), ("-1e-3", "cannot be negative")],
+)
+def test_bad_learning_rates_are_named(value, message):
+    result = _dry_lr("--generator-lr", value)
+    assert result.exit_code == 2 and "--generator-lr" in result.output
+    assert message in result.output and "Traceback" not in result.output
 
 
 def test_mixed_precision_auto_follows_the_cpu_flags(monkeypatch):
