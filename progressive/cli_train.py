@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -12,7 +13,7 @@ from progressive.resolutions import ALL_RES
 
 # Option types shared by several options.
 KIMG = click.FloatRange(min=0)
-NONNEG = click.FloatRange(min=0)  # loss weights
+NONNEG = click.FloatRange(min=0)  # loss weights, half-lives, temperatures
 COUNT = click.IntRange(min=1)
 RES = click.IntRange(4, 1024)
 FOLDER = click.Path(file_okay=False)
@@ -35,8 +36,8 @@ class Rates(click.ParamType):
         except ValueError:
             self.fail(f"{value!r} is not a rate (2e-3) or a rate with others at some "
                       "resolutions (16e-3,64:2e-3)", param, ctx)
-        if min([rate, *table.values()]) < 0:
-            self.fail(f"{value!r}: a learning rate cannot be negative", param, ctx)
+        if not all(math.isfinite(v) and v >= 0 for v in (rate, *table.values())):
+            self.fail(f"{value!r}: a learning rate is a finite number, 0 or more", param, ctx)
         if unknown := sorted(set(table) - set(ALL_RES)):
             self.fail(f"{value!r}: no resolution {unknown[0]}; use one of "
                       f"{', '.join(map(str, ALL_RES))}", param, ctx)
