@@ -209,7 +209,9 @@ def test_max_res_above_dataset_is_refused(dataset, tmp_path):
 def test_existing_run_needs_resume(dataset, tmp_path):
     args = ["train", *cli_args(data=dataset, out=tmp_path, name="r", max_res=4,
                                stable_kimg=0.008, batch=4, workers=0, **TINY_NETWORKS)]
-    assert CliRunner().invoke(main, args).exit_code == 0
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0
+    assert f"cpu ({torch.get_num_threads()} threads)" in first.output  # one process's threads
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "--resume auto" in again.output
     longer = CliRunner().invoke(main, [*args, "--resume", "auto", "--total-kimg", "0.016"])
