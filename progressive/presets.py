@@ -12,6 +12,7 @@ import copy
 from progressive.errors import UserError
 from progressive.networks import PCA_PATH_MAX_RES
 from progressive.resolutions import ALL_RES, check_resolution
+from progressive.schedule import NETWORKS
 from progressive.sizing import FMAP_MIN, default_device, rule
 
 # Everything a run needs; presets override parts of it.
@@ -210,11 +211,10 @@ def make_config(preset: str | None = "demo", device: str | None = None, **overri
             raise UserError(f"unknown configuration key {key!r}")
         if key == "batch" and not isinstance(value, dict):
             value = {r: int(value) for r in ALL_RES}
-        if key == "lr" and not isinstance(value, dict):
-            value = _lrs(float(value), float(value), float(value))
-        elif key == "lr":  # some networks' rates, each a float or a per-resolution table
+        if key == "lr":  # one rate for every network, or some networks' (floats or tables)
+            rates = value if isinstance(value, dict) else dict.fromkeys(NETWORKS, value)
             value = {n: v if isinstance(v, dict) else {r: float(v) for r in ALL_RES}
-                     for n, v in value.items()}
+                     for n, v in rates.items()}
         cfg = _merge(cfg, {key: value})
     return normalize(cfg)
 

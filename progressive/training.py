@@ -659,10 +659,10 @@ def _train_locked(
 
     final = None
     # Threads beyond the cores (several runs side by side) slow every run many times over.
-    device = f"cpu ({torch.get_num_threads()} threads)" if acc.device.type == "cpu" else acc.device
+    where = f"cpu ({torch.get_num_threads()} threads)" if acc.device.type == "cpu" else acc.device
     acc.print(
         f"training on {train_count} of {dataset_meta['count']} images from {cfg['data']} "
-        f"(the last {held} held out for evaluation), {world} process(es), {device}, "
+        f"(the last {held} held out for evaluation), {world} process(es), {where}, "
         f"{precision.describe(cfg['mixed_precision'], acc.device)}; run folder {run_dir}"
     )
     if images_shown == 0 and cfg.get("pca_path"):  # on every rank: the same fit
