@@ -21,7 +21,6 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,17 +29,15 @@ import lmdb
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_train import make_trainer, sync  # noqa: E402
 from machine import describe  # noqa: E402
 
 from datasets_prep import make_source, write_dataset  # noqa: E402
-from progressive.data import ImageDataset  # noqa: E402
-from progressive.dataset_format import unseal  # noqa: E402
-from progressive.files import write_json_atomic  # noqa: E402
-from progressive.training import FiniteSteps  # noqa: E402
+from progressive.core.files import write_json_atomic  # noqa: E402
+from progressive.data.format import unseal  # noqa: E402
+from progressive.data.reader import ImageDataset  # noqa: E402
+from progressive.train.trainer import FiniteSteps  # noqa: E402
 
 
 def bench_step_check(res: int, widths: str, device: str, steps: int, repeats: int) -> dict:

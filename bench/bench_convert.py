@@ -33,15 +33,12 @@ from pathlib import Path
 
 import lmdb
 import psutil
+from machine import describe
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from machine import describe  # noqa: E402
-
-from datasets_prep import make_source, write_dataset  # noqa: E402
-from progressive import images as im  # noqa: E402
-from progressive.dataset_format import image_key  # noqa: E402
+from datasets_prep import make_source, write_dataset
+from progressive.core import images as im
+from progressive.data.format import image_key
 
 
 def baseline(paths: list[Path], out: Path, max_res: int) -> int:
@@ -155,10 +152,8 @@ def bench_speed(data: Path, count: int, max_res: int, repeats: int) -> dict:
 def bench_memory(count: int, res: int, workers: int) -> dict:
     """Convert `count` synthetic images in a child process; sample its tree's memory."""
     with tempfile.TemporaryDirectory() as tmp:
-        repo = str(Path(__file__).resolve().parent.parent)
         out = str(Path(tmp) / "out")
         code = (
-            f"import sys; sys.path.insert(0, {repo!r})\n"
             "from datasets_prep import make_source, write_dataset\n"
             f"m = write_dataset(make_source('synthetic', '{count}'), {out!r}, {res},"
             f" workers={workers}, progress=False)\n"

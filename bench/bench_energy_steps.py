@@ -27,22 +27,21 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from machine import describe, headline  # noqa: E402
 
-from progressive import checkpoint as ckpt  # noqa: E402
-from progressive.data import ImageDataset  # noqa: E402
-from progressive.files import write_text_atomic  # noqa: E402
-from progressive.images import to_float  # noqa: E402
-from progressive.networks import in_use  # noqa: E402
-from progressive.presets import normalize  # noqa: E402
-from progressive.quality_metrics import auroc  # noqa: E402
-from progressive.run_folder import list_snapshots  # noqa: E402
-from progressive.schedule import Schedule  # noqa: E402
-from progressive.stage_evaluation import split_counts  # noqa: E402
-from progressive.training import Trainer  # noqa: E402
-from progressive.use import load_images  # noqa: E402
+from progressive.config.presets import normalize  # noqa: E402
+from progressive.config.schedule import Schedule  # noqa: E402
+from progressive.core.files import write_text_atomic  # noqa: E402
+from progressive.core.images import to_float  # noqa: E402
+from progressive.data.reader import ImageDataset  # noqa: E402
+from progressive.metrics.quality import auroc  # noqa: E402
+from progressive.metrics.stage import split_counts  # noqa: E402
+from progressive.model.networks import in_use  # noqa: E402
+from progressive.run import checkpoint as ckpt  # noqa: E402
+from progressive.run.folder import list_snapshots  # noqa: E402
+from progressive.train.trainer import Trainer  # noqa: E402
+from progressive.use.generate import load_images  # noqa: E402
 
 
 def continue_run(run: Path, heldout: str, ood: dict[str, str], steps: int, n: int) -> dict:

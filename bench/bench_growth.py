@@ -33,14 +33,14 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from machine import describe, headline, load_line, write_report  # noqa: E402
 
-from progressive import checkpoint as ckpt  # noqa: E402
-from progressive import metrics, run_folder  # noqa: E402
-from progressive.data import ImageDataset  # noqa: E402
-from progressive.stage_evaluation import split_counts  # noqa: E402
+from progressive.data.reader import ImageDataset  # noqa: E402
+from progressive.metrics import fidelity as metrics  # noqa: E402
+from progressive.metrics.stage import split_counts  # noqa: E402
+from progressive.run import checkpoint as ckpt  # noqa: E402
+from progressive.run import folder as run_folder  # noqa: E402
 
 
 def start_run(name: str, args: argparse.Namespace, extra: list[str]) -> subprocess.Popen:

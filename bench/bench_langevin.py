@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,13 +23,12 @@ import click
 from machine import describe
 
 # This checkout's package, not an installed one.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from progressive import metrics, sampling  # noqa: E402
-from progressive.checkpoint import load_run  # noqa: E402
-from progressive.data import ImageDataset  # noqa: E402
-from progressive.images import to_uint8  # noqa: E402
-from progressive.langevin import Langevin  # noqa: E402
+from progressive.core.images import to_uint8
+from progressive.data.reader import ImageDataset
+from progressive.metrics import fidelity as metrics
+from progressive.model import sampling
+from progressive.model.langevin import Langevin
+from progressive.run.checkpoint import load_run
 
 DEFAULT_CHAINS = [
     "image:10:1e-4:0",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import click
@@ -22,12 +21,10 @@ import torch
 from machine import describe
 
 # This checkout's package, not an installed one.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from progressive import loss  # noqa: E402
-from progressive.checkpoint import load_run  # noqa: E402
-from progressive.networks import build_networks  # noqa: E402
-from progressive.presets import make_config  # noqa: E402
+from progressive.config.presets import make_config
+from progressive.model.networks import build_networks
+from progressive.run.checkpoint import load_run
+from progressive.train import loss
 
 
 def grad_norm(term: torch.Tensor, params: list[torch.Tensor]) -> float:
@@ -36,7 +33,7 @@ def grad_norm(term: torch.Tensor, params: list[torch.Tensor]) -> float:
 
 
 def synthetic_batch(n: int, res: int) -> torch.Tensor:
-    from progressive.synthetic import render
+    from progressive.data.synthetic import render
 
     images = [torch.from_numpy(render(10_000 + i, res)).permute(2, 0, 1) for i in range(n)]
     return torch.stack(images).float() / 127.5 - 1

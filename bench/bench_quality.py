@@ -28,16 +28,15 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from machine import describe  # noqa: E402
 
-from progressive import checkpoint as ckpt  # noqa: E402
-from progressive.evaluation import evaluate  # noqa: E402
-from progressive.presets import PRESETS, make_config  # noqa: E402
-from progressive.run_folder import list_snapshots  # noqa: E402
-from progressive.schedule import Schedule  # noqa: E402
-from progressive.training import Trainer, train  # noqa: E402
+from progressive.config.presets import PRESETS, make_config  # noqa: E402
+from progressive.config.schedule import Schedule  # noqa: E402
+from progressive.run import checkpoint as ckpt  # noqa: E402
+from progressive.run.folder import list_snapshots  # noqa: E402
+from progressive.train.trainer import Trainer, train  # noqa: E402
+from progressive.use.evaluate import evaluate  # noqa: E402
 
 PAPER_OPT = {"lr": {"generator": 3e-4, "energy": 1e-4, "inference": 3e-4}, "betas": [0.5, 0.999]}
 

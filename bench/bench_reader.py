@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,17 +29,15 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_train import make_trainer  # noqa: E402
 from machine import describe  # noqa: E402
 
 from datasets_prep import write_dataset  # noqa: E402
 from datasets_prep.files import FolderSource  # noqa: E402
-from progressive.data import ImageDataset, InfiniteSampler, _worker_init, make_loader  # noqa: E402
-from progressive.dataset_writer import encodings_for  # noqa: E402
-from progressive.images import is_image_name, to_rgb  # noqa: E402
+from progressive.core.images import is_image_name, to_rgb  # noqa: E402
+from progressive.data.reader import ImageDataset, InfiniteSampler, _worker_init, make_loader  # noqa: E402
+from progressive.data.writer import encodings_for  # noqa: E402
 
 
 class CropResize:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -25,12 +24,10 @@ import torch
 from machine import describe
 
 # This checkout's package, not an installed one.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from progressive import inpaint  # noqa: E402
-from progressive import masks as mk  # noqa: E402
-from progressive.checkpoint import load_run  # noqa: E402
-from progressive.data import ImageDataset  # noqa: E402
+from progressive.data import masks as mk
+from progressive.data.reader import ImageDataset
+from progressive.run.checkpoint import load_run
+from progressive.use import inpaint
 
 
 def telea(images: torch.Tensor, masks: torch.Tensor, radius: int = 3) -> torch.Tensor:

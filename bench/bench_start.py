@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from machine import describe, headline, load_line, write_report  # noqa: E402
 
-from progressive.files import tree_size  # noqa: E402
+from progressive.core.files import tree_size  # noqa: E402
 
 
 def first_steps(max_res: int, limit_s: float) -> dict:

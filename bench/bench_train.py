@@ -33,14 +33,13 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from machine import describe, headline, load_line, write_report  # noqa: E402
 
-from progressive import precision as mixed_precision  # noqa: E402
-from progressive.presets import make_config  # noqa: E402
-from progressive.schedule import NETWORKS, Phase  # noqa: E402
-from progressive.training import Trainer, set_float32_math  # noqa: E402
+from progressive.config.presets import make_config  # noqa: E402
+from progressive.config.schedule import NETWORKS, Phase  # noqa: E402
+from progressive.train import precision as mixed_precision  # noqa: E402
+from progressive.train.trainer import Trainer, set_float32_math  # noqa: E402
 
 PRECISIONS = {  # name: (matmul dtype, accelerate mixed precision, tf32)
     "no": (torch.float32, "no", False),

@@ -24,14 +24,12 @@ from pathlib import Path
 import lmdb
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import describe  # noqa: E402
 from soak import alive, soak_arguments  # noqa: E402
 
-from progressive.data import ImageDataset, verify_dataset  # noqa: E402
-from progressive.errors import UserError  # noqa: E402
+from progressive.core.errors import UserError  # noqa: E402
+from progressive.data.reader import ImageDataset, verify_dataset  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
@@ -47,7 +45,7 @@ def convert(out: Path, *extra: str) -> subprocess.Popen:
 
 def records(root: Path) -> dict[bytes, bytes]:
     # The reader keeps its shards open, and LMDB opens an environment once per process.
-    from progressive import data as reader
+    from progressive.data import reader
 
     for _, _, env in reader._ENVS.values():
         env.close()

@@ -26,14 +26,10 @@ import time
 from pathlib import Path
 
 import lmdb
+from machine import describe
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from machine import describe  # noqa: E402
-
-from progressive.dataset_format import image_key, read_meta, unseal  # noqa: E402
-from progressive.files import write_json_atomic  # noqa: E402
+from progressive.core.files import write_json_atomic
+from progressive.data.format import image_key, read_meta, unseal
 
 TINY = ["--latent", "8", "--fmap-base", "64", "--fmap-max", "16", "--mixed-precision", "no",
         "--max-res", "8", "--batch", "4", "--fade-kimg", "0.04", "--stable-kimg", "0.04"]

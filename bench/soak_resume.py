@@ -26,13 +26,11 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import describe  # noqa: E402
 from soak import soak_arguments  # noqa: E402
 
-from progressive.schedule import Schedule  # noqa: E402
+from progressive.config.schedule import Schedule  # noqa: E402
 
 RUN = ["--latent", "8", "--fmap-base", "64", "--fmap-max", "16", "--mixed-precision", "no",
        "--max-res", "16", "--batch", "4", "--fade-kimg", "0.096", "--stable-kimg", "0.096",
@@ -94,7 +92,7 @@ def main() -> None:
     duration = time.perf_counter() - t0
     training_s = t_last - t_first
     reference = final_tensors(out / "runs" / "reference")
-    from progressive.presets import make_config
+    from progressive.config.presets import make_config
 
     cfg = make_config("demo", max_res=16, fade_kimg=0.096, stable_kimg=0.096, batch=4)
     schedule = Schedule.from_config(cfg)

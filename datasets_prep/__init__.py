@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from progressive.dataset_writer import write_dataset
-from progressive.errors import UserError
-from progressive.sources import Source
+from progressive.core.errors import UserError
+from progressive.data.sources import Source
+from progressive.data.writer import write_dataset
 
 SOURCES = ("folder", "zip", "celebahq", "lsun", "celeba", "cifar10", "imagenet32", "synthetic")
 
@@ -34,7 +34,7 @@ def make_source(kind: str, input: str, **options: Any) -> Source:
     elif kind == "imagenet32":
         from .imagenet32 import ImageNet32Source as cls
     elif kind == "synthetic":
-        from progressive.synthetic import SyntheticSource as cls
+        from progressive.data.synthetic import SyntheticSource as cls
     else:
         raise UserError(f"unknown SOURCE {kind!r}; choose one of {', '.join(SOURCES)}")
     if "split" in options and kind not in ("celeba", "cifar10", "imagenet32", "synthetic"):

@@ -7,8 +7,8 @@ import hashlib
 
 import numpy as np
 
-from progressive.errors import UserError
-from progressive.images import Reject
+from progressive.core.errors import UserError
+from progressive.core.images import Reject
 
 from .files import FolderSource
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from progressive.errors import UserError
-from progressive.sources import PlanarRowSource
+from progressive.core.errors import UserError
+from progressive.data.sources import PlanarRowSource
 
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 TEST = ["test_batch"]

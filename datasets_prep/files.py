@@ -9,9 +9,9 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from progressive.errors import UserError
-from progressive.images import EXTENSIONS, Reject, image_files, is_image_name, open_image
-from progressive.sources import Source
+from progressive.core.errors import UserError
+from progressive.core.images import EXTENSIONS, Reject, image_files, is_image_name, open_image
+from progressive.data.sources import Source
 
 _zips: dict[tuple[int, str], zipfile.ZipFile] = {}
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from progressive.errors import UserError
-from progressive.sources import PlanarRowSource
+from progressive.core.errors import UserError
+from progressive.data.sources import PlanarRowSource
 
 _ROWS = 4096
 

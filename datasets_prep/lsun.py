@@ -9,9 +9,9 @@ from pathlib import Path
 
 import lmdb
 
-from progressive.errors import UserError
-from progressive.images import Reject, open_image
-from progressive.sources import Source
+from progressive.core.errors import UserError
+from progressive.core.images import Reject, open_image
+from progressive.data.sources import Source
 
 _envs: dict[tuple[int, str], lmdb.Environment] = {}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-from progressive.dataset_format import image_key, read_meta, unseal
-from progressive.images import decode
+from progressive.core.images import decode
+from progressive.data.format import image_key, read_meta, unseal
 
 
 def iter_images(root: str | os.PathLike) -> Iterator[tuple[int, int, np.ndarray]]:

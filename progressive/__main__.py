@@ -1,5 +1,5 @@
 """`python -m progressive` runs the command line (also under `accelerate launch -m`)."""
 
-from progressive.cli import main
+from progressive.cli.main import main
 
 main()

@@ -12,17 +12,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from progressive.data import ImageDataset, InfiniteSampler, make_loader, verify_dataset
-from progressive.dataset_format import (
+from progressive.core.errors import UserError
+from progressive.core.files import write_json_atomic
+from progressive.core.resolutions import resolutions as all_resolutions
+from progressive.data.format import (
     FORMAT,
     VERSION,
     image_key,
     seal,
     shard_name,
 )
-from progressive.errors import UserError
-from progressive.files import write_json_atomic
-from progressive.resolutions import resolutions as all_resolutions
+from progressive.data.reader import ImageDataset, InfiniteSampler, make_loader, verify_dataset
 
 # torchvision 0.29 announces on every decode that its decoders are moving elsewhere
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -213,7 +213,7 @@ def test_flipped_byte_fails_its_checksum_before_decoding(tmp_path, encoding, mon
     ds = ImageDataset(tmp_path / "d", 8)
     stored = ds._read([3])[0]
     _flip(tmp_path / "d", 1, stored, offset=len(stored) // 2)
-    import progressive.data as data
+    import progressive.data.reader as data
 
     decoded, real_decode = [], data.decode_png
     monkeypatch.setattr(data, "decode_png", lambda b: decoded.append(1) or real_decode(b))

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-import progressive.files as files
+import progressive.core.files as files
 
 
 def test_json_is_written_atomically_and_its_rename_made_durable(tmp_path, monkeypatch):

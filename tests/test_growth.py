@@ -9,13 +9,13 @@ import torch
 from click.testing import CliRunner
 from tiny import TINY_NETWORKS, cli_args
 
-from progressive import precision
-from progressive.cli import main
-from progressive.networks import EqualizedConv2d, EqualizedLinear, build_networks
-from progressive.presets import make_config
-from progressive.sizing import FMAP_MIN
-from progressive.stage_evaluation import EVALUATIONS, read_evaluations, split_counts
-from progressive.training import train
+from progressive.cli.main import main
+from progressive.config.presets import make_config
+from progressive.config.sizing import FMAP_MIN
+from progressive.metrics.stage import EVALUATIONS, read_evaluations, split_counts
+from progressive.model.networks import EqualizedConv2d, EqualizedLinear, build_networks
+from progressive.train import precision
+from progressive.train.trainer import train
 
 ALL_RES = [4 << i for i in range(9)]
 
@@ -274,7 +274,7 @@ def test_mixed_precision_auto_follows_the_cpu_flags(monkeypatch):
 def test_stage_ends_append_evaluations_and_never_train_on_held_out_images(
     dataset, tmp_path, monkeypatch
 ):
-    from progressive import training
+    from progressive.train import trainer as training
 
     read = []
 

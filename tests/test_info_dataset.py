@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 from test_data import write_dataset
 
-from progressive.cli import main
-from progressive.info import dataset_summary
+from progressive.cli.main import main
+from progressive.use.info import dataset_summary
 
 # torchvision 0.29 announces on every decode that its decoders are moving elsewhere
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -74,7 +74,7 @@ def test_info_verify_reads_every_record_and_names_the_damaged_ones(tmp_path):
 
     from test_data import _flip
 
-    from progressive.data import ImageDataset
+    from progressive.data.reader import ImageDataset
 
     root = tmp_path / "d"
     write_dataset(root, count=6, max_res=8, encoding={4: "raw", 8: "png"}, shard_counts=[3, 3])

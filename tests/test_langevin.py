@@ -13,11 +13,13 @@ from click.testing import CliRunner
 from PIL import Image
 from tiny import train_tiny_run
 
-from progressive import latents, metrics, sampling, use
-from progressive.checkpoint import load_run
-from progressive.cli import main
-from progressive.errors import UserError
-from progressive.langevin import Langevin, langevin, latent_potential, refine
+from progressive.cli.main import main
+from progressive.core.errors import UserError
+from progressive.metrics import fidelity as metrics
+from progressive.model import latents, sampling
+from progressive.model.langevin import Langevin, langevin, latent_potential, refine
+from progressive.run.checkpoint import load_run
+from progressive.use import generate as use
 
 RES = 16
 # A short noiseless chain in image space, for the command tests.

@@ -1,9 +1,14 @@
-"""The package layers: the library never imports the dataset tool's package."""
+"""The package's layers: each sub-package imports only those below it, and the library never
+imports the dataset tool's package."""
 
 import ast
 from pathlib import Path
 
 import progressive
+
+# Lowest first: a module may import its own sub-package and any sub-package before it.
+LAYERS = ["core", "config", "data", "model", "run", "metrics", "train", "use", "cli"]
+ROOT = Path(progressive.__file__).parent
 
 
 def _imports(path: Path) -> set[str]:
@@ -16,11 +21,45 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def _modules() -> list[Path]:
+    return sorted(p for p in ROOT.rglob("*.py") if p.parent != ROOT)
+
+
+def test_every_module_sits_in_a_layer():
+    modules = _modules()
+    assert len(modules) > 40  # the package's modules were found
+    assert sorted({p.parent.name for p in modules}) == sorted(LAYERS)
+    assert sorted(p.name for p in ROOT.glob("*.py")) == ["__init__.py", "__main__.py"]
+
+
+def test_layers_import_only_downwards():
+    upward = {}
+    for path in _modules():
+        own = LAYERS.index(path.parent.name)
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "progressive" and len(parts) > 1 and parts[1] in LAYERS:
+                if LAYERS.index(parts[1]) > own:
+                    upward.setdefault(f"{path.parent.name}/{path.name}", []).append(name)
+    assert upward == {}
+
+
 def test_progressive_does_not_import_datasets_prep():
-    root = Path(progressive.__file__).parent
     offenders = {
-        p.name: sorted(m for m in _imports(p) if m.split(".")[0] == "datasets_prep")
-        for p in root.glob("*.py")
+        str(p.relative_to(ROOT)): sorted(m for m in _imports(p) if m.startswith("datasets_prep"))
+        for p in ROOT.rglob("*.py")
     }
-    assert len(offenders) > 10  # the package's modules were found
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_module_is_too_long():
+    lengths = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in _modules()}
+    assert {name: n for name, n in lengths.items() if n > 450} == {}
+
+
+def test_no_script_edits_the_import_path():
+    repo = ROOT.parent
+    folders = ("bench", "tools", "datasets_prep", "progressive")
+    scripts = [p for d in folders for p in (repo / d).rglob("*.py")]
+    assert len(scripts) > 20
+    assert [str(p.relative_to(repo)) for p in scripts if "sys.path.insert" in p.read_text()] == []

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from progressive import loss
-from progressive.presets import make_config
+from progressive.config.presets import make_config
+from progressive.train import loss
 
 
 def reference_joint(x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from progressive import images as im
-from progressive.synthetic import render
+from progressive.core import images as im
+from progressive.data.synthetic import render
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -14,11 +14,11 @@ from PIL import Image
 from datasets_prep import make_source, write_dataset
 from datasets_prep.celeba import celeba_split
 from datasets_prep.readback import iter_images
-from progressive import dataset_writer as writer
-from progressive import images as im
-from progressive.dataset_format import read_meta
-from progressive.errors import UserError
-from progressive.synthetic import render
+from progressive.core import images as im
+from progressive.core.errors import UserError
+from progressive.data import writer
+from progressive.data.format import read_meta
+from progressive.data.synthetic import render
 
 
 def _img(seed: int, w: int, h: int) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_png_encoding_exact_and_meta(tmp_path):
 
 
 def test_auto_encoding_raw_then_png():
-    from progressive.dataset_writer import encodings_for
+    from progressive.data.writer import encodings_for
 
     assert encodings_for(512, "auto") == {4: "raw", 8: "raw", 16: "raw", 32: "raw", 64: "raw",
                                           128: "raw", 256: "raw", 512: "png"}
@@ -255,7 +255,7 @@ def test_synthetic_source(tmp_path):
 
 
 def test_synthetic_test_split_is_disjoint_from_training_images(tmp_path):
-    from progressive.synthetic import TEST_FIRST
+    from progressive.data.synthetic import TEST_FIRST
 
     meta = write_dataset(make_source("synthetic", "3", split="test"), tmp_path / "held", 16,
                          workers=0, progress=False)

@@ -16,10 +16,9 @@ from PIL import Image
 
 from datasets_prep import make_source, write_dataset
 from datasets_prep.readback import iter_images, shard_keys
-from progressive import dataset_writer as writer
-from progressive import shards
-from progressive.dataset_format import image_key, read_meta, unseal
-from progressive.errors import UserError
+from progressive.core.errors import UserError
+from progressive.data import shards, writer
+from progressive.data.format import image_key, read_meta, unseal
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "make_lmdb.py"
@@ -180,8 +179,8 @@ def test_sharding_by_size_and_count(tmp_path):
 
 @pytest.mark.parametrize("batch", [128, 3])
 def test_parallel_matches_in_process_with_rejects_and_max_images(tmp_path, monkeypatch, batch):
-    from progressive.images import Reject
-    from progressive.synthetic import SyntheticSource, render
+    from progressive.core.images import Reject
+    from progressive.data.synthetic import SyntheticSource, render
 
     class Holey(SyntheticSource):
         def load(self, item):
@@ -264,7 +263,7 @@ def test_cli_subprocess_error_is_one_line(tmp_path):
 
 
 def test_crashed_worker_is_a_one_line_error(tmp_path, monkeypatch):
-    from progressive.synthetic import SyntheticSource
+    from progressive.data.synthetic import SyntheticSource
 
     class Crashing(SyntheticSource):
         def load(self, item):
@@ -357,7 +356,7 @@ def test_shards_are_flushed_while_the_last_batches_convert(tmp_path, monkeypatch
 
 
 def test_shard_opened_while_another_process_grows_its_map(tmp_path, monkeypatch):
-    from progressive.shards import ShardStore
+    from progressive.data.shards import ShardStore
 
     real_open, sizes = lmdb.open, []
 

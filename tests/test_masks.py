@@ -10,12 +10,12 @@ from PIL import Image
 from tiny import TINY_NETWORKS
 
 from datasets_prep import make_source, write_dataset
-from progressive import masks as mk
-from progressive.data import ImageDataset
-from progressive.errors import UserError
-from progressive.presets import make_config
-from progressive.schedule import Schedule
-from progressive.training import Trainer
+from progressive.config.presets import make_config
+from progressive.config.schedule import Schedule
+from progressive.core.errors import UserError
+from progressive.data import masks as mk
+from progressive.data.reader import ImageDataset
+from progressive.train.trainer import Trainer
 
 
 @pytest.mark.parametrize("kind", mk.KINDS)
@@ -183,7 +183,7 @@ def test_missing_pixel_values_change_neither_loss_nor_gradients(images_shown):
 def test_training_on_occluded_data_through_fade_in_and_resume(tmp_path):
     from test_training import TINY, assert_same_weights
 
-    from progressive.training import resolve_run, train
+    from progressive.train.trainer import resolve_run, train
 
     data = tmp_path / "occluded"
     write_dataset(make_source("synthetic", "24"), data, 8, workers=0, progress=False,
@@ -207,7 +207,7 @@ def test_training_on_occluded_data_through_fade_in_and_resume(tmp_path):
 def tiny_run(tmp_path_factory):
     from test_training import TINY
 
-    from progressive.training import train
+    from progressive.train.trainer import train
 
     root = tmp_path_factory.mktemp("run")
     data = root / "data"
@@ -219,8 +219,8 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.parametrize("how", [[], ["--z-steps", "3", "--energy-steps", "2"], ["--no-blend"]])
 def test_inpaint_keeps_visible_pixels_bit_identical(tiny_run, faces, tmp_path, how):
-    from progressive.cli import main
-    from progressive.use import load_images
+    from progressive.cli.main import main
+    from progressive.use.generate import load_images
 
     run, _ = tiny_run
     masks = tmp_path / "masks"
@@ -233,7 +233,7 @@ def test_inpaint_keeps_visible_pixels_bit_identical(tiny_run, faces, tmp_path, h
                                   *how])
     assert r.exit_code == 0, r.output
     names, real = load_images(faces, 8, 8)
-    from progressive.inpaint import file_masks
+    from progressive.use.inpaint import file_masks
 
     m = file_masks(masks, faces, names, 8, 8).bool()
     assert (~m).any() and m.any()
@@ -244,7 +244,7 @@ def test_inpaint_keeps_visible_pixels_bit_identical(tiny_run, faces, tmp_path, h
 
 
 def test_inpaint_needs_one_mask_source(tiny_run, faces, tmp_path):
-    from progressive.cli import main
+    from progressive.cli.main import main
 
     run, _ = tiny_run
     r = CliRunner().invoke(main, ["inpaint", "--ckpt", str(run), "--images", str(faces),
@@ -253,8 +253,8 @@ def test_inpaint_needs_one_mask_source(tiny_run, faces, tmp_path):
 
 
 def test_recovery_metric_scores_model_and_mean_colour_fill(tiny_run):
-    from progressive.cli import main
-    from progressive.inpaint import mean_colour_fill, recovery_error
+    from progressive.cli.main import main
+    from progressive.use.inpaint import mean_colour_fill, recovery_error
 
     run, data = tiny_run
     r = CliRunner().invoke(main, ["evaluate", "--ckpt", str(run), "--data", str(data),
@@ -280,7 +280,7 @@ def test_recovery_metric_scores_model_and_mean_colour_fill(tiny_run):
 def test_grids_of_incomplete_data_never_show_missing_pixels(tmp_path):
     """The reals and reconstruction grids of a masked dataset show and encode only what
     training sees: changing missing pixels' values changes neither grid."""
-    from progressive.training import _save_grids, _save_reals
+    from progressive.train.trainer import _save_grids, _save_reals
 
     cfg, trainer = _trainer()
     phase = Schedule.from_config(cfg).at(9000)  # 8x8 mid fade-in
@@ -307,7 +307,7 @@ def test_grids_of_incomplete_data_never_show_missing_pixels(tmp_path):
 
 
 def test_laplace_fill_is_harmonic_in_the_holes_and_keeps_the_rest():
-    from progressive.inpaint import harmonic_fill, laplace_fill
+    from progressive.use.inpaint import harmonic_fill, laplace_fill
 
     g = torch.Generator().manual_seed(0)
     values = torch.randn(3, 3, 16, 16, generator=g)
@@ -340,8 +340,8 @@ def test_blend_carries_the_models_error_on_visible_pixels_into_the_holes():
     holes by c as well; without it they stay F."""
     from types import SimpleNamespace
 
-    from progressive import inpaint
-    from progressive.images import to_float, to_uint8
+    from progressive.core.images import to_float, to_uint8
+    from progressive.use import inpaint
 
     res, c = 8, 0.25
     face = torch.linspace(-0.6, 0.6, res * res).view(1, 1, res, res).expand(2, 3, res, res)

@@ -7,8 +7,8 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
-from progressive import metrics
-from progressive.errors import UserError
+from progressive.core.errors import UserError
+from progressive.metrics import fidelity as metrics
 
 
 def _smooth_images(n: int, res: int, seed: int) -> torch.Tensor:

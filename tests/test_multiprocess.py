@@ -7,7 +7,7 @@ import sys
 
 from tiny import TINY_NETWORKS, cli_args
 
-from progressive import checkpoint as ckpt
+from progressive.run import checkpoint as ckpt
 
 
 def test_two_processes_train_one_run(tmp_path):
@@ -80,8 +80,8 @@ def test_ranks_stop_within_seconds_when_the_launcher_is_killed(tmp_path):
     import time
 
     from datasets_prep import make_source, write_dataset
-    from progressive.errors import UserError
-    from progressive.runlock import RunLock
+    from progressive.core.errors import UserError
+    from progressive.run.lock import RunLock
 
     data = tmp_path / "data"
     write_dataset(make_source("synthetic", "24"), data, 8, workers=0, progress=False)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from progressive.errors import UserError
-from progressive.networks import (
+from progressive.core.errors import UserError
+from progressive.model.networks import (
     Energy,
     EqualizedConv2d,
     EqualizedLinear,
@@ -220,8 +220,8 @@ def test_full_resolution_forward_backward():
 
 
 def test_inference_width_and_hidden_change_the_inference_model_only():
-    from progressive.networks import build_networks
-    from progressive.presets import make_config
+    from progressive.config.presets import make_config
+    from progressive.model.networks import build_networks
 
     kw = dict(max_res=8, latent=8, fmap_base=64, fmap_max=16, mixed_precision="no")
     base = build_networks(make_config("demo", **kw))
@@ -245,8 +245,8 @@ def test_inference_width_and_hidden_change_the_inference_model_only():
 
 
 def test_bad_inference_width_or_energy_average_is_a_clear_error():
-    from progressive.errors import UserError
-    from progressive.presets import make_config
+    from progressive.config.presets import make_config
+    from progressive.core.errors import UserError
 
     bad = [("inference_width", 0), ("energy_width", 0), ("inference_hidden", -3),
            ("energy_ema_kimg", -1), ("inference_ema_kimg", -1)]
@@ -258,8 +258,8 @@ def test_bad_inference_width_or_energy_average_is_a_clear_error():
 def test_inference_average_pairs_with_the_generator_average_and_old_runs_keep_none():
     from tiny import TINY_NETWORKS
 
-    from progressive.networks import build_networks, in_use, network_names
-    from progressive.presets import make_config, normalize
+    from progressive.config.presets import make_config, normalize
+    from progressive.model.networks import build_networks, in_use, network_names
 
     for preset in ("demo", "cifar10"):
         cfg = make_config(preset)

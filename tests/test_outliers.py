@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from progressive import loss
-from progressive.outliers import KINDS, noise_set, random_scale_noise, scales
+from progressive.train import loss
+from progressive.train.outliers import KINDS, noise_set, random_scale_noise, scales
 
 
 def test_scales_cover_flat_colours_to_pixels():

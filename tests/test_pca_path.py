@@ -11,13 +11,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from tiny import TINY_NETWORKS, write_synthetic
 
-from progressive import pca_path
-from progressive.cli import main
-from progressive.errors import UserError
-from progressive.images import to_float
-from progressive.networks import LOGVAR_MAX, LOGVAR_MIN, build_networks, soft_clamp
-from progressive.presets import make_config
-from progressive.training import resolve_run, train
+from progressive.cli.main import main
+from progressive.config.presets import make_config
+from progressive.core.errors import UserError
+from progressive.core.images import to_float
+from progressive.model.networks import LOGVAR_MAX, LOGVAR_MIN, build_networks, soft_clamp
+from progressive.train import pca_path
+from progressive.train.trainer import resolve_run, train
 
 
 def structured_images(n: int, res: int, seed: int = 0) -> torch.Tensor:
@@ -137,8 +137,8 @@ def test_training_starts_from_the_fit_saves_it_and_resumes_exactly(dataset, tmp_
     # `evaluate` finds the start in the run's first snapshot, even with the data gone.
     import dataclasses
 
-    from progressive.checkpoint import load_run
-    from progressive.evaluation import _initial_generator
+    from progressive.run.checkpoint import load_run
+    from progressive.use.evaluate import _initial_generator
 
     run = load_run(tmp_path / "full")
     run = dataclasses.replace(run, config={**run.config, "data": str(tmp_path / "moved")})
@@ -158,7 +158,7 @@ def test_training_starts_from_the_fit_saves_it_and_resumes_exactly(dataset, tmp_
 
 
 def pca_path_images(dataset, n):
-    from progressive.data import ImageDataset
+    from progressive.data.reader import ImageDataset
 
     return ImageDataset(dataset, 8).batch(list(range(n)))
 
@@ -203,8 +203,8 @@ def test_pca_path_option_reaches_the_configuration(tmp_path):
 
 
 def test_stage_evaluation_measures_swd_at_initialization_from_the_starting_networks(tmp_path):
-    from progressive import metrics
-    from progressive.stage_evaluation import StageEvaluator
+    from progressive.metrics import fidelity as metrics
+    from progressive.metrics.stage import StageEvaluator
 
     data = write_synthetic(tmp_path / "synthetic16", 40, 16)
     cfg = tiny(data, max_res=16)

@@ -11,13 +11,14 @@ import torch
 from test_use import invoke, model, run_dir  # noqa: F401 (fixtures)
 from tiny import TINY_NETWORKS
 
-from progressive import loss, metrics
-from progressive import quality_metrics as qm
-from progressive.presets import make_config
-from progressive.reference_networks import ReferenceEnergy, ReferenceGenerator, ReferenceInference
-from progressive.sampling import energies
-from progressive.schedule import Schedule
-from progressive.training import Trainer
+from progressive.config.presets import make_config
+from progressive.config.schedule import Schedule
+from progressive.metrics import fidelity as metrics
+from progressive.metrics import quality as qm
+from progressive.model.reference import ReferenceEnergy, ReferenceGenerator, ReferenceInference
+from progressive.model.sampling import energies
+from progressive.train import loss
+from progressive.train.trainer import Trainer
 
 
 def test_auroc_matches_pair_counting_with_ties():
@@ -88,7 +89,7 @@ def test_diversity_ratio_and_precision_recall():
 
 
 def _tiny_networks(latent=8):
-    from progressive.networks import Energy, Generator, Inference
+    from progressive.model.networks import Energy, Generator, Inference
 
     torch.manual_seed(0)
     widths = {"fmap_base": 64, "fmap_max": 16}
@@ -231,7 +232,7 @@ def test_reference_networks_shapes_and_one_training_step():
 
 
 def test_reference_networks_refuse_growing():
-    from progressive.errors import UserError
+    from progressive.core.errors import UserError
 
     with pytest.raises(UserError, match="start-res"):
         make_config("demo", architecture="reference", **TINY_NETWORKS)
@@ -245,8 +246,8 @@ def test_energy_drift_on_generated_images():
 
 
 def test_paper_presets_cost_about_the_reference_networks():
-    from progressive.checkpoint import build_networks
-    from progressive.networks import num_parameters
+    from progressive.model.networks import num_parameters
+    from progressive.run.checkpoint import build_networks
 
     for preset in ("cifar10", "celeba64", "imagenet32"):
         cfg = make_config(preset)
@@ -255,7 +256,7 @@ def test_paper_presets_cost_about_the_reference_networks():
 
 
 def test_configuration_saved_before_new_keys_loads_as_trained():
-    from progressive.presets import normalize
+    from progressive.config.presets import normalize
 
     cfg = make_config("demo", **TINY_NETWORKS)
     for key in ("architecture", "fmap_min"):

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from progressive.presets import PRESETS, make_config
+from progressive.config.presets import PRESETS, make_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from progressive.errors import UserError
-from progressive.presets import PRESETS, make_config
-from progressive.schedule import Schedule
+from progressive.config.presets import PRESETS, make_config
+from progressive.config.schedule import Schedule
+from progressive.core.errors import UserError
 
 
 def schedule(**kw):

@@ -9,12 +9,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 from tiny import TINY_NETWORKS, cli_args
 
-from progressive import checkpoint as ckpt
-from progressive.cli import main
-from progressive.errors import UserError
-from progressive.presets import make_config
-from progressive.runlock import RunLock
-from progressive.training import resolve_run, train
+from progressive.cli.main import main
+from progressive.config.presets import make_config
+from progressive.core.errors import UserError
+from progressive.run import checkpoint as ckpt
+from progressive.run.lock import RunLock
+from progressive.train.trainer import resolve_run, train
 
 TINY = dict(**TINY_NETWORKS, max_res=8, batch=4, fade_kimg=0.016, stable_kimg=0.016, workers=0,
             snapshot_kimg=1.0, tick_kimg=0.016)
@@ -262,7 +262,7 @@ def test_a_flipped_bit_in_a_weight_file_is_caught_by_its_checksum(run_dir, tmp_p
 
 
 def test_every_step_is_checked_at_once_on_cpu_and_by_the_next_tick_on_gpus():
-    from progressive.training import FiniteSteps
+    from progressive.train.trainer import FiniteSteps
 
     good = {"loss_energy": torch.tensor(1.0), "grad_norm_generator": torch.tensor(3.0)}
     bad_grad = {"loss_energy": torch.tensor(1.0), "grad_norm_generator": torch.tensor(math.inf)}
@@ -285,7 +285,7 @@ def test_a_loader_process_killed_by_a_signal_is_one_line(tmp_path):
 
     from torch.utils.data import DataLoader, Dataset
 
-    from progressive.training import _next_batch
+    from progressive.train.trainer import _next_batch
 
     class Crashing(Dataset):  # what a decoder crashing on a damaged image does to a worker
         def __len__(self):
@@ -311,7 +311,7 @@ def test_a_forked_child_does_not_keep_the_run_locked(tmp_path):
 
     code = (
         "import os, sys, time\n"
-        "from progressive.runlock import RunLock\n"
+        "from progressive.run.lock import RunLock\n"
         f"RunLock.acquire({str(tmp_path / 'run')!r})\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"

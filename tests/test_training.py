@@ -11,16 +11,16 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from tiny import TINY_NETWORKS, cli_args, write_synthetic
 
-from progressive import checkpoint as ckpt
-from progressive import loss
-from progressive import run_folder as layout
-from progressive.cli import main
-from progressive.images import to_float
-from progressive.networks import build_networks, fade_real, network_names
-from progressive.outliers import random_scale_noise
-from progressive.presets import make_config
-from progressive.schedule import Schedule
-from progressive.training import Trainer, resolve_run, step_generator, train
+from progressive.cli.main import main
+from progressive.config.presets import make_config
+from progressive.config.schedule import Schedule
+from progressive.core.images import to_float
+from progressive.model.networks import build_networks, fade_real, network_names
+from progressive.run import checkpoint as ckpt
+from progressive.run import folder as layout
+from progressive.train import loss
+from progressive.train.outliers import random_scale_noise
+from progressive.train.trainer import Trainer, resolve_run, step_generator, train
 
 TINY = dict(
     **TINY_NETWORKS,
@@ -220,7 +220,7 @@ def test_existing_run_needs_resume(dataset, tmp_path):
 
 
 def test_full_loss_at_1024_is_finite_in_all_three_networks():
-    from progressive.loss import energy_loss, joint_loss
+    from progressive.train.loss import energy_loss, joint_loss
 
     cfg = make_config("celebahq1024", fmap_base=1024, fmap_max=32, latent=32)
     nets = build_networks(cfg)
@@ -270,7 +270,7 @@ def _float32_mode() -> str:
 
 
 def test_tf32_is_off_unless_asked_for():
-    from progressive.training import set_float32_math
+    from progressive.train.trainer import set_float32_math
 
     result = CliRunner().invoke(
         main, ["train", "--dry-run", "--tf32", "--calibration-seconds", "0"]
@@ -318,7 +318,7 @@ def test_inference_and_energy_models_may_have_their_own_adam_betas(network, own)
 
 
 def test_energy_every_steps_the_energy_model_on_every_kth_batch_only():
-    from progressive.errors import UserError
+    from progressive.core.errors import UserError
 
     cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, energy_every=2)
     torch.manual_seed(0)
@@ -373,7 +373,7 @@ def test_energy_r1_penalises_the_energy_gradient_at_the_data():
 
 
 def test_energy_langevin_refines_the_energys_negatives_downhill():
-    from progressive.errors import UserError
+    from progressive.core.errors import UserError
 
     def trainer_for(steps, noise=0.0):
         cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
@@ -452,7 +452,7 @@ def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
     for key, value in plain.state_dict().items():  # the raw model on request
             assert torch.equal(value, raw[key])
     (full / f"{avg}.safetensors").unlink()  # a snapshot that keeps one must hold it
-    from progressive.errors import UserError
+    from progressive.core.errors import UserError
 
     with pytest.raises(UserError, match=avg):
         ckpt.check_snapshot(full)

@@ -15,12 +15,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from tiny import train_tiny_run
 
-from progressive import latents, metrics, sampling, use
-from progressive.checkpoint import load_run
-from progressive.cli import main
-from progressive.grids import GRID_PADDING
-from progressive.images import load_image_file, to_uint8
-from progressive.networks import build_networks, num_parameters
+from progressive.cli.main import main
+from progressive.core.grids import GRID_PADDING
+from progressive.core.images import load_image_file, to_uint8
+from progressive.metrics import fidelity as metrics
+from progressive.model import latents, sampling
+from progressive.model.networks import build_networks, num_parameters
+from progressive.run.checkpoint import load_run
+from progressive.use import generate as use
 
 RES = 16
 PAD = GRID_PADDING
@@ -221,7 +223,7 @@ def test_energy_csv_matches_the_energy_model(run_dir, model, tmp_path):
     for name, value in rows[1:]:
         assert float(value) == pytest.approx(expected[name], rel=1e-4, abs=1e-6)
     # Preprocessing is the dataset tool's: crop + Lanczos to a power of two, then 2x2 boxes.
-    from progressive.images import box_down, crop_resize
+    from progressive.core.images import box_down, crop_resize
 
     big = crop_resize(Image.open(folder / "z.jpg"), 32)
     assert np.array_equal(
@@ -258,7 +260,7 @@ def test_energy_of_a_dataset(run_dir, model, tmp_path):
 
 
 def test_evaluate_help_names_every_metric():
-    from progressive.evaluation import METRICS
+    from progressive.use.evaluate import METRICS
 
     text = " ".join(CliRunner().invoke(main, ["evaluate", "--help"]).output.split())
     listed = text.split("--metrics TEXT", 1)[1].split("--ood", 1)[0]
@@ -429,7 +431,7 @@ def test_bad_inputs(run_dir, tmp_path):
 
 
 def test_swd_baseline_generator_is_the_one_training_started_from(run_dir, model):
-    from progressive.evaluation import _initial_generator
+    from progressive.use.evaluate import _initial_generator
 
     start = load_file(run_dir / "snapshot-000000000" / "generator.safetensors")
     rebuilt = _initial_generator(model).state_dict()

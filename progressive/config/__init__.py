@@ -1,0 +1,1 @@
+"""The run's configuration: presets, the sizing rule and the growth schedule."""

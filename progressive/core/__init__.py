@@ -1,0 +1,1 @@
+"""Shared low-level helpers: errors, files, resolutions, images, grids."""

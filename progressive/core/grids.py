@@ -1,0 +1,48 @@
+"""Pictures on disk: image grids (samples; real images beside their reconstructions) and
+animations, all written atomically."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.utils import save_image
+
+from progressive.core.files import atomic_write
+from progressive.core.images import to_uint8
+
+GRID_PADDING = 2  # torchvision's default padding between grid cells
+
+
+def save_grid(images: Tensor, path: str | os.PathLike, nrow: int) -> None:
+    """A PNG (or any Pillow format) grid of float [-1, 1] images, `nrow` per row, written
+    atomically."""
+    with atomic_write(path) as tmp:
+        save_image(images.float(), tmp, nrow=nrow, padding=GRID_PADDING, normalize=True,
+                   value_range=(-1, 1))
+
+
+def pairs(real: Tensor, recon: Tensor) -> Tensor:
+    """Real images (float) interleaved with their reconstructions: real, recon, real, ..."""
+    return torch.stack([real, recon.float()], 1).flatten(0, 1)
+
+
+def to_frames(images: Tensor) -> np.ndarray:
+    """float [-1, 1] (N, 3, H, W) -> uint8 (N, H, W, 3) for imageio."""
+    return to_uint8(images).permute(0, 2, 3, 1).numpy()
+
+
+def save_animation(frames: np.ndarray, path: str | os.PathLike, fps: float) -> None:
+    """Frames (N, H, W, 3) uint8 as a .gif (looping) or .mp4 (H.264 via imageio-ffmpeg)."""
+    import imageio.v2 as imageio
+
+    with atomic_write(path) as tmp:
+        if tmp.suffix.lower() == ".gif":
+            imageio.mimwrite(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+        else:
+            # macro_block_size=1: small frames are written as they are, not rescaled.
+            imageio.mimwrite(
+                tmp, list(frames), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1
+            )

@@ -1,0 +1,1 @@
+"""Image and model metrics, and the evaluation at each stage end."""

@@ -1,0 +1,418 @@
+"""Image metrics: sliced Wasserstein distance, reconstruction error, FID and KID.
+
+Conventions
+- Image sets are (N, 3, H, W) tensors, either uint8 in [0, 255] or float in [-1, 1] (the
+  generator's range). Float images are mapped to [0, 255] and rounded, so generated images are
+  measured exactly as they would be saved.
+- Sliced Wasserstein distance (SWD) follows progressive-GAN (Karras et al. 2018, appendix D):
+  a Laplacian pyramid down to 16x16, 128 random 7x7x3 neighbourhoods per image and level,
+  descriptors normalised per channel *within each set* (as progressive-GAN did), then 4 repeats
+  of 128 random unit directions; each projection is sorted and the mean absolute difference of
+  the two sorted projections is the 1-D Wasserstein-1 distance. Reported x1e3 like the paper.
+- Reconstruction error is the mean squared error per image in the [-1, 1] range.
+- FID and KID are torch-fidelity's, on the features of its InceptionV3 loaded from a local
+  weights file (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from progressive.core.errors import UserError
+from progressive.core.files import atomic_write, first_line
+from progressive.core.images import to_float, to_uint8
+
+SWD_MIN_RES = 16
+SWD_PATCH = 7
+SWD_PATCHES_PER_IMAGE = 128
+SWD_DIR_REPEATS = 4
+SWD_DIRS_PER_REPEAT = 128
+
+
+# --------------------------------------------------------------------------- SWD
+
+
+def _blur(x: Tensor) -> Tensor:
+    """5x5 binomial blur, done as two 1-D passes; mirror padding (as progressive-GAN's scipy
+    mirror mode) so edges are not darkened."""
+    c = x.shape[1]
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=x.dtype, device=x.device) / 16
+    x = F.conv2d(
+        F.pad(x, (2, 2, 0, 0), mode="reflect"), k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c
+    )
+    return F.conv2d(
+        F.pad(x, (0, 0, 2, 2), mode="reflect"), k.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c
+    )
+
+
+def _pyr_down(x: Tensor) -> Tensor:
+    return _blur(x)[:, :, ::2, ::2]
+
+
+def _pyr_up(x: Tensor) -> Tensor:
+    n, c, h, w = x.shape
+    up = x.new_zeros(n, c, 2 * h, 2 * w)
+    up[:, :, ::2, ::2] = x
+    return _blur(up) * 4  # the zeros carry no energy: x4 restores the mean
+
+
+def laplacian_pyramid(images: Tensor, levels: int) -> list[Tensor]:
+    """Laplacian pyramid of float images (N, C, H, W): `levels` tensors, finest first.
+
+    Each level is the Gaussian level minus the upsampled next coarser one; the last level is
+    the coarsest Gaussian level itself.
+    """
+    pyramid = []
+    current = images
+    for _ in range(levels - 1):
+        lower = _pyr_down(current)
+        pyramid.append(current - _pyr_up(lower))
+        current = lower
+    pyramid.append(current)
+    return pyramid
+
+
+def swd_levels(res: int) -> list[int]:
+    """The resolutions of the SWD pyramid for images of size `res`: res, res/2, ..., 16."""
+    if res < SWD_MIN_RES:
+        raise ValueError(f"SWD needs images of at least {SWD_MIN_RES}x{SWD_MIN_RES}, got {res}")
+    levels = []
+    while res >= SWD_MIN_RES:
+        levels.append(res)
+        res //= 2
+    return levels
+
+
+def _patches(
+    level: Tensor, count: int, size: int, gen_y: torch.Generator, gen_x: torch.Generator
+) -> Tensor:
+    """`count` random size x size neighbourhoods per image, flattened: (N * count, C*size*size)."""
+    n, c, h, w = level.shape
+    ys = torch.randint(0, h - size + 1, (n, count, 1, 1, 1), generator=gen_y)
+    xs = torch.randint(0, w - size + 1, (n, count, 1, 1, 1), generator=gen_x)
+    off = torch.arange(size)
+    image = torch.arange(n).view(n, 1, 1, 1, 1)
+    chan = torch.arange(c).view(1, 1, c, 1, 1)
+    rows = ys + off.view(1, 1, 1, size, 1)
+    cols = xs + off.view(1, 1, 1, 1, size)
+    flat = ((image * c + chan) * h + rows) * w + cols  # one index tensor: cheap gather
+    return level.reshape(-1)[flat].reshape(n * count, c * size * size)
+
+
+def patch_descriptors(
+    images: Tensor | Iterable[Tensor],
+    *,
+    seed: int = 0,
+    patches_per_image: int = SWD_PATCHES_PER_IMAGE,
+    patch_size: int = SWD_PATCH,
+    batch: int = 256,
+) -> dict[int, Tensor]:
+    """Normalised neighbourhood descriptors per pyramid level, finest first.
+
+    `images` is one (N, 3, H, W) tensor or an iterable of such batches (uint8 or float in
+    [-1, 1]). Returns `{level_res: (N * patches_per_image, 3 * patch_size**2) float32}`, each
+    normalised per channel over the whole set (mean 0, std 1).
+    """
+    batches = [images] if isinstance(images, Tensor) else images
+    # One stream per level and axis, so positions do not depend on how images are batched.
+    gens: list[tuple[torch.Generator, torch.Generator]] = []
+    per_level: list[list[Tensor]] | None = None
+    levels: list[int] = []
+    for big in batches:
+        for start in range(0, len(big), batch):
+            x = to_uint8(big[start : start + batch]).float()
+            if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
+                raise ValueError(f"expected square (N, 3, H, W) images, got {tuple(x.shape)}")
+            if per_level is None:
+                levels = swd_levels(x.shape[-1])
+                per_level = [[] for _ in levels]
+                gens = [
+                    tuple(
+                        torch.Generator().manual_seed(seed * 1000 + 2 * i + axis) for axis in (0, 1)
+                    )
+                    for i in range(len(levels))
+                ]
+            elif x.shape[-1] != levels[0]:
+                raise ValueError("all images of a set must have the same resolution")
+            pyramid = laplacian_pyramid(x, len(levels))
+            for out, level, (gen_y, gen_x) in zip(per_level, pyramid, gens, strict=True):
+                out.append(_patches(level, patches_per_image, patch_size, gen_y, gen_x))
+    if per_level is None:
+        raise ValueError("SWD needs at least one image")
+    result = {}
+    for res, parts in zip(levels, per_level, strict=True):
+        desc = torch.cat(parts)
+        by_channel = desc.view(desc.shape[0], 3, -1)
+        mean = by_channel.mean(dim=(0, 2), keepdim=True)
+        std = by_channel.std(dim=(0, 2), keepdim=True).clamp_min(1e-8)
+        result[res] = ((by_channel - mean) / std).view(desc.shape[0], -1)
+    return result
+
+
+def random_directions(
+    dim: int, repeats: int, per_repeat: int, generator: torch.Generator
+) -> Tensor:
+    """Random unit directions (repeats, dim, per_repeat), each column of norm 1."""
+    dirs = torch.randn(repeats, dim, per_repeat, generator=generator)
+    return dirs / dirs.norm(dim=1, keepdim=True)
+
+
+def sliced_wasserstein_descriptors(a: Tensor, b: Tensor, directions: Tensor) -> float:
+    """Sliced Wasserstein-1 distance between two equal-size point sets (M, D).
+
+    For every direction (columns of `directions` (R, D, K)) both sets are projected and sorted;
+    the mean absolute difference of the sorted projections is the exact 1-D Wasserstein-1
+    distance between the two empirical distributions. Returns the mean over all R*K directions.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"SWD needs equal-size sets, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a_t, b_t = a.T.contiguous(), b.T.contiguous()
+    dists = []
+    for dirs in directions:
+        # Rows are directions so each sort runs over contiguous memory; numpy's SIMD sort is
+        # several times faster than torch.sort on CPU.
+        pa = np.sort((dirs.T @ a_t).numpy(), axis=1)
+        pb = np.sort((dirs.T @ b_t).numpy(), axis=1)
+        dists.append(float(np.abs(pa - pb).mean()))
+    return float(np.mean(dists))
+
+
+def sliced_wasserstein(
+    real: Tensor | Iterable[Tensor],
+    fake: Tensor | Iterable[Tensor],
+    *,
+    seed: int = 0,
+    dir_repeats: int = SWD_DIR_REPEATS,
+    dirs_per_repeat: int = SWD_DIRS_PER_REPEAT,
+    patches_per_image: int = SWD_PATCHES_PER_IMAGE,
+) -> dict:
+    """Progressive-GAN's multi-scale SWD between two equal-size image sets (see module doc).
+
+    Returns `{"levels": [res, ...], "swd": [per level x1e3, ...], "mean": float}`, finest level
+    first. Deterministic for a given `seed`; patch positions of the two sets are drawn from
+    independent streams, so a set compared with itself gives a small positive number.
+    """
+    desc_real = patch_descriptors(real, seed=2 * seed, patches_per_image=patches_per_image)
+    desc_fake = patch_descriptors(fake, seed=2 * seed + 1, patches_per_image=patches_per_image)
+    if list(desc_real) != list(desc_fake):
+        raise ValueError("SWD needs two image sets of the same resolution")
+    generator = torch.Generator().manual_seed(seed)
+    swd = []
+    for res in desc_real:
+        a, b = desc_real[res], desc_fake[res]
+        dirs = random_directions(a.shape[1], dir_repeats, dirs_per_repeat, generator)
+        swd.append(sliced_wasserstein_descriptors(a, b, dirs) * 1e3)
+    return {"levels": list(desc_real), "swd": swd, "mean": float(np.mean(swd))}
+
+
+# --------------------------------------------------------------------------- reconstruction
+
+
+def reconstruction_error(real: Tensor, recon: Tensor) -> Tensor:
+    """Mean squared error per image (N,), both sets mapped to [-1, 1] first."""
+    real_f, recon_f = to_float(real), to_float(recon)
+    if real_f.shape != recon_f.shape:
+        raise ValueError(f"shapes differ: {tuple(real_f.shape)} vs {tuple(recon_f.shape)}")
+    return (real_f - recon_f).pow(2).flatten(1).mean(dim=1)
+
+
+def mean_image_baseline(train: Tensor, heldout: Tensor) -> Tensor:
+    """MSE per held-out image of predicting it by the mean training image (the floor to beat)."""
+    mean = to_float(train).mean(dim=0, keepdim=True)
+    return reconstruction_error(heldout, mean.expand_as(to_float(heldout)))
+
+
+# --------------------------------------------------------------------------- diversity
+
+DIVERSITY_RES = 32
+
+
+def nearest_neighbour_distances(images: Tensor, res: int = DIVERSITY_RES) -> Tensor:
+    """Per image (N,), the RMS pixel distance ([-1, 1] range) to its nearest other image of the
+    set, after box-averaging down to at most `res` (coarse structure, not pixel noise)."""
+    x = to_float(images)
+    while x.shape[-1] > res:
+        x = F.avg_pool2d(x, 2)
+    flat = x.flatten(1).double()
+    d = torch.cdist(flat, flat).pow(2) / flat.shape[1]
+    d.fill_diagonal_(float("inf"))
+    return d.min(dim=1).values.sqrt().float()
+
+
+def diversity(fake: Tensor, real: Tensor) -> dict:
+    """Mean nearest-neighbour distance among generated images over the same among as many real
+    images: 1 is as diverse as the data, near 0 near-copies of a few templates."""
+    nn_fake = nearest_neighbour_distances(fake).mean().item()
+    nn_real = nearest_neighbour_distances(real).mean().item()
+    return {"value": nn_fake / nn_real, "samples": nn_fake, "real": nn_real}
+
+
+# --------------------------------------------------------------------------- Fréchet / FID / KID
+
+
+class InceptionUnavailable(UserError):
+    """No usable Inception weights: FID and KID are skipped, other metrics still run."""
+
+
+@contextmanager
+def _weights_only_loads():
+    # torch-fidelity loads its weights with weights_only=False; force the safe loader anyway.
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+def load_inception(weights: str | os.PathLike | None, device: str | torch.device = "cpu"):
+    """torch-fidelity's InceptionV3 (2048-d pool features) from a local weights file.
+
+    torch-fidelity would download the weights; here they must be given as a file, e.g.
+    `weights-inception-2015-12-05-6726825d.pth` from torch-fidelity's releases. Raises
+    `InceptionUnavailable` (one line) when there is no path or the file does not load.
+    """
+    if weights is None:
+        raise InceptionUnavailable(
+            "FID/KID skipped: no Inception weights (pass --inception-weights PATH to "
+            "torch-fidelity's weights-inception-2015-12-05-6726825d.pth)"
+        )
+    path = Path(weights)
+    if not path.is_file():
+        raise InceptionUnavailable(f"FID/KID skipped: --inception-weights {path} does not exist")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    try:
+        with _weights_only_loads():
+            model = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+            )
+    except Exception as e:  # any failure to read the file means: no FID/KID this time
+        raise InceptionUnavailable(
+            f"FID/KID skipped: --inception-weights {path} is not a usable InceptionV3 "
+            f"state dict ({first_line(e)[:120]})"
+        ) from None
+    return model.to(device).eval()
+
+
+FeatureFn = Callable[[Tensor], Tensor]
+
+
+@torch.no_grad()
+def inception_features(
+    extractor: FeatureFn, images: Tensor | Iterable[Tensor], batch: int = 64
+) -> np.ndarray:
+    """Features (N, F) float64 of uint8 (or [-1, 1] float) images, `batch` images at a time.
+
+    `extractor` takes uint8 (B, 3, H, W) and returns (B, F) or a 1-tuple of it, like
+    torch-fidelity's feature extractors.
+    """
+    params = list(extractor.parameters()) if hasattr(extractor, "parameters") else []
+    device = params[0].device if params else "cpu"
+    batches = [images] if isinstance(images, Tensor) else images
+    feats = []
+    for big in batches:
+        for start in range(0, len(big), batch):
+            out = extractor(to_uint8(big[start : start + batch]).to(device))
+            out = out[0] if isinstance(out, tuple) else out
+            feats.append(out.double().cpu())
+    return torch.cat(feats).numpy()
+
+
+def _fid_statistics(features: np.ndarray) -> dict:
+    """torch-fidelity's FID statistics (mean and covariance) of a feature matrix."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    return fid_features_to_statistics(torch.from_numpy(np.asarray(features, np.float64)))
+
+
+def fid(real_features: np.ndarray, fake_features: np.ndarray) -> float:
+    """Fréchet Inception Distance between two feature matrices (rows are images), computed by
+    torch-fidelity from the features of the extractor `load_inception` built."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    stats = [_fid_statistics(f) for f in (real_features, fake_features)]
+    return fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]
+
+
+def kid(
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    *,
+    subset_size: int = 1000,
+    subsets: int = 100,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Kernel Inception Distance (mean, std over subsets) via torch-fidelity's estimator."""
+    from torch_fidelity.metric_kid import (
+        KEY_METRIC_KID_MEAN,
+        KEY_METRIC_KID_STD,
+        kid_features_to_metric,
+    )
+
+    size = min(subset_size, len(real_features), len(fake_features))
+    out = kid_features_to_metric(
+        torch.from_numpy(real_features),
+        torch.from_numpy(fake_features),
+        kid_subsets=subsets,
+        kid_subset_size=size,
+        verbose=False,
+        rng_seed=seed,
+        kid_kernel="poly",
+        kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None,
+        kid_kernel_poly_coef0=1,
+    )
+    return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
+
+
+def real_feature_cache(cache_dir: Path, dataset: Path, res: int, n: int, weights: Path) -> Path:
+    """Cache file for real-image features of `dataset` at `res` (first `n` images)."""
+    weights = Path(weights)
+    key = f"{Path(dataset).resolve()}|{res}|{n}|{weights.resolve()}|{weights.stat().st_size}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"inception-{Path(dataset).name}-{res}px-{n}-{digest}.npz"
+
+
+def cached_real_features(cache: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Real-image features from `cache` (.npz of features, mu, sigma) or computed and stored."""
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as data:
+                return data["features"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache: recompute and overwrite
+    features = compute()
+    with atomic_write(cache) as tmp:
+        stats = _fid_statistics(features)  # mu and sigma, for other tools that read the cache
+        np.savez(tmp, features=features.astype(np.float32), mu=stats["mu"], sigma=stats["sigma"])
+    return features
+
+
+def fid_kid(
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    *,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """FID and KID from two feature matrices: `{"fid", "kid", "kid_std"}`."""
+    kid_mean, kid_std = kid(
+        real_features.astype(np.float64),
+        fake_features.astype(np.float64),
+        subset_size=kid_subset_size,
+        seed=seed,
+    )
+    return {"fid": fid(real_features, fake_features), "kid": kid_mean, "kid_std": kid_std}

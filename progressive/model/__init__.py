@@ -1,0 +1,1 @@
+"""The three networks, sampling and Langevin dynamics."""

@@ -1,0 +1,454 @@
+"""The three progressive networks: generator, energy model and inference model.
+
+Progressive-GAN building blocks: equalized learning rate, pixel norm in the generator, leaky
+ReLU 0.2, nearest upsampling, 2x2 average-pool downsampling and `channels(res)` feature maps.
+Every network is built once at full size (all blocks and RGB adapters up to `max_res`), so the
+parameter shapes never depend on the stage; the stage is chosen per call by `res` (generator)
+or by the input size (energy, inference) and `alpha` (fade-in weight of the newest block).
+"""
+
+import contextlib
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from progressive.core.resolutions import PCA_PATH_MAX_RES, check_resolution, resolutions
+from progressive.model.reference import ReferenceEnergy, ReferenceGenerator, ReferenceInference
+
+LRELU_SLOPE = 0.2
+LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
+
+
+def channels(res: int, fmap_base: int = 16384, fmap_max: int = 512, fmap_min: int = 16) -> int:
+    """Feature maps at resolution `res`: fmap_base // res, clamped to [fmap_min, fmap_max]."""
+    return max(min(fmap_base // res, fmap_max), fmap_min)
+
+
+def num_parameters(module: nn.Module) -> int:
+    """Number of scalar parameters in `module`."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Normalise each pixel's feature vector to unit mean square over channels (dim 1)."""
+    # The mean square is taken in fp32: in bf16 it loses too much for wide layers.
+    ms = x.float().square().mean(dim=1, keepdim=True)
+    return x * torch.rsqrt(ms + eps).to(x.dtype)
+
+
+def lrelu(x: Tensor) -> Tensor:
+    # In place is safe: every caller feeds a fresh conv/linear output, which its own backward
+    # does not need, and leaky ReLU's backward can use its output.
+    return F.leaky_relu(x, LRELU_SLOPE, inplace=True)
+
+
+def upsample2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def downsample2x(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+def fade(old: Tensor, new: Tensor, alpha: float) -> Tensor:
+    """lerp(old, new, alpha), written out so mixed dtypes under autocast are fine."""
+    return old + (new - old) * alpha
+
+
+def fade_real(x: Tensor, alpha: float) -> Tensor:
+    """Real images blended like generated ones during fade-in: lerp(up(down(x)), x, alpha), so
+    the energy and inference models see real and generated images of one kind."""
+    if alpha >= 1.0:
+        return x
+    return fade(upsample2x(downsample2x(x)), x, alpha)
+
+
+class EqualizedConv2d(nn.Module):
+    """Conv with weights ~ N(0, 1) scaled at runtime by gain / sqrt(fan_in) ("same" padding)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.scale = gain / math.sqrt(in_ch * kernel * kernel)
+        self.padding = kernel // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Scaling the (small) weight rather than the activations keeps the cost negligible.
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class EqualizedLinear(nn.Module):
+    """Linear layer with weights ~ N(0, 1) scaled at runtime by gain / sqrt(fan_in)."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+def _fp32(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off (the meta device, used to count costs, has no autocast)."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
+
+
+class PrincipalPath(nn.Module):
+    """A fixed linear Gaussian model under a network: the training images' top principal
+    components at `res` (buffers, set by `progressive.train.pca_path.install`, never trained).
+
+    The generator adds `image(z)`, the images' mean plus the components weighted by z times
+    their standard deviations, so z ~ N(0, I) draws from the components' Gaussian; the
+    inference model adds `code(x)`, the exact inverse on those components, and `logvar`, the
+    probabilistic PCA's posterior variances. The networks then start from the best linear
+    code of the latent's size and learn what it misses. Until installed it adds nothing.
+    """
+
+    def __init__(self, res: int, latent: int):
+        super().__init__()
+        self.res = res
+        d = 3 * res * res
+        self.register_buffer("mean", torch.zeros(d))
+        self.register_buffer("basis", torch.zeros(latent, d))  # orthonormal rows
+        self.register_buffer("scale", torch.ones(latent))  # standard deviation along each
+        self.register_buffer("logvar", torch.zeros(latent))
+
+    def image(self, z: Tensor, res: int) -> Tensor:
+        """(N, latent) -> (N, 3, res, res): the linear model's image, resized to `res`."""
+        with _fp32(z.device):  # pixel values need more than bf16's 8 bits
+            x = torch.addmm(self.mean, z.float() * self.scale, self.basis)
+        x = x.view(-1, 3, self.res, self.res)
+        if res < self.res:
+            return F.avg_pool2d(x, self.res // res)
+        if res > self.res:
+            return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
+        return x
+
+    def code(self, x: Tensor) -> Tensor:
+        """(N, 3, r, r) -> (N, latent): the image's whitened coordinates on the components,
+        after resizing it to the path's resolution (nearest up, average-pooled down)."""
+        r = x.shape[-1]
+        if r < self.res:
+            x = F.interpolate(x, scale_factor=self.res // r, mode="nearest")
+        elif r > self.res:
+            x = F.avg_pool2d(x, r // self.res)
+        with _fp32(x.device):
+            return ((x.float().flatten(1) - self.mean) @ self.basis.T) / self.scale
+
+
+class _GeneratorFirst(nn.Module):
+    """Latent -> 4x4 features: dense, lrelu, pn, conv3x3, lrelu, pn."""
+
+    def __init__(self, latent: int, ch: int, pn: bool):
+        super().__init__()
+        self.ch, self.pn = ch, pn
+        self.dense = EqualizedLinear(latent, ch * 16, gain=math.sqrt(2) / 4)
+        self.conv = EqualizedConv2d(ch, ch, 3)
+
+    def forward(self, z: Tensor) -> Tensor:
+        # channels_last from here on: oneDNN (CPU) and tensor-core (GPU) convs run faster in it.
+        h = self.dense(z).view(-1, self.ch, 4, 4).contiguous(memory_format=torch.channels_last)
+        h = lrelu(h)
+        h = pixel_norm(h) if self.pn else h
+        h = lrelu(self.conv(h))
+        return pixel_norm(h) if self.pn else h
+
+
+class _GeneratorBlock(nn.Module):
+    """Upsample x2, then (conv3x3, lrelu, pn) twice."""
+
+    def __init__(self, in_ch: int, out_ch: int, pn: bool):
+        super().__init__()
+        self.pn = pn
+        self.conv0 = EqualizedConv2d(in_ch, out_ch, 3)
+        self.conv1 = EqualizedConv2d(out_ch, out_ch, 3)
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = lrelu(self.conv0(upsample2x(h)))
+        h = pixel_norm(h) if self.pn else h
+        h = lrelu(self.conv1(h))
+        return pixel_norm(h) if self.pn else h
+
+
+class Generator(nn.Module):
+    """z (N, latent) -> image (N, 3, res, res) in about [-1, 1] (linear output, no tanh)."""
+
+    def __init__(
+        self,
+        max_res: int,
+        latent: int = 512,
+        fmap_base: int = 16384,
+        fmap_max: int = 512,
+        pixel_norm: bool = True,
+        fmap_min: int = 16,
+        pca_path: bool = False,
+    ):
+        super().__init__()
+        self.max_res, self.latent, self.pixel_norm = max_res, latent, pixel_norm
+        self.pca = PrincipalPath(min(max_res, PCA_PATH_MAX_RES), latent) if pca_path else None
+        ch = lambda r: channels(r, fmap_base, fmap_max, fmap_min)  # noqa: E731
+        self.blocks = nn.ModuleDict()
+        self.to_rgb = nn.ModuleDict()
+        for r in resolutions(max_res):
+            self.blocks[str(r)] = (
+                _GeneratorFirst(latent, ch(4), pixel_norm)
+                if r == 4
+                else _GeneratorBlock(ch(r // 2), ch(r), pixel_norm)
+            )
+            self.to_rgb[str(r)] = EqualizedConv2d(ch(r), 3, 1, gain=1.0)
+
+    def forward(self, z: Tensor, res: int, alpha: float = 1.0) -> Tensor:
+        check_resolution(res, "resolution", self.max_res)
+        x = self._convolutional(z, res, alpha)
+        return x if self.pca is None else x + self.pca.image(z, res)  # fp32 where it is added
+
+    def _convolutional(self, z: Tensor, res: int, alpha: float) -> Tensor:
+        h = pixel_norm(z) if self.pixel_norm else z
+        h = self.blocks["4"](h)
+        r = 4
+        while r < res // 2:
+            r *= 2
+            h = self.blocks[str(r)](h)
+        if res == 4:
+            return self.to_rgb["4"](h)
+        new = self.to_rgb[str(res)](self.blocks[str(res)](h))
+        if alpha >= 1.0:
+            return new
+        return fade(upsample2x(self.to_rgb[str(res // 2)](h)), new, alpha)
+
+
+class _FromRGB(nn.Module):
+    def __init__(self, out_ch: int):
+        super().__init__()
+        self.conv = EqualizedConv2d(3, out_ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return lrelu(self.conv(x))
+
+
+class _EncoderBlock(nn.Module):
+    """conv3x3, lrelu, conv3x3 (to the next lower resolution's width), lrelu, avgpool 2x."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv0 = EqualizedConv2d(in_ch, in_ch, 3)
+        self.conv1 = EqualizedConv2d(in_ch, out_ch, 3)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return downsample2x(lrelu(self.conv1(lrelu(self.conv0(h)))))
+
+
+def minibatch_stddev(h: Tensor, group: int) -> Tensor:
+    """Append one channel: the mean over features of the stddev across each group of images."""
+    n, _, height, width = h.shape
+    g = min(group, n)
+    if n % g:
+        raise ValueError(f"batch size {n} is not a multiple of the minibatch-stddev group {g}")
+    y = h.float().reshape(g, -1, *h.shape[1:])
+    std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
+    std = std.to(h.dtype).repeat(g)[:, None, None, None].expand(n, 1, height, width)
+    return torch.cat([h, std], dim=1)
+
+
+class _EncoderLast(nn.Module):
+    """4x4 features -> [mbstd], conv3x3, lrelu, flatten, dense, lrelu, dense (gain 1)."""
+
+    def __init__(self, ch: int, out_features: int, mbstd_group: int, hidden: int | None = None):
+        super().__init__()
+        self.mbstd_group = mbstd_group
+        hidden = hidden or ch
+        self.conv = EqualizedConv2d(ch + (1 if mbstd_group else 0), ch, 3)
+        self.dense0 = EqualizedLinear(ch * 16, hidden)
+        self.dense1 = EqualizedLinear(hidden, out_features, gain=1.0)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.mbstd_group:
+            h = minibatch_stddev(h, self.mbstd_group)
+        h = lrelu(self.conv(h)).flatten(1)
+        return self.dense1(lrelu(self.dense0(h)))
+
+
+class _Encoder(nn.Module):
+    """Shared trunk of the energy and inference models: image (N, 3, r, r) -> (N, out_features)."""
+
+    def __init__(
+        self,
+        max_res: int,
+        out_features: int,
+        fmap_base: int = 16384,
+        fmap_max: int = 512,
+        mbstd_group: int = 0,
+        fmap_min: int = 16,
+        hidden: int | None = None,
+    ):
+        super().__init__()
+        self.max_res = max_res
+        ch = lambda r: channels(r, fmap_base, fmap_max, fmap_min)  # noqa: E731
+        self.blocks = nn.ModuleDict()
+        self.from_rgb = nn.ModuleDict()
+        for r in resolutions(max_res):
+            self.from_rgb[str(r)] = _FromRGB(ch(r))
+            self.blocks[str(r)] = (
+                _EncoderLast(ch(4), out_features, mbstd_group, hidden)
+                if r == 4
+                else _EncoderBlock(ch(r), ch(r // 2))
+            )
+
+    def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
+        res = x.shape[-1]
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2] != res:
+            raise ValueError(f"expected images of shape (N, 3, res, res), got {tuple(x.shape)}")
+        check_resolution(res, "resolution", self.max_res)
+        x = x.contiguous(memory_format=torch.channels_last)
+        h = self.blocks[str(res)](self.from_rgb[str(res)](x))
+        if res > 4 and alpha < 1.0:
+            h = fade(self.from_rgb[str(res // 2)](downsample2x(x)), h, alpha)
+        r = res // 2
+        while r >= 4:
+            h = self.blocks[str(r)](h)
+            r //= 2
+        return h
+
+
+class Energy(nn.Module):
+    """Image (N, 3, res, res) -> energy (N,), fp32, raw (low energy = data-like)."""
+
+    def __init__(
+        self, max_res: int, fmap_base: int = 16384, fmap_max: int = 512, mbstd_group: int = 0,
+        fmap_min: int = 16,
+    ):
+        super().__init__()
+        self.max_res = max_res
+        self.trunk = _Encoder(max_res, 1, fmap_base, fmap_max, mbstd_group, fmap_min)
+
+    def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
+        return self.trunk(x, alpha)[:, 0].float()
+
+    def output_bias(self) -> nn.Parameter:
+        """The constant added to every energy."""
+        return self.trunk.blocks["4"].dense1.bias
+
+
+def soft_clamp(x: Tensor, lo: float, hi: float) -> Tensor:
+    """Smoothly keep x within (lo, hi): about x well inside, never a zero gradient."""
+    return hi - F.softplus(hi - (lo + F.softplus(x - lo)))
+
+
+class Inference(nn.Module):
+    """Image (N, 3, res, res) -> (mu, logvar) of q(z|x), each (N, latent), fp32.
+
+    logvar is soft-clamped to (-12, 8) so exp(logvar) and 1 / exp(logvar) stay finite.
+    """
+
+    def __init__(
+        self, max_res: int, latent: int = 512, fmap_base: int = 16384, fmap_max: int = 512,
+        fmap_min: int = 16, hidden: int | None = None, pca_path: bool = False,
+    ):
+        super().__init__()
+        self.max_res, self.latent = max_res, latent
+        self.trunk = _Encoder(
+            max_res, 2 * latent, fmap_base, fmap_max, fmap_min=fmap_min, hidden=hidden
+        )
+        self.pca = PrincipalPath(min(max_res, PCA_PATH_MAX_RES), latent) if pca_path else None
+
+    def forward(self, x: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.trunk(x, alpha).float().chunk(2, dim=1)
+        if self.pca is not None:
+            mu, logvar = mu + self.pca.code(x), logvar + self.pca.logvar
+        return mu, soft_clamp(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+
+# --------------------------------------------------------------------------- from a configuration
+
+
+NETWORK_NAMES = ("generator", "generator_ema", "energy", "inference")
+AVERAGE_OF = {  # average: its network
+    "generator_ema": "generator", "energy_ema": "energy", "inference_ema": "inference"
+}
+OPTIONAL_AVERAGES = {"energy_ema": "energy_ema_kimg", "inference_ema": "inference_ema_kimg"}
+
+
+def network_names(cfg: dict) -> tuple[str, ...]:
+    """The networks a configuration keeps (and its snapshots hold): the four always, and the
+    energy or inference model's average where its half-life asks for one."""
+    return NETWORK_NAMES + tuple(n for n, key in OPTIONAL_AVERAGES.items() if cfg.get(key))
+
+
+def in_use(networks: dict[str, nn.Module], name: str, raw: bool = False) -> nn.Module:
+    """The energy or inference model that evaluation and the use commands work with: its
+    average where the run keeps one (unless `raw`), else the model itself."""
+    return networks[name] if raw else networks.get(f"{name}_ema", networks[name])
+
+
+def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+    """The networks exactly as a run starts them: the global seed set from the configuration,
+    then `build_networks`."""
+    torch.manual_seed(cfg["seed"])
+    return build_networks(cfg)
+
+
+def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+    """The three networks, the generator average and any other average the configuration
+    keeps, at full size, from a configuration."""
+    if cfg.get("architecture", "progressive") == "reference":
+        networks = _reference_networks(cfg)
+    else:
+        networks = _progressive_networks(cfg)
+    for name in network_names(cfg)[len(NETWORK_NAMES):]:  # copies: no draw, the rest alike
+        networks[name] = copy.deepcopy(networks[AVERAGE_OF[name]]).requires_grad_(False)
+    return networks
+
+
+def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
+    """The growing networks of this module."""
+    widths = {
+        "fmap_base": cfg["fmap_base"],
+        "fmap_max": cfg["fmap_max"],
+        "fmap_min": cfg.get("fmap_min", 1),  # configurations from before the floor had none
+    }
+    def scaled(m: int) -> dict:
+        return {**widths, "fmap_base": widths["fmap_base"] * m, "fmap_max": widths["fmap_max"] * m}
+
+    inference_widths = scaled(cfg.get("inference_width", 1))
+    pca_path = bool(cfg.get("pca_path"))
+    generator = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
+    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
+    generator_ema.load_state_dict(generator.state_dict())
+    generator_ema.requires_grad_(False)
+    energy = Energy(
+        cfg["max_res"], mbstd_group=cfg["mbstd_group"], **scaled(cfg.get("energy_width", 1))
+    )
+    return {
+        "generator": generator,
+        "generator_ema": generator_ema,
+        "energy": energy,
+        "inference": Inference(
+            cfg["max_res"], cfg["latent"], **inference_widths, hidden=cfg.get("inference_hidden"),
+            pca_path=pca_path,
+        ),
+    }
+
+
+def _reference_networks(cfg: dict) -> dict[str, nn.Module]:
+    """The DCGAN-sized networks of `reference_networks` (fixed resolution, no growing)."""
+    res, latent = cfg["max_res"], cfg["latent"]
+    generator = ReferenceGenerator(res, latent)
+    generator_ema = ReferenceGenerator(res, latent)
+    generator_ema.load_state_dict(generator.state_dict())
+    generator_ema.requires_grad_(False).eval()
+    return {
+        "generator": generator,
+        "generator_ema": generator_ema,
+        "energy": ReferenceEnergy(res),
+        "inference": ReferenceInference(res, latent),
+    }

@@ -1,0 +1,92 @@
+"""A trained run's networks applied in batches: generate and sample images, encode them, score
+them by energy, reconstruct them.
+
+Images are uint8 (N, 3, R, R) on the way in and float in [-1, 1] on the way out, on the CPU.
+Real images pass through the same fade-in blend as in training, so the energy and inference
+models see what they were trained on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from progressive.core.images import to_float
+from progressive.model.langevin import Langevin, refine
+from progressive.model.networks import fade_real
+
+
+@torch.no_grad()
+def generate(
+    generator: torch.nn.Module, z: Tensor, res: int, alpha: float, batch: int = 64
+) -> Tensor:
+    """Images (N, 3, res, res), float in [-1, 1] (clamped), on the CPU."""
+    device = next(generator.parameters()).device
+    out = [
+        generator(z[i : i + batch].to(device), res, alpha).float().clamp(-1, 1).cpu()
+        for i in range(0, len(z), batch)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, 3, res, res)
+
+
+def sample(
+    generator: torch.nn.Module,
+    n: int,
+    seed: int,
+    latent: int,
+    res: int,
+    alpha: float,
+    truncation: float = 1.0,
+    *,
+    energy: torch.nn.Module | None = None,
+    chain: Langevin | None = None,
+) -> Tensor:
+    """n images from z ~ N(0, I) (one seeded stream), pulled toward the mean latent 0 by
+    `truncation` (z * psi), then refined by the Langevin `chain` on `energy` when given."""
+    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed)) * truncation
+    if chain is None or chain.steps == 0:
+        return generate(generator, z, res, alpha)
+    return refine(generator, energy, z, res, alpha, chain, seed=seed)
+
+
+def prepare_real(images: Tensor, alpha: float) -> Tensor:
+    """uint8 real images to the float input the energy and inference models saw in training."""
+    return fade_real(to_float(images), alpha)
+
+
+@torch.no_grad()
+def encode(inference: torch.nn.Module, images: Tensor, alpha: float, batch: int = 64) -> Tensor:
+    """Posterior means mu(x) of uint8 images: (N, latent), on the CPU."""
+    device = next(inference.parameters()).device
+    x = prepare_real(images, alpha)
+    return torch.cat(
+        [inference(x[i : i + batch].to(device), alpha)[0].cpu() for i in range(0, len(x), batch)]
+    )
+
+
+@torch.no_grad()
+def energies(energy: torch.nn.Module, images: Tensor, alpha: float, batch: int = 64) -> Tensor:
+    """Energy of each uint8 image (N,), on the CPU; low = data-like."""
+    device = next(energy.parameters()).device
+    x = prepare_real(images, alpha)
+    return torch.cat(
+        [energy(x[i : i + batch].to(device), alpha).cpu() for i in range(0, len(x), batch)]
+    )
+
+
+@torch.no_grad()
+def sample_energies(
+    energy: torch.nn.Module, images: Tensor, alpha: float, batch: int = 64
+) -> Tensor:
+    """Energy of each generated float image (N,), on the CPU: scored as the generator's output,
+    the way training scores it (no real-image fade)."""
+    device = next(energy.parameters()).device
+    parts = [energy(images[i : i + batch].to(device), alpha) for i in range(0, len(images), batch)]
+    return torch.cat(parts).cpu() if parts else torch.zeros(0)
+
+
+def reconstruct(
+    generator: torch.nn.Module, inference: torch.nn.Module, images: Tensor, res: int, alpha: float
+) -> Tensor:
+    """g(mu(x)) for uint8 images: float (N, 3, res, res) in [-1, 1]."""
+    return generate(generator, encode(inference, images, alpha), res, alpha)

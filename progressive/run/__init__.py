@@ -1,0 +1,1 @@
+"""Run folders, snapshots and the one-writer lock."""

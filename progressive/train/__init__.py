@@ -1,0 +1,1 @@
+"""The divergence-triangle objective, the growth plan and the training loop."""

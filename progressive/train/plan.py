@@ -1,0 +1,201 @@
+"""`progressive train --dry-run`: what a run will do and cost, without training or writing.
+
+Per stage: the images shown when it starts and ends, its batch and learning rates, the widths,
+the expected seconds (from a short calibration: a few real training steps at each resolution
+this device can time within the budget, the rest extrapolated by the forward FLOPs per image),
+and the expected peak memory (exact parameter and Adam state sizes plus the activations saved
+for backward, counted on the meta device, so nothing is allocated). Also the built-in data's
+disk and rendering time (one image rendered and encoded, timed), and the mixed precision.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from progressive.config.schedule import NETWORKS, Schedule
+from progressive.config.sizing import RULE_TEXT, default_device
+from progressive.model.networks import build_networks, channels, num_parameters
+from progressive.train import precision
+
+CALIBRATION_STEPS = 2  # timed steps per resolution, after one warm-up step
+MAX_STEP_SECONDS = 1.0  # a resolution whose step takes longer ends the measured part
+
+
+def _meta_costs(cfg: dict, res: int) -> tuple[float, int]:
+    """(forward FLOPs per image, bytes saved for backward per image) of one training step's
+    forward passes at `res`: the generator on two latents, the inference model on a real and a
+    generated image, the energy model on three images (its own step and the frozen pass)."""
+    with torch.device("meta"):
+        nets = build_networks(cfg)
+    g, e, i = nets["generator"], nets["energy"], nets["inference"]
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    z = torch.zeros(2, cfg["latent"], device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x = g(z, res, 1.0)
+        i(x, 1.0)
+        e(torch.cat([x, x[:1]]), 1.0)
+    return counter.get_total_flops() / 2, saved // 2
+
+
+def _static_bytes(nets: dict[str, torch.nn.Module]) -> int:
+    """fp32 weights, gradients and two Adam moments of the three networks, plus the average."""
+    trained = sum(num_parameters(nets[n]) for n in NETWORKS)
+    return 4 * (4 * trained + num_parameters(nets["generator_ema"]))
+
+
+def _calibrate(cfg: dict, resolutions: list[int], budget_s: float) -> dict[int, dict]:
+    """Seconds per image of real training steps (random pixels) at each resolution, lowest
+    first, until the budget is spent or one step takes longer than MAX_STEP_SECONDS."""
+    from progressive.config.schedule import Phase
+    from progressive.train.trainer import Trainer
+
+    trainer = Trainer.create(cfg)
+    device = trainer.accelerator.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    spent, out = 0.0, {}
+    for res in resolutions:
+        if spent >= budget_s:
+            break
+        batch = cfg["batch"][res]
+        phase = Phase(0, res, 1.0, False, batch, {n: 0.0 for n in NETWORKS}, 0, None)
+        real = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer.step(real, phase, 0)  # warm-up: allocation, cuDNN's algorithm search
+        sync()
+        first = time.perf_counter() - start
+        spent += first
+        if first > 4 * MAX_STEP_SECONDS:
+            break  # even the timed steps would not fit: extrapolate from here on
+        times = []
+        for _ in range(CALIBRATION_STEPS):
+            start = time.perf_counter()
+            trainer.step(real, phase, 0)
+            sync()
+            times.append(time.perf_counter() - start)
+        spent += sum(times)
+        step = sorted(times)[len(times) // 2]
+        out[res] = {"seconds_per_image": step / batch}
+        if device.type == "cuda":
+            out[res]["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        if step > MAX_STEP_SECONDS:
+            break
+    return out
+
+
+def builtin_data_cost(cfg: dict, out: Path) -> dict:
+    """Where the built-in data goes and what rendering it costs: disk and seconds from one
+    image rendered, pyramided and encoded here (timed), times the image count, over every core
+    (the writer's default)."""
+    from progressive.config.sizing import builtin_encoding
+    from progressive.core import images as im
+    from progressive.data.synthetic import render
+    from progressive.data.writer import encodings_for
+    from progressive.run.folder import builtin_dataset_path
+
+    max_res, count = cfg["max_res"], cfg["synthetic_count"]
+    path = builtin_dataset_path(out, max_res, count)
+    info = {"path": str(path), "images": count, "encoding": builtin_encoding(max_res)}
+    if (path / "meta.json").exists():
+        from progressive.core.files import tree_size
+
+        return info | {"exists": True, "disk_bytes": tree_size(path), "seconds_expected": 0.0}
+    enc = encodings_for(max_res, info["encoding"])
+    timings, sizes = [], 0
+    for index in range(2):  # the first call pays for imports and allocation
+        start = time.perf_counter()
+        levels = im.pyramid(render(index, max_res))
+        sizes = sum(len(im.encode(levels[r], e)) for r, e in enc.items())
+        timings.append(time.perf_counter() - start)
+    workers = os.cpu_count() or 1
+    return info | {
+        "exists": False,
+        "disk_bytes_expected": sizes * count,
+        "seconds_expected": round(timings[-1] * count / workers, 1),
+        "how": f"one image rendered and encoded here in {timings[-1]:.3f} s, times {count} "
+        f"images over {workers} worker(s); disk from its encoded size",
+    }
+
+
+def dry_run_summary(cfg: dict, out: Path, calibration_s: float = 20.0) -> dict:
+    """The resolved configuration and the plan of the run (see the module doc) as a dict."""
+    from progressive.train.trainer import check_data
+
+    check_data(cfg)
+    device = default_device()
+    schedule = Schedule.from_config(cfg)
+    total = round(cfg["total_kimg"] * 1000) if cfg["total_kimg"] else schedule.end_of_last_stage
+    nets = build_networks(cfg)
+    static = _static_bytes(nets)
+    widths = {
+        r: channels(r, cfg["fmap_base"], cfg["fmap_max"], cfg.get("fmap_min", 1))
+        for r in schedule.resolutions
+    }
+    measured = _calibrate(cfg, schedule.resolutions, calibration_s) if calibration_s > 0 else {}
+    costs = {r: _meta_costs(cfg, r) for r in schedule.resolutions}
+    last = max(measured) if measured else None
+    stages, seconds_total = [], 0.0
+    for i, entry in enumerate(schedule.stage_table()):
+        res = entry["res"]
+        start = schedule.starts[i]
+        end = min(schedule.starts[i + 1] if i + 1 < len(schedule.starts) else total, total)
+        images = max(0, end - start)
+        flops, saved = costs[res]
+        entry = {
+            **entry,
+            "width": widths[res],
+            "images_shown": [start, end],
+            "images": images,
+            "forward_gflop_per_image": round(flops / 1e9, 4),
+        }
+        if res in measured:
+            per_image, source = measured[res]["seconds_per_image"], "calibration: measured"
+        elif last is not None:
+            per_image = measured[last]["seconds_per_image"] * flops / costs[last][0]
+            source = f"calibration: measured at {last}px, scaled by forward FLOPs"
+        else:
+            per_image, source = None, "not calibrated"
+        entry["seconds_expected"] = round(per_image * images, 1) if per_image else None
+        entry["seconds_source"] = source
+        seconds_total += entry["seconds_expected"] or 0.0
+        entry["peak_memory_bytes_expected"] = static + saved * entry["batch"]
+        entry["memory_source"] = (
+            "estimate: fp32 weights, gradients and Adam moments, plus the activations one "
+            "step saves for backward (fp32, counted on the meta device)"
+        )
+        if "peak_memory_bytes" in measured.get(res, {}):
+            entry["peak_memory_bytes_measured"] = measured[res]["peak_memory_bytes"]
+        stages.append(entry)
+    summary = {
+        "rule": RULE_TEXT if cfg["preset"] == "auto" else f"preset {cfg['preset']}",
+        "device": device,
+        "mixed_precision": precision.describe(cfg["mixed_precision"], device),
+        "fmap_min": cfg.get("fmap_min", 1),
+        "config": cfg,
+        "parameters": {n: num_parameters(nets[n]) for n in NETWORKS},
+        "stages": stages,
+        "images_shown_total": total,
+        "seconds_expected_total": round(seconds_total, 1),
+        "calibration": {
+            "budget_s": calibration_s,
+            "steps_per_resolution": CALIBRATION_STEPS,
+            "measured_seconds_per_image": {r: m["seconds_per_image"] for r, m in measured.items()},
+            "note": "random pixels, stable phase; fade-in steps cost a little more",
+        },
+    }
+    if cfg["data"] is None:
+        summary["builtin_data"] = builtin_data_cost(cfg, out)
+    return summary

@@ -1,0 +1,182 @@
+"""The work of the commands that use a trained run: image inputs, latent walks and videos
+written to files, energy scores written to CSV.
+
+Built from `checkpoint.load_run` (the networks and where to use them), `latents`, `sampling`
+and `grids`; evaluation is in `evaluation`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from progressive.core.errors import UserError
+from progressive.core.files import atomic_write, check_suffix, write_text_atomic
+from progressive.core.grids import save_animation, save_grid, to_frames
+from progressive.core.images import EXTENSIONS, Reject, image_files, load_image_file
+from progressive.data.format import META_NAME
+from progressive.data.reader import ImageDataset
+from progressive.model.latents import seed_latents, smooth_latents, walk_latents
+from progressive.model.sampling import encode, generate, sample_energies
+from progressive.run.checkpoint import LoadedRun
+
+# --------------------------------------------------------------------------- image input
+
+
+def load_images(
+    source: str | os.PathLike, res: int, max_res: int, n: int | None = None,
+    spread: bool = False,
+) -> tuple[list[str], Tensor]:
+    """Images from a dataset directory (meta.json) or a folder of image files.
+
+    Returns names (a dataset's global indices or a folder's relative paths) and uint8
+    (N, 3, res, res); the first `n` images when `n` is given, or with `spread` `n` images
+    evenly spaced over the whole set (a set stored class by class then keeps every class).
+    """
+    src = Path(source)
+    if not src.exists():
+        raise UserError(f"--images {src} does not exist; pass a dataset or a folder of images")
+    if (src / META_NAME).is_file():
+        ds = ImageDataset(src, res)
+        if len(ds) == 0:
+            raise UserError(f"dataset {src} holds no images")
+        indices = _pick(len(ds), n, spread)
+        return [str(i) for i in indices], ds.batch(indices)
+    if not src.is_dir():
+        raise UserError(f"--images {src} is neither a dataset nor a folder of images")
+    files = image_files(src)
+    files = [files[i] for i in _pick(len(files), n, spread)]
+    if not files:
+        raise UserError(f"--images {src} holds no images ({', '.join(EXTENSIONS)})")
+    return files, torch.stack([read_image_file(src / name, res, max_res) for name in files])
+
+
+def _pick(count: int, n: int | None, spread: bool) -> list[int]:
+    """Indices of the first `n` of `count` items, or of `n` evenly spaced ones."""
+    if n is None or n >= count:
+        return list(range(count))
+    return [i * count // n for i in range(n)] if spread else list(range(n))
+
+
+def read_image_file(path: str | os.PathLike, res: int, max_res: int) -> Tensor:
+    """`images.load_image_file`, with a one-line error naming an unusable file."""
+    try:
+        return load_image_file(path, res, max_res)
+    except Reject as e:
+        raise UserError(f"cannot use image {path}: {e}") from None
+
+
+# --------------------------------------------------------------------------- walks and videos
+
+
+def interpolate(
+    run: LoadedRun,
+    out: str | os.PathLike,
+    *,
+    seeds: list[int] | None = None,
+    endpoints_images: Tensor | None = None,
+    steps: int = 8,
+    spherical: bool = False,
+    fps: float = 10.0,
+    energy_csv: str | os.PathLike | None = None,
+    names: list[str] | None = None,
+) -> Tensor:
+    """Latent walks written to `out`: .png a grid, one row per walk; .gif/.mp4 one frame per
+    step, walks joined end to start (walks * (steps - 1) + 1 frames). Returns the images
+    (walks * steps, 3, res, res).
+
+    With `energy_csv`, the energy of every frame goes there (one row per frame) and a .png/.jpg
+    grid gets the energy curve of each walk underneath; `names` label the endpoints.
+    """
+    from progressive.use import walk_energy
+
+    out = check_suffix(out, (".png", ".jpg", ".gif", ".mp4"), "--out")
+    if endpoints_images is not None:
+        ends = encode(run.inference, endpoints_images, run.alpha)
+    else:
+        ends = seed_latents(seeds or [], run.latent)
+    z = walk_latents(ends, steps, spherical)
+    images = generate(run.generator, z.flatten(0, 1), run.res, run.alpha)
+    animated = out.suffix.lower() in (".gif", ".mp4")
+    # Consecutive walks share an endpoint: an animation shows it once so every frame lasts as
+    # long.
+    frames = [(0, 0)] + [(w, i) for w in range(len(z)) for i in range(1, steps)]
+    if animated:
+        save_animation(to_frames(images[[w * steps + i for w, i in frames]]), out, fps)
+    if energy_csv is not None:
+        names = names or [str(s) for s in seeds or range(len(ends))]
+        values = sample_energies(run.energy, images, run.alpha).view(len(z), steps)
+        walk_energy.write_walk_csv(energy_csv, values, names, frames if animated else None)
+        if not animated:
+            walk_energy.save_grid_with_curve(images, values, names, out)
+    elif not animated:
+        save_grid(images, out, nrow=steps)
+    return images
+
+
+def smooth_video(
+    run: LoadedRun,
+    out: str | os.PathLike,
+    seconds: float,
+    fps: float,
+    smoothing_sec: float = 1.0,
+    seed: int = 0,
+) -> int:
+    """A video of Gaussian-smoothed random latents; returns the number of frames."""
+    out = check_suffix(out, (".gif", ".mp4"), "--out")
+    frames = max(1, round(seconds * fps))
+    z = smooth_latents(frames, run.latent, smoothing_sec * fps, seed)
+    save_animation(to_frames(generate(run.generator, z, run.res, run.alpha)), out, fps)
+    return frames
+
+
+# --------------------------------------------------------------------------- energy scores
+
+
+def write_energy_csv(names: list[str], scores: Tensor, path: str | os.PathLike) -> list[tuple]:
+    """CSV of (image, energy) sorted by ascending energy; returns the sorted rows."""
+    rows = sorted(zip(names, scores.tolist(), strict=True), key=lambda r: r[1])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["image", "energy"])
+    writer.writerows((name, f"{value:.6g}") for name, value in rows)
+    write_text_atomic(path, buf.getvalue())
+    return rows
+
+
+# --------------------------------------------------------------------------- inpainting
+
+
+def inpaint(
+    run: LoadedRun, images: str | os.PathLike, out: str | os.PathLike, how,
+    *, masks_dir: str | None, occlude: str | None, seed: int, n: int | None, max_res: int,
+) -> int:
+    """Complete the images of `images` (a folder or dataset) whose pixels the masks hide;
+    writes one PNG per image and grid.png (occluded | completed | original) into `out`."""
+    from progressive.use import inpaint as fill
+
+    names, real = load_images(images, run.res, max_res, n)
+    if occlude is not None:
+        masks = fill.occlusion_masks(occlude, seed, len(real), max_res, run.res)
+    elif (Path(images) / META_NAME).is_file():
+        raise UserError("--masks needs a folder of images; for a dataset use --occlude")
+    else:
+        masks = fill.file_masks(masks_dir, images, names, max_res, run.res)
+    completed = fill.complete(run, real, masks, how)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, image in zip(names, completed, strict=True):
+        path = out / Path(name).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:  # the uint8 pixels as they are: visible ones exact
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    rows = torch.stack([fill.occluded_view(real, masks), completed.float() / 127.5 - 1,
+                        real.float() / 127.5 - 1], 1).flatten(0, 1)
+    save_grid(rows[: 3 * 16], out / "grid.png", nrow=3 * min(4, len(real)))
+    return len(real)
