@@ -10,7 +10,7 @@ shown (`--kimg`), on one CPU thread, then is evaluated on the held-out set with 
 Configurations whose name ends in `@time` get equal wall time instead: their images shown are
 `--kimg` times the ratio of their training speed to the median speed of the other rows, all
 measured in one calibration pass at the start of the same run (best of three timings of twelve
-steps on random images, a whole number of rhythms for `energy_every` 2, 3 and 4). Runs
+steps on random images). Runs
 already finished under `--out` are not retrained, and a row already evaluated on the same final
 snapshot and settings is read back. Writes a table to stdout and `quality.json` under `--out`
 and `bench/results/`.
@@ -148,14 +148,6 @@ CONFIGS: dict[str, dict] = {
     "demo+pca-path+energy-r1-0.1+marginal-kl-100": {
         "pca_path": True, "loss": {"energy_r1": 0.1, "marginal_kl": 100.0},
     },
-    # ... and the offset alone charged, without bias (`loss.code_center`):
-    "demo+pca-path+energy-r1-0.1+code-center-10": {
-        "pca_path": True, "loss": {"energy_r1": 0.1, "code_center": 10.0},
-    },
-    "demo+pca-path+energy-r1-0.1+code-center-100": {
-        "pca_path": True, "loss": {"energy_r1": 0.1, "code_center": 100.0},
-    },
-    "demo+code-center-10": {"loss": {"code_center": 10.0}},
     # The data ranked below random-scale noise (a flat colour to independent pixels): the
     # generator's samples never show the energy such images, and the PCA path's energy rates a
     # flat grey image 2 standard deviations of the held-out energies below the faces.
@@ -192,14 +184,6 @@ CONFIGS_BEFORE_ENERGY_AVERAGE: dict[str, dict] = {
     "demo+energy-ema-2k": {"energy_ema_kimg": 2.0},
     # The drift penalty 3e-3 on both sides (1e-2 steadied the scale but lost the ranking).
     "demo+drift-3e-3": {"loss": {"energy_drift": 3e-3, "energy_drift_fake": 3e-3}},
-    # The midpoint between the data's and the samples' mean energy pinned at zero: the constant
-    # the contrastive term cannot see, which the drift penalty holds only weakly.
-    "demo+energy-center-1": {"loss": {"energy_center": 1.0}},
-    "demo+energy-center-0.1": {"loss": {"energy_center": 0.1}},
-    # The same midpoint taken off the energy's output bias after each step (a share of it),
-    # no gradient: the contrastive and drift terms train exactly as before.
-    "demo+energy-recenter-0.1": {"loss": {"energy_recenter": 0.1}},
-    "demo+energy-recenter-1": {"loss": {"energy_recenter": 1.0}},
     # Adam momentum for the energy model alone, its raw energy evaluated.
     "demo-raw-energy+energy-momentum": {"betas_energy": [0.5, 0.99]},
     # A short average of the energy model (a tenth of the generator average's half-life).
@@ -226,13 +210,6 @@ CONFIGS_BEFORE_INFERENCE_AVERAGE: dict[str, dict] = {
     # The sleep phase (NLL of z under q(z|g(z))) weighted 1 / 4 instead of 0.1.
     "demo+sleep-1": {"loss": {"latent_nll": 1.0}},
     "demo+sleep-4": {"loss": {"latent_nll": 4.0}},
-    # The inference model's dense layer 128 / 512 wide (the 4x4 width, 64, before).
-    "demo+inference-hidden-128": {"inference_hidden": 128},
-    "demo+inference-hidden-512": {"inference_hidden": 512},
-    # The inference model twice as wide at every resolution; and with the 512-wide dense layer.
-    "demo+inference-width-2": {"inference_width": 2},
-    "demo+inference-width-2+hidden-512": {"inference_width": 2, "inference_hidden": 512},
-    "demo+inference-width-2+hidden-512@time": {"inference_width": 2, "inference_hidden": 512},
     # An average of the energy model (half-life 10,000 images), evaluated in its place.
     "demo+energy-ema-10k": {"energy_ema_kimg": 10.0},
 }
@@ -252,10 +229,6 @@ CONFIGS_BEFORE_DECORRELATION: dict[str, dict] = {
     # The generator average's half-life (the demo's is 2,000 images).
     "demo+ema-0.5k": {"ema_kimg": 0.5},
     "demo+ema-5k": {"ema_kimg": 5.0},
-    # The share of updates: the energy model steps on every 2nd / 4th batch only.
-    "demo+energy-every-2": {"energy_every": 2},
-    "demo+energy-every-4": {"energy_every": 4},
-    "demo+energy-every-2@time": {"energy_every": 2},
     # Reconstruction weighted 4x against KL, energy and drift terms (a smaller pixel noise).
     "demo+rec-4": {"loss": {"rec": 4.0}},
     # ... and the sleep phase (mu(g(z)) against z) weighted 1 instead of 0.1.
@@ -372,9 +345,6 @@ CONFIGS.update(
         ),
         "demo+pca-path+energy-r1-0.1+energy-ema-10k+batch-4+generator-lr-4e-3": _path(
             energy_ema_kimg=10.0, batch=4, lr={"generator": 4e-3}
-        ),
-        "demo+pca-path+energy-r1-0.1+energy-ema-10k+generator-lr-8e-3+energy-recenter-0.1": _path(
-            energy_ema_kimg=10.0, lr={"generator": 8e-3}, loss={"energy_recenter": 0.1}
         ),
         # With the faster generator the raw energy's gap to the samples closes within 12,000
         # images, and the demo's 2,000-image average follows it better than 10,000.

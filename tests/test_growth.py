@@ -128,37 +128,21 @@ def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
             "--out", str(tmp_path)]
     plans = []
     for extra in ([], ["--marginal-kl", "0"], ["--rec-scaling", "sum", "--marginal-kl", "0.5"],
-                  ["--code-decorrelation", "0", "--code-center", "30"],
-                  ["--energy-center", "2", "--energy-recenter", "0.1", "--latent-nll", "1",
-                   "--energy-r1", "0.05"]):
+                  ["--code-decorrelation", "0"],
+                  ["--latent-nll", "1", "--energy-r1", "0.05"]):
         result = CliRunner().invoke(main, args + extra)
         assert result.exit_code == 0, result.output
         plans.append(json.loads(result.output)["config"]["loss"])
     default, off, both, decorrelation_off, centred = plans
-    assert default["energy_center"] == 0.0 and centred["energy_center"] == 2.0
-    assert default["energy_recenter"] == 0.0 and centred["energy_recenter"] == 0.1
     assert default["latent_nll"] == 0.1 and centred["latent_nll"] == 1.0
     assert default["energy_r1"] == 0.0 and centred["energy_r1"] == 0.05
     assert default["code_decorrelation"] == 1.0 and decorrelation_off["code_decorrelation"] == 0.0
     assert decorrelation_off["marginal_kl"] == default["marginal_kl"]
-    assert default["code_center"] == 0.0 and decorrelation_off["code_center"] == 30.0
     assert default["marginal_kl"] == 1.0 and off["marginal_kl"] == 0.0
     assert both["marginal_kl"] == 0.5 and both["rec_scaling"] == "sum"
     assert {k: v for k, v in off.items() if k != "marginal_kl"} == {
         k: v for k, v in default.items() if k != "marginal_kl"
     }
-
-
-def test_energy_every_option_reaches_the_plan_and_rejects_zero(tmp_path):
-    args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
-            "--out", str(tmp_path)]
-    result = CliRunner().invoke(main, args)
-    assert json.loads(result.output)["config"]["energy_every"] == 1
-    result = CliRunner().invoke(main, args + ["--energy-every", "3"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["config"]["energy_every"] == 3
-    result = CliRunner().invoke(main, args + ["--energy-every", "0"])
-    assert result.exit_code == 2 and "--energy-every" in result.output
 
 
 def test_dry_run_calibration_measures_the_first_stages(dataset, tmp_path):
@@ -314,15 +298,13 @@ def test_stage_ends_append_evaluations_and_never_train_on_held_out_images(
     assert read_evaluations(tmp_path / "run") == []
 
 
-def test_inference_width_and_energy_average_options_reach_the_configuration(tmp_path):
+def test_energy_width_and_average_options_reach_the_configuration(tmp_path):
     args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
             "--out", str(tmp_path)]
-    result = CliRunner().invoke(main, args + ["--inference-width", "2", "--inference-hidden",
-                                              "96", "--energy-ema-kimg", "5",
-                                              "--energy-width", "3"])
+    result = CliRunner().invoke(main, args + ["--energy-ema-kimg", "5", "--energy-width", "3"])
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.output)["config"]
-    assert (cfg["inference_width"], cfg["inference_hidden"], cfg["energy_ema_kimg"]) == (2, 96, 5)
+    assert cfg["energy_ema_kimg"] == 5
     assert cfg["energy_width"] == 3
     result = CliRunner().invoke(main, args + ["--energy-ema-kimg", "-1"])
     assert result.exit_code == 2 and "--energy-ema-kimg" in result.output

@@ -104,33 +104,6 @@ def test_code_decorrelation_is_unbiased_for_the_squared_covariances():
     assert make_config("cifar10")["loss"]["code_decorrelation"] == 0.0  # the paper's loss
 
 
-def test_code_center_is_unbiased_for_the_squared_mean():
-    g = torch.Generator().manual_seed(6)
-    d, offset = 16, torch.full((16,), 0.25)
-    expected = offset.square().sum().item()  # 1.0
-    batches = torch.randn(20000, 8, d, generator=g) + offset
-    check_half_batch_estimate(loss.code_center, batches, expected, batches - offset, too_few=1)
-    # The batch mean squared, the marginal KL's estimate, adds the mean's variance d / 8.
-    squared = batches.mean(1).square().sum(1).mean().item()
-    assert abs(squared - (expected + d / 8)) < 0.1 * (expected + d / 8)
-    assert make_config("demo")["loss"]["code_center"] == 0.0
-
-
-def test_code_center_enters_the_joint_loss_with_its_weight():
-    g = torch.Generator().manual_seed(7)
-    n, d, res = 8, 5, 8
-    x, x_rec = torch.rand(n, 3, res, res, generator=g), torch.rand(n, 3, res, res, generator=g)
-    mu, logvar, z = (torch.randn(n, d, generator=g) + 1.0 for _ in range(3))
-    mu_f, logvar_f = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
-    e_fake = torch.randn(n, generator=g)
-    args = (x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res)
-    off, _ = loss.joint_loss(*args, make_config("demo")["loss"])
-    on, stats = loss.joint_loss(*args, make_config("demo", loss={"code_center": 3.0})["loss"])
-    center = (mu[:4].mean(0) * mu[4:].mean(0)).sum().item()
-    assert np.isclose(stats["code_center"].item(), center, rtol=1e-5)
-    assert np.isclose(on.item() - off.item(), 3.0 * center, rtol=1e-4)
-
-
 def test_marginal_kl_charges_codes_that_drift_off_the_prior_together():
     g = torch.Generator().manual_seed(1)
     mu, logvar = torch.randn(16, 6, generator=g), torch.randn(16, 6, generator=g) * 0.3
@@ -157,20 +130,6 @@ def test_energy_loss_matches_formula():
     assert got.item() == pytest.approx(want)
     assert stats["energy_real"].item() == pytest.approx(-0.5 / 3)
 
-
-def test_energy_center_pins_the_constant_the_contrast_cannot_see():
-    e_real, e_fake = torch.tensor([-3.0, -1.0]), torch.tensor([1.0, 3.0])
-    w = {"energy_drift": 0.0, "energy_center": 0.5}
-    centred, _ = loss.energy_loss(e_real, e_fake, w)
-    assert centred.item() == pytest.approx(-4.0)  # midpoint 0: the contrast alone
-    shifted, _ = loss.energy_loss(e_real + 6.0, e_fake + 6.0, w)
-    assert shifted.item() == pytest.approx(-4.0 + 0.5 * 36.0)  # a constant costs its square
-    e_real.requires_grad_(True)
-    shifted_real = e_real + 6.0
-    loss.energy_loss(shifted_real, e_fake + 6.0, w)[0].backward()
-    # d/dE_real_i: 1/n from the contrast, 2 * 0.5 * midpoint * (1/2) * (1/n) from the centring
-    want = 0.5 + 2 * 0.5 * 6.0 * 0.5 * 0.5
-    assert e_real.grad.tolist() == pytest.approx([want, want])
 
 
 def test_rec_scaling_keeps_the_term_constant_across_stages():

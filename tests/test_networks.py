@@ -219,37 +219,29 @@ def test_full_resolution_forward_backward():
         assert sum(g.abs().sum() for g in grads) > 0
 
 
-def test_inference_width_and_hidden_change_the_inference_model_only():
+def test_energy_width_changes_the_energy_model_only():
     from progressive.config.presets import make_config
     from progressive.model.networks import build_networks
 
     kw = dict(max_res=8, latent=8, fmap_base=64, fmap_max=16, mixed_precision="no")
     base = build_networks(make_config("demo", **kw))
-    wide = build_networks(make_config("demo", **kw, inference_width=2, inference_hidden=40))
 
     def count(net):
         return sum(p.numel() for p in net.parameters())
 
-    for name in ("generator", "energy"):
-        assert count(base[name]) == count(wide[name])
-    assert count(wide["inference"]) > count(base["inference"])
     wide_energy = build_networks(make_config("demo", **kw, energy_width=2))
     for name in ("generator", "inference"):
         assert count(base[name]) == count(wide_energy[name])
     assert wide_energy["energy"].trunk.blocks["4"].conv.weight.shape[0] == 32
     assert wide_energy["energy"](torch.zeros(2, 3, 8, 8)).shape == (2,)
-    last = wide["inference"].trunk.blocks["4"]
-    assert last.dense0.weight.shape[0] == 40 and last.conv.weight.shape[0] == 32
-    mu, logvar = wide["inference"](torch.zeros(2, 3, 8, 8))
-    assert mu.shape == logvar.shape == (2, 8)
+    assert count(wide_energy["energy"]) > count(base["energy"])
 
 
-def test_bad_inference_width_or_energy_average_is_a_clear_error():
+def test_bad_energy_width_or_average_is_a_clear_error():
     from progressive.config.presets import make_config
     from progressive.core.errors import UserError
 
-    bad = [("inference_width", 0), ("energy_width", 0), ("inference_hidden", -3),
-           ("energy_ema_kimg", -1), ("inference_ema_kimg", -1)]
+    bad = [("energy_width", 0), ("energy_ema_kimg", -1), ("inference_ema_kimg", -1)]
     for key, value in bad:
         with pytest.raises(UserError, match=key):
             make_config("demo", **{key: value})

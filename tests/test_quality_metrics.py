@@ -314,33 +314,6 @@ def test_evaluate_recon_fit_records_the_gap(run_dir, model):  # noqa: F811
     assert 0 < rec["pca_baseline"] < 1 and "PCA" in r.output
 
 
-@pytest.mark.parametrize("architecture", ["progressive", "reference"])
-def test_energy_recenter_moves_only_the_output_bias_by_the_midpoint(architecture):
-    """One step with the recentring and one without, from the same start: every weight alike
-    but the energy's output bias, which differs by the batch's midpoint energy."""
-    over = {"architecture": architecture, "max_res": 32, "start_res": 32, "batch": 4}
-    if architecture == "progressive":
-        over.update(TINY_NETWORKS)
-    else:
-        over.update(latent=10, mixed_precision="no")
-    real = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    runs = []
-    for rate in (0.0, 0.5):
-        cfg = make_config("demo", **over)
-        cfg["loss"]["energy_recenter"] = rate
-        trainer = Trainer.create(cfg)
-        stats = trainer.step(real, Schedule.from_config(cfg).at(0), 0)
-        runs.append((trainer.energy, stats))
-    (plain, stats), (centred, _) = runs
-    mid = 0.5 * (stats["energy_real"] + stats["energy_fake"]).item()
-    assert abs(mid) > 1e-4
-    bias_plain, bias_centred = plain.output_bias(), centred.output_bias()
-    assert (bias_plain - bias_centred).item() == pytest.approx(0.5 * mid, rel=1e-4, abs=1e-6)
-    for (name, a), b in zip(plain.named_parameters(), centred.parameters(), strict=True):
-        if a is not bias_plain:
-            assert torch.equal(a, b), name
-
-
 def test_energy_auroc_against_the_built_in_noise_sets(run_dir, model):  # noqa: F811
     data = model.config["data"]
     r = invoke("evaluate", "--ckpt", run_dir, "--data", data, "--n", 8, "--metrics",

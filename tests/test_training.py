@@ -317,30 +317,6 @@ def test_inference_and_energy_models_may_have_their_own_adam_betas(network, own)
     assert set(betas.values()) == {tuple(cfg["betas"])}
 
 
-def test_energy_every_steps_the_energy_model_on_every_kth_batch_only():
-    from progressive.core.errors import UserError
-
-    cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, energy_every=2)
-    torch.manual_seed(0)
-    trainer = Trainer.create(cfg)
-    phase = Schedule.from_config(cfg).at(0)
-    real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
-
-    def params(name):
-        return [p.detach().clone() for p in trainer.unwrapped()[name].parameters()]
-
-    for shown, energy_steps in [(0, True), (4, False), (8, True), (12, False)]:
-        energy, generator = params("energy"), params("generator")
-        stats = trainer.step(real, phase, shown)
-        moved = any(not torch.equal(a, b) for a, b in zip(energy, params("energy"), strict=True))
-        assert moved == energy_steps and (float(stats["grad_norm_energy"]) > 0) == energy_steps
-        assert any(not torch.equal(a, b)
-                   for a, b in zip(generator, params("generator"), strict=True))
-        assert torch.isfinite(stats["loss_energy"])  # still reported on skipped batches
-    with pytest.raises(UserError, match="energy_every"):
-        make_config("demo", energy_every=0)
-
-
 def _tiny_trainer_and_batch(**loss):
     """A tiny trainer at its first phase with the loss weights `loss`, and a seeded batch of
     four real images."""

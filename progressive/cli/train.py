@@ -67,10 +67,6 @@ RATES = Rates()
 @click.option("--fmap-max", help="Largest width.", type=COUNT)
 @click.option("--energy-width", help="The energy model's widths over the generator's.",
               type=COUNT)
-@click.option("--inference-width", help="The inference model's widths over the others'.",
-              type=COUNT)
-@click.option("--inference-hidden", help="Width of the inference model's dense layer.",
-              type=COUNT)
 @click.option("--pca-path/--no-pca-path", help="Start G and I from the images' fixed PCA.",
               default=None)
 # Optimisation.
@@ -86,20 +82,13 @@ RATES = Rates()
               type=NONNEG)
 @click.option("--code-decorrelation", help="Weight of the codes' squared covariances (0: off).",
               type=NONNEG)
-@click.option("--code-center", help="Weight of the codes' mean's squared length (0: off).",
-              type=NONNEG)
 @click.option("--latent-nll", help="Weight of the sleep phase, -log q(z|g(z)) (0: off).",
               type=NONNEG)
-@click.option("--energy-center", help="Weight pinning E's midpoint (data/samples) at 0 (0: off).",
-              type=NONNEG)
-@click.option("--energy-recenter", help="Share of E's midpoint off its bias per step (0: off).",
-              type=click.FloatRange(0, 1))
 @click.option("--energy-r1", help="Gradient penalty on E at the data, gamma (0: off).",
               type=NONNEG)
 @click.option("--energy-outliers", help="Weight ranking data below random-scale noise (0: off; "
               "default 1, paper presets 0).",
               type=NONNEG)
-@click.option("--energy-every", help="Step the energy model on every k-th batch only.", type=COUNT)
 @click.option("--energy-langevin", help="Langevin steps on E refining its negatives (0: off).",
               type=click.IntRange(min=0))
 @click.option("--energy-langevin-step", help="Step size of those Langevin steps.",
@@ -128,17 +117,16 @@ RATES = Rates()
               is_flag=True)
 @click.option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
               type=click.FloatRange(min=0), default=20.0, show_default=True)
-def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelation, code_center,
-          latent_nll, energy_center, energy_recenter, energy_r1, energy_outliers, generator_lr,
+def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelation,
+          latent_nll, energy_r1, energy_outliers, generator_lr,
           energy_lr, inference_lr, dry_run, calibration_seconds, **overrides) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive.config.presets import make_config
     from progressive.train import trainer as training
 
     loss = {"rec_scaling": rec_scaling, "marginal_kl": marginal_kl,
-            "code_decorrelation": code_decorrelation, "code_center": code_center,
-            "latent_nll": latent_nll, "energy_center": energy_center,
-            "energy_recenter": energy_recenter, "energy_r1": energy_r1,
+            "code_decorrelation": code_decorrelation,
+            "latent_nll": latent_nll, "energy_r1": energy_r1,
             "energy_outliers": energy_outliers}
     overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None
     rates = {"generator": generator_lr, "energy": energy_lr, "inference": inference_lr}

@@ -36,7 +36,6 @@ BASE: dict = {
     "weight_decay_generator": 0.0,
     "grad_clip": 100.0,
     "reset_optimizers": False,  # fresh Adam state at each stage change
-    "energy_every": 1,  # the energy model steps on every k-th batch; the other two on every one
     "energy_langevin": 0,  # Langevin steps on E refining the energy's negatives g(z); 0: none
     "energy_langevin_step": 3e-2,  # their step size s: x <- x - s grad E(x) + sqrt(2 s T) eps
     "energy_langevin_noise": 0.0,  # their temperature T (0: plain descent)
@@ -48,10 +47,8 @@ BASE: dict = {
     "fmap_max": 512,
     "fmap_min": FMAP_MIN,  # the narrowest any layer may be
     "mbstd_group": 0,  # minibatch-stddev layer in the energy model; 0 = none
-    "inference_width": 1,  # the inference model's widths over the others'
     "energy_width": 1,  # the energy model's widths over the generator's
     "pca_path": False,  # generator and inference model on the training images' fixed PCA
-    "inference_hidden": None,  # width of the inference model's dense layer; None: its 4x4 width
     "architecture": "progressive",  # or "reference": DCGAN-sized networks at max_res only
     "loss": {
         "rec": 1.0,  # weight of the reconstruction term
@@ -62,13 +59,10 @@ BASE: dict = {
         "latent_nll": 0.1,  # lambda_lat on generated pairs
         "marginal_kl": 1.0,  # KL of the batch's aggregate posterior to N(0, I)
         "code_decorrelation": 1.0,  # squared covariances between the codes' dimensions
-        "code_center": 0.0,  # squared length of the codes' mean
         "code_mmd": 0.0,  # MMD between the batch's codes and prior samples
         "energy": 1.0,  # weight of mean E(g(z)) in the generator's objective
         "energy_drift": 1e-3,  # mean E(x)^2 penalty that keeps energies near zero
         "energy_drift_fake": 1e-3,  # the same penalty on generated images' energies
-        "energy_center": 0.0,  # (midpoint of mean E(x) and mean E(g(z)))^2: pins E's constant
-        "energy_recenter": 0.0,  # share of that midpoint taken off E's output bias per step
         "energy_r1": 0.0,  # gamma of gamma/2 * mean |grad_x E(x)|^2 at the data (R1)
         "energy_outliers": 1.0,  # weight ranking each x below a random-scale noise image
     },
@@ -218,6 +212,34 @@ def make_config(preset: str | None = "demo", device: str | None = None, **overri
     return normalize(cfg)
 
 
+# Settings tried and not kept: each with the value that leaves training as it is now, and the
+# last release that trained with it.
+RETIRED = {
+    "energy_center": (0.0, "0.1.0"),
+    "energy_recenter": (0.0, "0.1.0"),
+    "code_center": (0.0, "0.1.0"),
+    "energy_every": (1, "0.1.0"),
+    "inference_width": (1, "0.1.0"),
+    "inference_hidden": (None, "0.1.0"),
+    "energy_noise": (0.0, "0.1.0"),
+    "energy_blocks": (0.0, "0.1.0"),
+    "upsample": ("nearest", "0.1.0"),
+}
+
+
+def _drop_retired(cfg: dict) -> None:
+    """Remove retired settings saved at their neutral value; refuse a run trained with another."""
+    for where in (cfg, cfg.get("loss", {})):
+        for key in [k for k in where if k in RETIRED]:
+            neutral, release = RETIRED[key]
+            if where[key] != neutral:
+                raise UserError(
+                    f"{key} {where[key]!r}: a retired setting (last in progressive {release}); "
+                    f"use that release for this run"
+                )
+            del where[key]
+
+
 def normalize(cfg: dict) -> dict:
     """Validate and make per-resolution tables int-keyed (JSON turns them into strings).
 
@@ -226,6 +248,7 @@ def normalize(cfg: dict) -> dict:
     the codes, no average of the inference or energy model, no outliers ranked above the data,
     and BASE's value for every other missing key."""
     cfg = copy.deepcopy(cfg)
+    _drop_retired(cfg)
     cfg.setdefault("fmap_min", 1)
     cfg.setdefault("loss", {}).setdefault("energy_drift_fake", 0.0)  # runs before it had none
     cfg["loss"].setdefault("marginal_kl", 0.0)  # nor the marginal KL
@@ -263,17 +286,14 @@ def normalize(cfg: dict) -> dict:
         raise UserError(
             f"fmap_min {cfg['fmap_min']} must be from 1 to --fmap-max {cfg['fmap_max']}"
         )
-    if not isinstance(cfg["energy_every"], int) or cfg["energy_every"] < 1:
-        raise UserError(f"energy_every {cfg['energy_every']!r} must be a whole number >= 1")
     if not isinstance(cfg["energy_langevin"], int) or cfg["energy_langevin"] < 0:
         raise UserError(f"--energy-langevin {cfg['energy_langevin']!r} must be a whole number >= 0")
     if not cfg["energy_langevin_step"] > 0:
         raise UserError(f"--energy-langevin-step {cfg['energy_langevin_step']!r} must be > 0")
     if not cfg["energy_langevin_noise"] >= 0:
         raise UserError(f"--energy-langevin-noise {cfg['energy_langevin_noise']!r} must be >= 0")
-    for key in ("inference_width", "energy_width"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise UserError(f"{key} {cfg[key]!r} must be a whole number >= 1")
+    if not isinstance(cfg["energy_width"], int) or cfg["energy_width"] < 1:
+        raise UserError(f"energy_width {cfg['energy_width']!r} must be a whole number >= 1")
     if not isinstance(cfg["pca_path"], bool):
         raise UserError(f"pca_path {cfg['pca_path']!r} must be true or false")
     if cfg["pca_path"] and cfg["architecture"] == "reference":
@@ -284,9 +304,6 @@ def normalize(cfg: dict) -> dict:
             f"--pca-path with --latent {cfg['latent']} needs images of at least that many "
             f"values; at --max-res {cfg['max_res']} they have {path_values}: lower --latent"
         )
-    hidden = cfg["inference_hidden"]
-    if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
-        raise UserError(f"inference_hidden {hidden!r} must be a whole number >= 1 (or null)")
     for key in ("energy_ema_kimg", "inference_ema_kimg"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise UserError(f"{key} {cfg[key]!r} must be a number >= 0")

@@ -263,13 +263,12 @@ def minibatch_stddev(h: Tensor, group: int) -> Tensor:
 class _EncoderLast(nn.Module):
     """4x4 features -> [mbstd], conv3x3, lrelu, flatten, dense, lrelu, dense (gain 1)."""
 
-    def __init__(self, ch: int, out_features: int, mbstd_group: int, hidden: int | None = None):
+    def __init__(self, ch: int, out_features: int, mbstd_group: int):
         super().__init__()
         self.mbstd_group = mbstd_group
-        hidden = hidden or ch
         self.conv = EqualizedConv2d(ch + (1 if mbstd_group else 0), ch, 3)
-        self.dense0 = EqualizedLinear(ch * 16, hidden)
-        self.dense1 = EqualizedLinear(hidden, out_features, gain=1.0)
+        self.dense0 = EqualizedLinear(ch * 16, ch)
+        self.dense1 = EqualizedLinear(ch, out_features, gain=1.0)
 
     def forward(self, h: Tensor) -> Tensor:
         if self.mbstd_group:
@@ -289,7 +288,6 @@ class _Encoder(nn.Module):
         fmap_max: int = 512,
         mbstd_group: int = 0,
         fmap_min: int = 16,
-        hidden: int | None = None,
     ):
         super().__init__()
         self.max_res = max_res
@@ -299,7 +297,7 @@ class _Encoder(nn.Module):
         for r in resolutions(max_res):
             self.from_rgb[str(r)] = _FromRGB(ch(r))
             self.blocks[str(r)] = (
-                _EncoderLast(ch(4), out_features, mbstd_group, hidden)
+                _EncoderLast(ch(4), out_features, mbstd_group)
                 if r == 4
                 else _EncoderBlock(ch(r), ch(r // 2))
             )
@@ -334,10 +332,6 @@ class Energy(nn.Module):
     def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
         return self.trunk(x, alpha)[:, 0].float()
 
-    def output_bias(self) -> nn.Parameter:
-        """The constant added to every energy."""
-        return self.trunk.blocks["4"].dense1.bias
-
 
 def soft_clamp(x: Tensor, lo: float, hi: float) -> Tensor:
     """Smoothly keep x within (lo, hi): about x well inside, never a zero gradient."""
@@ -352,12 +346,12 @@ class Inference(nn.Module):
 
     def __init__(
         self, max_res: int, latent: int = 512, fmap_base: int = 16384, fmap_max: int = 512,
-        fmap_min: int = 16, hidden: int | None = None, pca_path: bool = False,
+        fmap_min: int = 16, pca_path: bool = False,
     ):
         super().__init__()
         self.max_res, self.latent = max_res, latent
         self.trunk = _Encoder(
-            max_res, 2 * latent, fmap_base, fmap_max, fmap_min=fmap_min, hidden=hidden
+            max_res, 2 * latent, fmap_base, fmap_max, fmap_min=fmap_min
         )
         self.pca = PrincipalPath(min(max_res, PCA_PATH_MAX_RES), latent) if pca_path else None
 
@@ -419,7 +413,6 @@ def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
     def scaled(m: int) -> dict:
         return {**widths, "fmap_base": widths["fmap_base"] * m, "fmap_max": widths["fmap_max"] * m}
 
-    inference_widths = scaled(cfg.get("inference_width", 1))
     pca_path = bool(cfg.get("pca_path"))
     generator = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
     generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
@@ -433,8 +426,7 @@ def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
         "generator_ema": generator_ema,
         "energy": energy,
         "inference": Inference(
-            cfg["max_res"], cfg["latent"], **inference_widths, hidden=cfg.get("inference_hidden"),
-            pca_path=pca_path,
+            cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path,
         ),
     }
 

@@ -91,10 +91,6 @@ class ReferenceEnergy(nn.Module):
     def forward(self, x: Tensor, alpha: float = 1.0) -> Tensor:
         return self.trunk(x)[:, 0].float()
 
-    def output_bias(self) -> nn.Parameter:
-        """The constant added to every energy."""
-        return self.trunk.net[-1].bias
-
 
 class ReferenceInference(nn.Module):
     """Image -> (mu, logvar) of q(z|x), each (N, latent), logvar soft-clamped like Inference."""

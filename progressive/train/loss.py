@@ -2,14 +2,13 @@
 
 min over generator and inference, max over energy, of KL(Q||P) + KL(P||Pi) - KL(Q||Pi) gives:
 - energy:  mean E(x) - mean E(stopgrad g(z))                         (contrastive divergence)
-           + drift * (mean E(x)^2 + mean E(g(z))^2) + center * ((mean E(x) + mean E(g(z))) / 2)^2
+           + drift * mean E(x)^2 + drift_fake * mean E(g(z))^2
            + r1 / 2 * mean |grad_x E(x)|^2                              (0 by default)
            + outliers * mean softplus(E(x) - E(random-scale noise))  (1; paper presets 0)
 - joint:   rec(x, g(mu + sigma*eps)) + KL(q(z|x) || N(0, I))           (KL(Q||P))
            + latent_nll * NLL(z | q(.|g(z))) + energy * mean E(g(z))   (KL(P||Pi))
            + marginal_kl * KL(batch fit of q(z) || N(0, I))
            + code_decorrelation * sum_{i<j} Cov(mu_i, mu_j)^2
-           + code_center * |E[mu]|^2                                          (0 by default)
            + code_mmd * MMD^2(batch codes mu, the batch's prior draws z)     (0 by default)
 The joint loss's gradient w.r.t. the inference model is its loss and w.r.t. the generator the
 generator's loss, so one backward pass serves both.
@@ -71,23 +70,6 @@ def code_decorrelation(mu: Tensor) -> Tensor:
         return torch.zeros((), device=mu.device)
     first, second = (torch.cov(h.T) for h in halves)
     return torch.triu(first * second, diagonal=1).sum()
-
-
-def code_center(mu: Tensor) -> Tensor:
-    """Squared length of the codes' mean, estimated without bias from the batch as the dot
-    product of its two halves' means; 0 below two codes.
-
-    The marginal KL charges an offset of the codes' mean only half a nat per unit squared
-    length, and trained generators use such an offset as a switch: at the data's codes they
-    reconstruct, at the prior's centre they follow the energy's pull alone. Weighting the
-    marginal KL up charges the offset too, but its squared batch mean, biased by the mean's
-    variance, also pulls each batch's codes towards one another; the product of two
-    independent means does neither."""
-    halves = _two_halves(mu, least=1)
-    if halves is None:
-        return torch.zeros((), device=mu.device)
-    first, second = (h.mean(0) for h in halves)
-    return (first * second).sum()
 
 
 def _two_halves(mu: Tensor, least: int) -> tuple[Tensor, Tensor] | None:
@@ -154,11 +136,6 @@ def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tupl
     if weights.get("energy_drift_fake"):
         # The same pull toward zero on generated images: both ends of the scale are held.
         loss = loss + weights["energy_drift_fake"] * e_fake.square().mean()
-    if weights.get("energy_center"):
-        # The contrastive term is blind to a constant added to E, so SGD noise walks it; this
-        # pulls the midpoint between data and samples to zero (through every weight, not only
-        # the output bias: see Trainer.recenter_energy for the bias alone).
-        loss = loss + weights["energy_center"] * (0.5 * (e_real.mean() + e_fake.mean())).square()
     stats = {
         "energy_real": e_real.mean().detach(),
         "energy_fake": e_fake.mean().detach(),
@@ -194,16 +171,14 @@ def joint_loss(
         + weights["energy"] * e_fake
         + weights.get("marginal_kl", 0.0) * marginal
     )
-    # The decorrelation and centring are reported even unweighted; the MMD, pairwise over the
-    # batch, only costs when it is weighted.
+    # The decorrelation is reported even unweighted; the MMD, pairwise over the batch, only
+    # costs when it is weighted.
     decorrelation = code_decorrelation(mu)
-    center = code_center(mu)
     mmd = code_mmd(mu, z) if weights.get("code_mmd") else torch.zeros((), device=mu.device)
     loss = (
         loss
         + weights.get("code_mmd", 0.0) * mmd
         + weights.get("code_decorrelation", 0.0) * decorrelation
-        + weights.get("code_center", 0.0) * center
     )
     stats = {
         "rec": rec.detach(),
@@ -212,7 +187,6 @@ def joint_loss(
         "latent_nll": nll.detach(),
         "marginal_kl": marginal.detach(),
         "code_decorrelation": decorrelation.detach(),
-        "code_center": center.detach(),
         "code_mmd": mmd.detach(),
         "loss_joint": loss.detach(),
     }

@@ -183,20 +183,18 @@ class Trainer:
         with acc.autocast():
             mu, logvar, x_rec, x_fake, mu_fake, logvar_fake = self.pair(x, z, eps, res, alpha)
 
-        # Energy: contrastive step on real vs (detached) generated images, on every
-        # `energy_every`-th batch (counted from images shown, so resume keeps the rhythm).
-        update_energy = (images_shown // phase.batch) % cfg["energy_every"] == 0
-        r1 = update_energy and bool(w.get("energy_r1"))
+        # Energy: contrastive step on real vs (detached) generated images.
+        r1 = bool(w.get("energy_r1"))
         x_real = x.detach().requires_grad_(True) if r1 else x
         x_negative, move = x_fake.detach(), None
-        if update_energy and cfg.get("energy_langevin"):
+        if cfg.get("energy_langevin"):
             x_negative = self.refine_negatives(x_negative, alpha, gen)
             move = (x_negative - x_fake.detach().float()).square().mean().sqrt()
         seen = [x_real, x_negative]
-        outliers = update_energy and bool(w.get("energy_outliers"))
+        outliers = bool(w.get("energy_outliers"))
         if outliers:  # drawn last from the step's stream, so nothing else in the step moves
             seen.append(random_scale_noise(n, res, gen))
-        with acc.autocast(), torch.set_grad_enabled(update_energy):
+        with acc.autocast():
             energies = self.energy(torch.cat(seen), alpha)
             loss_e, stats = triangle.energy_loss(energies[:n], energies[n : 2 * n], w)
             if outliers:
@@ -209,15 +207,11 @@ class Trainer:
                 stats["energy_r1"], stats["loss_energy"] = penalty.detach(), loss_e.detach()
         if move is not None:  # root-mean-square change of a pixel by the chain
             stats["langevin_move"] = move
-        stats["grad_norm_energy"] = torch.zeros((), device=acc.device)
-        if update_energy:
-            opt_e = self.optimizers["energy"]
-            opt_e.zero_grad(set_to_none=True)
-            acc.backward(loss_e)
-            stats["grad_norm_energy"] = self._clip(opt_e, self.energy)
-            opt_e.step()
-            if w.get("energy_recenter"):
-                self.recenter_energy(stats, w["energy_recenter"])
+        opt_e = self.optimizers["energy"]
+        opt_e.zero_grad(set_to_none=True)
+        acc.backward(loss_e)
+        stats["grad_norm_energy"] = self._clip(opt_e, self.energy)
+        opt_e.step()
 
         # Generator and inference: one backward through the joint loss; the energy model is
         # evaluated unwrapped with frozen weights so only its input receives gradients.
@@ -266,21 +260,6 @@ class Trainer:
                 ).float()
         finally:
             energy.requires_grad_(True)
-
-    @torch.no_grad()
-    def recenter_energy(self, stats: dict[str, torch.Tensor], rate: float) -> None:
-        """Move the energy's output bias by `rate` times the midpoint of this batch's mean
-        energies of data and samples (averaged over ranks, so every copy moves alike).
-
-        The contrastive loss is blind to a constant added to E, so SGD noise walks it; this
-        pulls the recent batches' midpoint to zero through the bias alone, touching no gradient.
-        (Measured on the demo's faces: the offset still moves by tens within a single step, so
-        the energy's average, not this, is what holds the scale; see the README.)"""
-        mid = 0.5 * (stats["energy_real"] + stats["energy_fake"])
-        mid = self.accelerator.reduce(mid.float(), "mean")
-        mid = torch.where(mid.isfinite(), mid, torch.zeros_like(mid))  # a skipped fp16 step
-        bias = self.accelerator.unwrap_model(self.energy).output_bias()
-        bias.sub_((rate * mid).to(bias.dtype))
 
     @torch.no_grad()
     def fill_missing(
