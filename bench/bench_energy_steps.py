@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from machine import describe, headline  # noqa: E402
 
-from progressive.config.presets import normalize  # noqa: E402
 from progressive.config.schedule import Schedule  # noqa: E402
 from progressive.core.files import write_text_atomic  # noqa: E402
 from progressive.core.images import to_float  # noqa: E402
@@ -48,17 +47,17 @@ def continue_run(run: Path, heldout: str, ood: dict[str, str], steps: int, n: in
     """Score the energy (and its average, if kept) after each of `steps` further steps."""
     snapshot = list_snapshots(run)[-1]
     state = ckpt.read_state(snapshot)
-    cfg = normalize(state["config"])
+    cfg = state["config"]
     trainer = Trainer.create(cfg)
     ckpt.load_weights(snapshot, trainer.unwrapped())
     ckpt.load_optimizers(snapshot, trainer.optimizers)
     shown = state["images_shown"]
     phase = Schedule.from_config(cfg).at(shown)
     res = phase.res
-    data = ImageDataset(cfg["data"], res)
-    train_count, _ = split_counts(len(data), cfg["holdout"])
-    inside = to_float(load_images(heldout, res, cfg["max_res"], n, spread=True)[1])
-    others = {k: to_float(load_images(v, res, cfg["max_res"], n, spread=True)[1])
+    data = ImageDataset(cfg.data.path, res)
+    train_count, _ = split_counts(len(data), cfg.data.holdout)
+    inside = to_float(load_images(heldout, res, cfg.schedule.max_res, n, spread=True)[1])
+    others = {k: to_float(load_images(v, res, cfg.schedule.max_res, n, spread=True)[1])
               for k, v in ood.items()}
     energy = trainer.accelerator.unwrap_model(trainer.energy)
     kept = {"energy": energy}
@@ -82,7 +81,7 @@ def continue_run(run: Path, heldout: str, ood: dict[str, str], steps: int, n: in
         batch = data.batch(torch.randint(0, train_count, (phase.batch,), generator=draw).tolist())
         trainer.step(batch, phase, shown + step * phase.batch)
         score()
-    return {"seed": cfg["seed"], **{name: summarize(rows) for name, rows in scores.items()}}
+    return {"seed": cfg.run.seed, **{name: summarize(rows) for name, rows in scores.items()}}
 
 
 def summarize(rows: list[dict]) -> dict:

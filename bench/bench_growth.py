@@ -49,7 +49,7 @@ def start_run(name: str, args: argparse.Namespace, extra: list[str]) -> subproce
     if run_dir.exists():
         sys.exit(f"{run_dir} exists; remove it or pass another --runs folder")
     cmd = [sys.executable, "-m", "progressive", "train", "--data", args.data,
-           "--max-res", str(args.res), "--out", args.runs, "--name", name,
+           "--max-res", str(args.res), "--outdir", args.runs, "--name", name,
            "--total-kimg", "100000", "--snapshot-kimg", str(args.snapshot_kimg),
            "--eval-images", "0", *extra]
     log = open(run_dir.parent / f"{name}.log", "w")
@@ -155,7 +155,7 @@ def main() -> None:
     phases = []
     if args.phase_kimg is not None:
         phases = ["--fade-kimg", str(args.phase_kimg), "--stable-kimg", str(args.phase_kimg)]
-    runs = {"grown": phases, "direct": ["--start-res", str(args.res)]}
+    runs = {"grown": phases, "direct": ["--set", f"schedule.start_res={args.res}"]}
     if args.parallel:  # both at once, each on its own share of the cores
         procs = {name: start_run(name, args, extra) for name, extra in runs.items()}
         deadline = time.time() + args.minutes * 60

@@ -12,6 +12,7 @@ given (the balance that matters is the one during training), otherwise fresh net
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -57,8 +58,8 @@ def main(ckpt, max_res, batch, repeats, out):
         g, e, i = run.generator, run.energy, run.inference
         max_res = min(max_res, run.res)
     else:
-        cfg = make_config("demo", max_res=max_res)
-        nets = build_networks(cfg)
+        cfg = make_config("demo", {"schedule.max_res": max_res})
+        nets = build_networks(cfg.networks, max_res, cfg.optim.half_lives())
         g, e, i = nets["generator"], nets["energy"], nets["inference"]
     for net in (g, e, i):
         net.requires_grad_(True).eval()
@@ -69,10 +70,11 @@ def main(ckpt, max_res, batch, repeats, out):
         x_full = synthetic_batch(batch, max_res)
         x = torch.nn.functional.adaptive_avg_pool2d(x_full, res)
         for scaling in ("fixed", "sum"):
-            w = dict(cfg["loss"], rec_scaling=scaling)
+            w = dataclasses.replace(cfg.loss, rec_scaling=scaling)
             ratios, recs, energies = [], [], []
             for r in range(repeats):
-                z = torch.randn(batch, cfg["latent"], generator=torch.Generator().manual_seed(r))
+                seeded = torch.Generator().manual_seed(r)
+                z = torch.randn(batch, cfg.networks.latent, generator=seeded)
                 mu, logvar = i(x, 1.0)
                 x_rec = g(mu + (0.5 * logvar).exp() * torch.randn_like(mu), res, 1.0)
                 x_fake = g(z, res, 1.0)

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from machine import describe  # noqa: E402
 
+from progressive.config.migrate import values_0_1  # noqa: E402
 from progressive.config.presets import PRESETS, make_config  # noqa: E402
 from progressive.config.schedule import Schedule  # noqa: E402
 from progressive.run import checkpoint as ckpt  # noqa: E402
@@ -274,8 +275,8 @@ CONFIGS_BEFORE: dict[str, dict] = {
     # The cifar10 preset's networks and settings (all but its batch), at 32 px.
     "paper-preset@time": {
         **PAPER_OPT,
-        **{k: PRESETS["cifar10"][k] for k in ("fmap_base", "fmap_max", "latent", "loss")},
-        "weight_decay_generator": PRESETS["cifar10"]["weight_decay_generator"],
+        **{k: v for k, v in PRESETS["cifar10"].items()
+           if k.startswith(("networks.fmap_", "networks.latent", "loss.", "optim.weight_decay"))},
     },
     "demo+energy-0.1": {"loss": {"energy": 0.1}},
     "demo+kl-sum": {"loss": {"kl_reduction": "sum"}},
@@ -359,22 +360,12 @@ CONFIGS.update(
 
 
 def config_for(name: str, data: str, kimg: float, seed: int) -> dict:
-    over = dict(CONFIGS[name])
-    lr = over.pop("lr", None)
-    if isinstance(lr, dict):
-        lr = {n: {r: v for r in (4, 8, 16, 32, 64)} for n, v in lr.items()}
-    return make_config(
-        "demo",
-        data=data,
-        max_res=32,
-        start_res=32,
-        stable_kimg=kimg,
-        snapshot_kimg=kimg / 2,
-        workers=0,
-        seed=seed,
-        lr=lr,
-        **over,
-    )
+    row = CONFIGS[name]  # in release 0.1.0's terms, or `section.field` values
+    dotted = {k: v for k, v in row.items() if "." in k}
+    run = dict(data=data, max_res=32, start_res=32, stable_kimg=kimg, snapshot_kimg=kimg / 2,
+               workers=0, seed=seed)
+    flat = values_0_1({**run, **{k: v for k, v in row.items() if "." not in k}})
+    return make_config("demo", flat | dotted)
 
 
 def images_per_second(cfg: dict, steps: int = 12, repeats: int = 3) -> float:

@@ -36,13 +36,13 @@ def first_steps(max_res: int, limit_s: float) -> dict:
     try:
         plan = subprocess.run(
             [sys.executable, "-m", "progressive", "train", "--max-res", str(max_res),
-             "--dry-run", "--calibration-seconds", "0", "--out", str(out)],
+             "--dry-run", "--calibration-seconds", "0", "--outdir", str(out)],
             cwd=ROOT, capture_output=True, text=True, check=True)
         data_plan = json.loads(plan.stdout)["builtin_data"]
         start = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "progressive", "train", "--max-res", str(max_res),
-             "--out", str(out)],
+             "--outdir", str(out)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         data_dir = out / "_builtin" / Path(data_plan["path"]).name
         stats = out / f"auto-{max_res}" / "stats.jsonl"

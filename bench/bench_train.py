@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from machine import describe, headline, load_line, write_report  # noqa: E402
 
+from progressive.config.migrate import values_0_1  # noqa: E402
 from progressive.config.presets import make_config  # noqa: E402
-from progressive.config.schedule import NETWORKS, Phase  # noqa: E402
+from progressive.config.schedule import Phase  # noqa: E402
 from progressive.train import precision as mixed_precision  # noqa: E402
 from progressive.train.trainer import Trainer, set_float32_math  # noqa: E402
 
@@ -97,12 +98,14 @@ def make_trainer(res: int, batch: int, precision: str, widths: str = "default",
     sizes = {} if widths == "demo" else {"latent": 512, "fmap_base": 16384, "fmap_max": 512}
     _, mixed, tf32 = PRECISIONS[resolved(precision, device)]
     if widths == "rule":
-        base = make_config(None, device=device, max_res=max(res, 8))
-        sizes = {k: base[k] for k in ("latent", "fmap_base", "fmap_max", "fmap_min")}
-    cfg = make_config("demo", max_res=max(res, 8), start_res=res, batch=batch,
-                      mixed_precision=mixed, tf32=tf32, workers=0, **sizes)
+        net = make_config(None, {"schedule.max_res": max(res, 8)}, device=device).networks
+        sizes = {"latent": net.latent, "fmap_base": net.fmap_base, "fmap_max": net.fmap_max,
+                 "fmap_min": net.fmap_min}
+    cfg = make_config("demo", values_0_1(dict(
+        max_res=max(res, 8), start_res=res, batch=batch, mixed_precision=mixed, tf32=tf32,
+        workers=0, **sizes)))
     trainer = Trainer.create(cfg, Accelerator(cpu=device == "cpu", mixed_precision=mixed))
-    lr = {name: cfg["lr"][name][res] for name in NETWORKS}
+    lr = {name: table[res] for name, table in cfg.optim.lr_tables().items()}
     phase = Phase(stage=0, res=res, alpha=1.0, fading=False, batch=batch, lr=lr,
                   stage_start=0, stage_end=None)
     return trainer, phase

@@ -165,7 +165,7 @@ DAMAGE = {
 
 
 def commands(data: Path, ckpt: Path, work: Path) -> dict[str, list[str]]:
-    train = ["train", "--data", str(data), "--out", str(work), *TINY]
+    train = ["train", "--data", str(data), "--outdir", str(work), *TINY]
     return {
         "train": [*train, "--workers", "0", "--name", "w0"],
         "train --workers 1": [*train, "--workers", "1", "--name", "w1"],
@@ -213,7 +213,7 @@ def main() -> None:
     flavours["png, older format"] = old
 
     shutil.rmtree(out / "runs", ignore_errors=True)
-    done = progressive("train", "--data", str(flavours["raw"]), "--out", str(out / "runs"),
+    done = progressive("train", "--data", str(flavours["raw"]), "--outdir", str(out / "runs"),
                        "--name", "model", "--workers", "0", *TINY)
     assert done.returncode == 0, done.stderr
     ckpt = out / "runs" / "model"

@@ -44,7 +44,7 @@ def launch(machine: int, port: int, data: Path, out: Path, name: str, log: Path,
            "--num_machines", "2", "--machine_rank", str(machine), "--num_processes", "2",
            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
            "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "progressive", "train", "--data", str(data), "--out", str(out), "--name", name,
+           "-m", "progressive", "train", "--data", str(data), "--outdir", str(out), "--name", name,
            *RUN, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -40,7 +40,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 def train(data: Path, out: Path, name: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "progressive", "train", "--data", str(data), "--out", str(out),
+        [sys.executable, "-m", "progressive", "train", "--data", str(data), "--outdir", str(out),
          "--name", name, *RUN, *extra],
         cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -94,7 +94,8 @@ def main() -> None:
     reference = final_tensors(out / "runs" / "reference")
     from progressive.config.presets import make_config
 
-    cfg = make_config("demo", max_res=16, fade_kimg=0.096, stable_kimg=0.096, batch=4)
+    cfg = make_config("demo", {"schedule.max_res": 16, "schedule.fade_kimg": 0.096,
+                               "schedule.stable_kimg": 0.096})
     schedule = Schedule.from_config(cfg)
     assert schedule.end_of_last_stage == 480
     print(f"uninterrupted run: {duration:.1f} s ({training_s:.1f} s from the first snapshot to "

@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny import TINY_NETWORKS, cli_args
+from tiny import TINY_NETWORKS, cli_args, config, networks_of
 
 from progressive.cli.main import main
-from progressive.config.presets import make_config
 from progressive.config.sizing import FMAP_MIN
 from progressive.metrics.stage import EVALUATIONS, read_evaluations, split_counts
-from progressive.model.networks import EqualizedConv2d, EqualizedLinear, build_networks
+from progressive.model.networks import EqualizedConv2d, EqualizedLinear
 from progressive.train import precision
 from progressive.train.trainer import train
 
@@ -43,7 +42,7 @@ def dataset(tmp_path_factory):
 def _narrowest(cfg: dict) -> int:
     """The fewest channels of any layer of the three networks, RGB adapters and outputs apart."""
     with torch.device("meta"):
-        nets = build_networks(cfg)
+        nets = networks_of(cfg)
     widths = []
     for name in ("generator", "energy", "inference"):
         for path, m in nets[name].named_modules():
@@ -57,42 +56,43 @@ def _narrowest(cfg: dict) -> int:
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("max_res", ALL_RES)
 def test_every_default_plan_keeps_every_layer_at_the_floor_or_wider(max_res, device):
-    cfg = make_config(None, device=device, max_res=max_res)
-    assert cfg["preset"] == "auto" and cfg["max_res"] == max_res
-    assert cfg["fmap_min"] == FMAP_MIN
+    cfg = config(None, device=device, max_res=max_res)
+    assert cfg.preset == "auto" and cfg.schedule.max_res == max_res
+    assert cfg.networks.fmap_min == FMAP_MIN
     assert _narrowest(cfg) >= FMAP_MIN
     for r in (r for r in ALL_RES if r <= max_res):
-        assert cfg["batch"][r] >= 4 and cfg["lr"]["generator"][r] > 0
+        assert cfg.schedule.batch[r] >= 4 and cfg.optim.lr_generator[r] > 0
 
 
 def test_demo_widths_at_1024_are_floored_and_celebahq_keeps_its_latent():
     # The demo's widths (512 / 64) would give 0 channels at 1024 without the floor.
-    assert _narrowest(make_config("demo", max_res=1024)) == FMAP_MIN
-    cfg = make_config("celebahq1024")
-    assert cfg["latent"] == 512 and _narrowest(cfg) == 16
+    assert _narrowest(config("demo", max_res=1024)) == FMAP_MIN
+    cfg = config("celebahq1024")
+    assert cfg.networks.latent == 512 and _narrowest(cfg) == 16
 
 
 def test_default_rule_depends_on_device_and_max_res():
-    cpu32, cpu1024 = make_config(None, device="cpu"), make_config(None, device="cpu", max_res=1024)
-    gpu = make_config(None, device="cuda", max_res=1024)
-    demo = make_config("demo")
-    for key in ("fmap_base", "fmap_max", "latent", "fade_kimg", "stable_kimg", "ema_kimg"):
-        assert cpu32[key] == demo[key], key  # at 32 px on a CPU the rule is the demo
+    cpu32, cpu1024 = config(None, device="cpu"), config(None, device="cpu", max_res=1024)
+    gpu = config(None, device="cuda", max_res=1024)
+    demo = config("demo")
+    for a, b in ((cpu32.networks, demo.networks), (cpu32.optim, demo.optim)):
+        assert a == b  # at 32 px on a CPU the rule is the demo
+    assert (cpu32.schedule.fade_kimg, cpu32.schedule.stable_kimg) == (6.0, 6.0)
     for r in (4, 8, 16, 32):
-        assert cpu32["batch"][r] == demo["batch"][r]
-        assert cpu32["lr"]["energy"][r] == demo["lr"]["energy"][r]
-    assert cpu1024["batch"][1024] == 4 and cpu1024["latent"] == 128
+        assert cpu32.schedule.batch[r] == demo.schedule.batch[r]
+    assert cpu1024.schedule.batch[1024] == 4 and cpu1024.networks.latent == 128
     # batch 8 on a CPU up to 128 px (more steps for the same images), 4 above
-    assert [cpu1024["batch"][r] for r in (4, 32, 128, 256)] == [8, 8, 8, 4]
-    assert demo["batch"][32] == 8
-    assert gpu["latent"] == 512 and gpu["fmap_max"] == 512 and gpu["batch"][4] == 128
-    assert cpu1024["synthetic_count"] < cpu32["synthetic_count"]
+    assert [cpu1024.schedule.batch[r] for r in (4, 32, 128, 256)] == [8, 8, 8, 4]
+    assert demo.schedule.batch[32] == 8
+    assert gpu.networks.latent == 512 and gpu.networks.fmap_max == 512
+    assert gpu.schedule.batch[4] == 128
+    assert cpu1024.data.synthetic_count < cpu32.data.synthetic_count
 
 
 def test_real_default_1024_run_on_cpu_trains_its_first_stage(tmp_path):
     # The rule's configuration for 1024 on a CPU, on the built-in data rendered at 1024 (only
     # fewer images, to keep the test quick), for two steps of the 4x4 stage.
-    cfg = make_config(None, device="cpu", max_res=1024, synthetic_count=20, total_kimg=0.064,
+    cfg = config(None, device="cpu", max_res=1024, synthetic_count=20, total_kimg=0.064,
                       eval_images=0)
     final = train(cfg, tmp_path / "run", progress=False)
     assert final.name == "snapshot-000000064"
@@ -106,7 +106,7 @@ def test_real_default_1024_run_on_cpu_trains_its_first_stage(tmp_path):
 
 def test_dry_run_plans_every_stage_with_time_memory_and_data_cost(tmp_path):
     result = CliRunner().invoke(main, ["train", "--max-res", "1024", "--dry-run",
-                                       "--calibration-seconds", "0", "--out", str(tmp_path)])
+                                       "--calibration-seconds", "0", "--outdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert [s["res"] for s in plan["stages"]] == ALL_RES
@@ -118,18 +118,19 @@ def test_dry_run_plans_every_stage_with_time_memory_and_data_cost(tmp_path):
     assert mem == sorted(mem) and mem[0] > 0  # more pixels, more saved activations
     assert min(s["width"] for s in plan["stages"]) >= FMAP_MIN
     data = plan["builtin_data"]
-    assert data["images"] == plan["config"]["synthetic_count"] and not data["exists"]
+    assert data["images"] == plan["config"]["data"]["synthetic_count"] and not data["exists"]
     assert 0 < data["disk_bytes_expected"] < 2e9 and data["seconds_expected"] > 0
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
 def test_loss_options_reach_the_plan_and_leave_the_other_weights(tmp_path):
     args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
-            "--out", str(tmp_path)]
+            "--outdir", str(tmp_path)]
     plans = []
-    for extra in ([], ["--marginal-kl", "0"], ["--rec-scaling", "sum", "--marginal-kl", "0.5"],
-                  ["--code-decorrelation", "0"],
-                  ["--latent-nll", "1", "--energy-r1", "0.05"]):
+    for extra in ([], ["--set", "loss.marginal_kl=0"],
+                  ["--set", "loss.rec_scaling=sum", "--set", "loss.marginal_kl=0.5"],
+                  ["--set", "loss.code_decorrelation=0"],
+                  ["--set", "loss.latent_nll=1", "--set", "loss.energy_r1=0.05"]):
         result = CliRunner().invoke(main, args + extra)
         assert result.exit_code == 0, result.output
         plans.append(json.loads(result.output)["config"]["loss"])
@@ -158,9 +159,9 @@ def test_dry_run_calibration_measures_the_first_stages(dataset, tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--max-res", "12"], "--max-res 12 is not a power of two"),
-        (["--max-res", "2048"], "'--max-res': 2048 is not in the range 4<=x<=1024"),
-        (["--max-res", "2"], "'--max-res': 2 is not in the range 4<=x<=1024"),
+        (["--max-res", "12"], "--max-res 12: a power of two from 4 to 1024"),
+        (["--max-res", "2048"], "--max-res 2048: a power of two from 4 to 1024"),
+        (["--max-res", "2"], "--max-res 2: a power of two from 4 to 1024"),
         (["--max-res", "32"], "above the dataset's max_res 16"),
         (["--holdout", "0.02"], "too few to hold out 2%"),
         (["--max-res", "16", "--holdout", "0.7"], "'--holdout': 0.7 is not in the range"),
@@ -169,7 +170,7 @@ def test_dry_run_calibration_measures_the_first_stages(dataset, tmp_path):
 @pytest.mark.parametrize("dry", [False, True])
 def test_bad_growth_input_is_one_line_and_writes_nothing(dataset, tmp_path, extra, message, dry):
     out = tmp_path / "runs"
-    args = ["train", "--data", str(dataset), "--out", str(out), *extra]
+    args = ["train", "--data", str(dataset), "--outdir", str(out), *extra]
     result = CliRunner().invoke(main, args + (["--dry-run"] if dry else []))
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert message in result.output
@@ -183,7 +184,7 @@ def test_too_small_dataset_for_a_holdout_is_refused(tmp_path):
 
     small = tmp_path / "small"
     write_dataset(make_source("synthetic", "12"), small, 8, workers=0, progress=False)
-    result = CliRunner().invoke(main, ["train", "--data", str(small), "--out",
+    result = CliRunner().invoke(main, ["train", "--data", str(small), "--outdir",
                                        str(tmp_path / "runs"), "--max-res", "8"])
     assert result.exit_code == 1 and "too few to hold out 10%" in result.output
     assert "--holdout 0" in result.output and not (tmp_path / "runs").exists()
@@ -192,7 +193,7 @@ def test_too_small_dataset_for_a_holdout_is_refused(tmp_path):
     dry = CliRunner().invoke(main, ["train", "--data", str(small), "--dry-run", "--holdout", "0",
                                     "--calibration-seconds", "0"])
     assert dry.exit_code == 0, dry.output
-    assert json.loads(dry.output)["config"]["max_res"] == 8
+    assert json.loads(dry.output)["config"]["schedule"]["max_res"] == 8
 
 
 def _dry_lr(*extra: str):
@@ -203,30 +204,36 @@ def _dry_lr(*extra: str):
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--generator-lr", "8e-3"], (8e-3, 2e-3, 2e-3)),
-        (["--lr", "1e-3", "--energy-lr", "5e-4"], (1e-3, 5e-4, 1e-3)),
-        (["--inference-lr", "4e-3", "--generator-lr", "3e-3"], (3e-3, 2e-3, 4e-3)),
+        (["--set", "optim.lr_generator=8e-3"], (8e-3, 2e-3, 2e-3)),
+        (["--lr", "1e-3", "--set", "optim.lr_energy=5e-4"], (1e-3, 5e-4, 1e-3)),
+        (["--set", "optim.lr_inference=4e-3", "--set", "optim.lr_generator=3e-3"],
+         (3e-3, 2e-3, 4e-3)),
     ],
 )
 def test_one_networks_learning_rate_over_the_others(extra, expected):
     result = _dry_lr(*extra)
     assert result.exit_code == 0, result.output
-    lr = json.loads(result.output)["config"]["lr"]
+    lr = _rates(result)
     for name, rate in zip(("generator", "energy", "inference"), expected, strict=True):
         assert set(lr[name].values()) == {rate}, (name, lr[name])
 
 
+def _rates(result) -> dict:
+    optim = json.loads(result.output)["config"]["optim"]
+    return {n: optim[f"lr_{n}"] for n in ("generator", "energy", "inference")}
+
+
 def test_learning_rates_per_resolution():
-    result = _dry_lr("--generator-lr", "16e-3,64:2e-3,128:1e-3")
+    result = _dry_lr("--set", "optim.lr_generator=16e-3,64:2e-3,128:1e-3")
     assert result.exit_code == 0, result.output
-    lr = json.loads(result.output)["config"]["lr"]
+    lr = _rates(result)
     assert lr["generator"]["32"] == 16e-3 and lr["generator"]["4"] == 16e-3
     assert lr["generator"]["64"] == 2e-3 and lr["generator"]["128"] == 1e-3
     assert set(lr["energy"].values()) == {2e-3} and set(lr["inference"].values()) == {2e-3}
     # A per-resolution --lr is every network's; a network's own option still wins.
-    result = _dry_lr("--lr", "1e-3,8:5e-4", "--energy-lr", "3e-4")
+    result = _dry_lr("--lr", "1e-3,8:5e-4", "--set", "optim.lr_energy=3e-4")
     assert result.exit_code == 0, result.output
-    lr = json.loads(result.output)["config"]["lr"]
+    lr = _rates(result)
     for name in ("generator", "inference"):
         assert lr[name]["8"] == 5e-4 and lr[name]["16"] == 1e-3, lr[name]
     assert set(lr["energy"].values()) == {3e-4}
@@ -234,12 +241,12 @@ def test_learning_rates_per_resolution():
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("fast", "is not a rate"), ("1e-3,64", "is not a rate"), ("1e-3,48:1e-4", "no resolution 48"),
+    [("fast", "not a value"), ("1e-3,64", "not a value"), ("1e-3,48:1e-4", "no resolution 48"),
      ("1e-3,64:-1e-4", "0 or more"), ("-1e-3", "0 or more"), ("nan", "finite")],
 )
 def test_bad_learning_rates_are_named(value, message):
-    result = _dry_lr("--generator-lr", value)
-    assert result.exit_code == 2 and "--generator-lr" in result.output
+    result = _dry_lr("--lr", value)
+    assert result.exit_code == 2 and "--lr" in result.output
     assert message in result.output and "Traceback" not in result.output
 
 
@@ -252,7 +259,7 @@ def test_mixed_precision_auto_follows_the_cpu_flags(monkeypatch):
     assert precision.resolve("auto", "cpu") == "no"
     assert "no native bf16" in precision.describe("auto", "cpu")
     assert precision.resolve("no", "cpu") == "no" and precision.resolve("fp16", "cpu") == "fp16"
-    assert make_config(None)["mixed_precision"] == "auto"
+    assert config(None).run.mixed_precision == "auto"
 
 
 def test_stage_ends_append_evaluations_and_never_train_on_held_out_images(
@@ -268,7 +275,7 @@ def test_stage_ends_append_evaluations_and_never_train_on_held_out_images(
             return super().batch(indices)
 
     monkeypatch.setattr(training, "ImageDataset", Recording)
-    cfg = make_config("demo", **TINY_NETWORKS, data=str(dataset), max_res=16, batch=4,
+    cfg = config("demo", **TINY_NETWORKS, data=str(dataset), max_res=16, batch=4,
                       fade_kimg=0.016, stable_kimg=0.018, workers=0, tick_kimg=0.016,
                       grid_size=2)
     train(cfg, tmp_path / "run", progress=False)
@@ -300,24 +307,25 @@ def test_stage_ends_append_evaluations_and_never_train_on_held_out_images(
 
 def test_energy_width_and_average_options_reach_the_configuration(tmp_path):
     args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
-            "--out", str(tmp_path)]
-    result = CliRunner().invoke(main, args + ["--energy-ema-kimg", "5", "--energy-width", "3"])
+            "--outdir", str(tmp_path)]
+    result = CliRunner().invoke(main, args + ["--set", "optim.energy_ema_kimg=5",
+                                              "--set", "networks.energy_width=3"])
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.output)["config"]
-    assert cfg["energy_ema_kimg"] == 5
-    assert cfg["energy_width"] == 3
-    result = CliRunner().invoke(main, args + ["--energy-ema-kimg", "-1"])
-    assert result.exit_code == 2 and "--energy-ema-kimg" in result.output
+    assert cfg["optim"]["energy_ema_kimg"] == 5
+    assert cfg["networks"]["energy_width"] == 3
+    result = CliRunner().invoke(main, args + ["--set", "optim.energy_ema_kimg=-1"])
+    assert result.exit_code == 2 and "optim.energy_ema_kimg" in result.output
 
 
 def test_energy_langevin_options_reach_the_configuration(tmp_path):
     args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
-            "--out", str(tmp_path), "--energy-langevin", "4", "--energy-langevin-step", "0.02",
-            "--energy-langevin-noise", "0.001"]
+            "--outdir", str(tmp_path), "--set", "loss.langevin_steps=4",
+            "--set", "loss.langevin_step_size=0.02", "--set", "loss.langevin_noise=0.001"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.output)["config"]
-    assert (cfg["energy_langevin"], cfg["energy_langevin_step"]) == (4, 0.02)
-    assert cfg["energy_langevin_noise"] == 0.001
-    bad = CliRunner().invoke(main, [*args[:6], "--energy-langevin-step", "0"])
-    assert bad.exit_code != 0 and "--energy-langevin-step" in bad.output
+    assert (cfg["loss"]["langevin_steps"], cfg["loss"]["langevin_step_size"]) == (4, 0.02)
+    assert cfg["loss"]["langevin_noise"] == 0.001
+    bad = CliRunner().invoke(main, [*args[:8], "--set", "loss.langevin_step_size=0"])
+    assert bad.exit_code != 0 and "loss.langevin_step_size" in bad.output

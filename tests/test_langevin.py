@@ -173,7 +173,7 @@ def test_bad_langevin_options(run_dir, tmp_path):
 
 
 def test_evaluate_raw_and_refined(run_dir, model, tmp_path):
-    data = model.config["data"]
+    data = model.config.data.path
     base = ["evaluate", "--ckpt", run_dir, "--data", data, "--n", 12]
     r = invoke(*base, "--metrics", "swd,diversity,energy", *CHAIN)
     assert r.exit_code == 0, r.output

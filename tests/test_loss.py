@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import config
 
-from progressive.config.presets import make_config
+from progressive.config.sections import LossConfig
 from progressive.train import loss
 
 
@@ -44,9 +45,9 @@ def reference_joint(x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w):
                 cov_a = ((a[:, i] - a[:, i].mean()) * (a[:, j] - a[:, j].mean())).sum() / (half - 1)
                 cov_b = ((b[:, i] - b[:, i].mean()) * (b[:, j] - b[:, j].mean())).sum() / (half - 1)
                 decorrelation += cov_a * cov_b
-    scale = w["rec"] * ((w["rec_ref_res"] / res) ** 2 if w["rec_scaling"] == "fixed" else 1.0)
-    total = scale * rec + w["kl"] * kl + w["latent_nll"] * nll + w["energy"] * e_fake.mean()
-    total += w["marginal_kl"] * marginal + w["code_decorrelation"] * decorrelation
+    scale = w.rec * ((w.rec_ref_res / res) ** 2 if w.rec_scaling == "fixed" else 1.0)
+    total = scale * rec + w.kl * kl + w.latent_nll * nll + w.energy * e_fake.mean()
+    total += w.marginal_kl * marginal + w.code_decorrelation * decorrelation
     return total, rec, kl, nll, marginal, decorrelation
 
 
@@ -63,7 +64,7 @@ def test_joint_loss_matches_formula():
     for scaling in ("fixed", "sum"):
         over = {"rec_scaling": scaling, "kl": 0.7, "energy": 1.3, "marginal_kl": 0.6,
                 "code_decorrelation": 0.8}
-        w = make_config("demo", loss=over)["loss"]
+        w = config("demo", loss=over).loss
         got, stats = loss.joint_loss(x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w)
         total, rec, kl, nll, marginal, decorrelation = reference_joint(
             x, x_rec, mu, logvar, z, mu_f, logvar_f, e_fake, res, w
@@ -100,8 +101,8 @@ def test_code_decorrelation_is_unbiased_for_the_squared_covariances():
     batches = torch.randn(20000, 8, d, generator=g) @ mix.T
     unrelated = torch.randn(20000, 8, d, generator=g)
     check_half_batch_estimate(loss.code_decorrelation, batches, expected, unrelated, too_few=3)
-    assert make_config("demo")["loss"]["code_decorrelation"] == 1.0
-    assert make_config("cifar10")["loss"]["code_decorrelation"] == 0.0  # the paper's loss
+    assert config("demo").loss.code_decorrelation == 1.0
+    assert config("cifar10").loss.code_decorrelation == 0.0  # the paper's loss
 
 
 def test_marginal_kl_charges_codes_that_drift_off_the_prior_together():
@@ -119,12 +120,12 @@ def test_marginal_kl_charges_codes_that_drift_off_the_prior_together():
     z = (z - z.mean(0)) / z.std(0)
     assert loss.marginal_kl(z * (1 - 1e-6), torch.full_like(z, -30.0)).item() < 1e-6
     # the paper's presets keep the reference objective without it
-    assert make_config("cifar10")["loss"]["marginal_kl"] == 0.0
+    assert config("cifar10").loss.marginal_kl == 0.0
 
 
 def test_energy_loss_matches_formula():
     e_real, e_fake = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 4.0, -1.0])
-    w = {"energy_drift": 0.01}
+    w = LossConfig(energy_drift=0.01, energy_drift_fake=0.0)
     got, stats = loss.energy_loss(e_real, e_fake, w)
     want = (1 - 2 + 0.5) / 3 - (3 + 4 - 1) / 3 + 0.01 * (1 + 4 + 0.25) / 3
     assert got.item() == pytest.approx(want)
@@ -133,25 +134,25 @@ def test_energy_loss_matches_formula():
 
 
 def test_rec_scaling_keeps_the_term_constant_across_stages():
-    w = make_config("demo")["loss"]
+    w = config("demo").loss
     for res in (4, 8, 16, 32, 64):
         # A summed error grows with the pixel count; the fixed scaling undoes exactly that.
-        assert loss.rec_scale(res, w) * res * res == w["rec"] * w["rec_ref_res"] ** 2
-    ref = make_config("cifar10")["loss"]
-    assert ref["rec_scaling"] == "sum" and loss.rec_scale(32, ref) == 1.0
+        assert loss.rec_scale(res, w) * res * res == w.rec * w.rec_ref_res ** 2
+    ref = config("cifar10").loss
+    assert ref.rec_scaling == "sum" and loss.rec_scale(32, ref) == 1.0
 
 
 def test_reference_weights_reproducible_by_configuration():
-    cfg = make_config("cifar10")
-    assert cfg["loss"]["latent_nll"] == 0.1 and cfg["loss"]["energy_drift"] == 0.0
-    assert cfg["loss"]["energy_drift_fake"] == 0.0  # the raw energy, no penalty on either side
-    assert cfg["betas"] == [0.5, 0.999] and cfg["grad_clip"] == 100.0
-    assert cfg["lr"]["energy"][32] == 1e-4 and cfg["lr"]["generator"][32] == 3e-4
-    assert cfg["lr"]["inference"][32] == 3e-4 and cfg["weight_decay_generator"] == 5e-4
-    assert cfg["batch"][32] == 100 and cfg["latent"] == 100
+    cfg = config("cifar10")
+    assert cfg.loss.latent_nll == 0.1 and cfg.loss.energy_drift == 0.0
+    assert cfg.loss.energy_drift_fake == 0.0  # the raw energy, no penalty on either side
+    assert cfg.optim.betas == (0.5, 0.999) and cfg.optim.grad_clip == 100.0
+    assert cfg.optim.lr_energy[32] == 1e-4 and cfg.optim.lr_generator[32] == 3e-4
+    assert cfg.optim.lr_inference[32] == 3e-4 and cfg.optim.weight_decay_generator == 5e-4
+    assert cfg.schedule.batch[32] == 100 and cfg.networks.latent == 100
     # The paper's energy sees only data and samples; the demo's also ranks noise above data.
-    assert cfg["loss"]["energy_outliers"] == 0.0
-    assert make_config("demo")["loss"]["energy_outliers"] == 1.0
+    assert cfg.loss.energy_outliers == 0.0
+    assert config("demo").loss.energy_outliers == 1.0
 
 
 def test_code_mmd_is_unbiased_near_zero_on_the_prior_and_grows_off_it():
@@ -171,7 +172,7 @@ def test_code_mmd_is_unbiased_near_zero_on_the_prior_and_grows_off_it():
     # The gradient spreads shrunk codes outward: it points against them.
     assert (codes.grad * codes.detach()).sum() < 0
     assert loss.code_mmd(torch.randn(1, 6), torch.randn(1, 6)).item() == 0.0
-    assert make_config("demo")["loss"]["code_mmd"] == 0.0
+    assert config("demo").loss.code_mmd == 0.0
 
 
 def test_data_gradient_penalty_is_the_squared_input_gradient_and_trains_the_energy():

@@ -7,10 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from tiny import TINY_NETWORKS
+from tiny import TINY_NETWORKS, config
 
 from datasets_prep import make_source, write_dataset
-from progressive.config.presets import make_config
 from progressive.config.schedule import Schedule
 from progressive.core.errors import UserError
 from progressive.data import masks as mk
@@ -138,7 +137,7 @@ def test_make_lmdb_occlude_option(faces, tmp_path):
 
 
 def _trainer(seed=0):
-    cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, seed=seed)
+    cfg = config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, seed=seed)
     torch.manual_seed(0)
     return cfg, Trainer.create(cfg)
 
@@ -188,15 +187,16 @@ def test_training_on_occluded_data_through_fade_in_and_resume(tmp_path):
     data = tmp_path / "occluded"
     write_dataset(make_source("synthetic", "24"), data, 8, workers=0, progress=False,
                   occlude="blocks10")
-    cfg = make_config("demo", **(TINY | {"data": str(data)}))
+    cfg = config("demo", **(TINY | {"data": str(data)}))
     full = train(cfg, tmp_path / "full", progress=False)
     stats = [json.loads(s) for s in (tmp_path / "full" / "stats.jsonl").read_text().splitlines()]
     assert {s["res"] for s in stats} == {4, 8} and any(0 < s["alpha"] < 1 for s in stats)
     assert all(np.isfinite(s["rec"]) for s in stats)
-    half = train(make_config("demo", **(TINY | {"data": str(data), "total_kimg": 0.024})),
+    half = train(config("demo", **(TINY | {"data": str(data), "total_kimg": 0.024})),
                  tmp_path / "parts", progress=False)
     assert half != full
-    cfg, run_dir, snapshot = resolve_run(cfg, {"total_kimg": 0.064}, tmp_path, "parts", "auto")
+    more = {"schedule.total_kimg": 0.064}
+    cfg, run_dir, snapshot = resolve_run(cfg, more, tmp_path, "parts", "auto")
     assert snapshot == half
     resumed = train(cfg, run_dir, snapshot, progress=False)
     assert resumed.name == full.name
@@ -212,7 +212,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     data = root / "data"
     write_dataset(make_source("synthetic", "16"), data, 8, workers=0, progress=False)
-    train(make_config("demo", **(TINY | {"data": str(data), "total_kimg": 0.056, "holdout": 0})),
+    train(config("demo", **(TINY | {"data": str(data), "total_kimg": 0.056, "holdout": 0})),
           root / "run", progress=False)
     return root / "run", data
 
@@ -291,7 +291,7 @@ def test_grids_of_incomplete_data_never_show_missing_pixels(tmp_path):
     mask = mask[:, None].to(torch.uint8)
     other = torch.where(mask.bool(), real,
                         torch.randint(0, 256, real.shape, dtype=torch.uint8, generator=g))
-    z = torch.randn(4, cfg["latent"], generator=g)
+    z = torch.randn(4, cfg.networks.latent, generator=g)
     grids = []
     for i, images in enumerate((real, other, other)):
         run = tmp_path / str(i)

@@ -32,7 +32,7 @@ def test_two_processes_train_one_run(tmp_path):
         "-m",
         "progressive",
         "train",
-        *cli_args(data=data, out=tmp_path, name="ddp", max_res=8, batch=4, fade_kimg=0.016,
+        *cli_args(data=data, outdir=tmp_path, name="ddp", max_res=8, batch=4, fade_kimg=0.016,
                   stable_kimg=0.016, workers=1, **TINY_NETWORKS),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -89,7 +89,7 @@ def test_ranks_stop_within_seconds_when_the_launcher_is_killed(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
            "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "progressive", "train",
-           *cli_args(data=data, out=tmp_path, name="long", max_res=8, batch=4, fade_kimg=50,
+           *cli_args(data=data, outdir=tmp_path, name="long", max_res=8, batch=4, fade_kimg=50,
                      stable_kimg=50, workers=0, **TINY_NETWORKS)]
     launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)

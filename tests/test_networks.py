@@ -1,8 +1,11 @@
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import networks_of
 
 from progressive.core.errors import UserError
 from progressive.model.networks import (
@@ -26,6 +29,8 @@ def nets():
     torch.manual_seed(0)
     return (Generator(MAX_RES, LATENT, **WIDTHS), Energy(MAX_RES, **WIDTHS),
             Inference(MAX_RES, LATENT, **WIDTHS))
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_default_channels():
@@ -220,16 +225,16 @@ def test_full_resolution_forward_backward():
 
 
 def test_energy_width_changes_the_energy_model_only():
-    from progressive.config.presets import make_config
-    from progressive.model.networks import build_networks
+    from tiny import config
+
 
     kw = dict(max_res=8, latent=8, fmap_base=64, fmap_max=16, mixed_precision="no")
-    base = build_networks(make_config("demo", **kw))
+    base = networks_of(config("demo", **kw))
 
     def count(net):
         return sum(p.numel() for p in net.parameters())
 
-    wide_energy = build_networks(make_config("demo", **kw, energy_width=2))
+    wide_energy = networks_of(config("demo", **kw, energy_width=2))
     for name in ("generator", "inference"):
         assert count(base[name]) == count(wide_energy[name])
     assert wide_energy["energy"].trunk.blocks["4"].conv.weight.shape[0] == 32
@@ -238,32 +243,35 @@ def test_energy_width_changes_the_energy_model_only():
 
 
 def test_bad_energy_width_or_average_is_a_clear_error():
-    from progressive.config.presets import make_config
+    from tiny import config
+
     from progressive.core.errors import UserError
 
     bad = [("energy_width", 0), ("energy_ema_kimg", -1), ("inference_ema_kimg", -1)]
     for key, value in bad:
         with pytest.raises(UserError, match=key):
-            make_config("demo", **{key: value})
+            config("demo", **{key: value})
 
 
 def test_inference_average_pairs_with_the_generator_average_and_old_runs_keep_none():
-    from tiny import TINY_NETWORKS
+    from tiny import TINY_NETWORKS, config
 
-    from progressive.config.presets import make_config, normalize
-    from progressive.model.networks import build_networks, in_use, network_names
+    from progressive.config.migrate import migrate as normalize
+    from progressive.model.networks import in_use, network_names
 
     for preset in ("demo", "cifar10"):
-        cfg = make_config(preset)
-        assert cfg["inference_ema_kimg"] == cfg["energy_ema_kimg"] == cfg["ema_kimg"] > 0
-        assert {"inference_ema", "energy_ema"} <= set(network_names(cfg))
-    for key in ("inference_ema_kimg", "energy_ema_kimg"):
-        assert make_config("demo", ema_kimg=3.0)[key] == 3.0
-        assert make_config("demo", **{key: 0})[key] == 0
-        saved = make_config("demo")
+        cfg = config(preset)
+        lives = cfg.optim.half_lives()
+        assert lives["inference"] == lives["energy"] == cfg.optim.ema_kimg > 0
+        assert {"inference_ema", "energy_ema"} <= set(network_names(cfg.optim.half_lives()))
+    for network in ("inference", "energy"):
+        key = f"{network}_ema_kimg"
+        assert config("demo", ema_kimg=3.0).optim.half_lives()[network] == 3.0
+        assert config("demo", **{key: 0}).optim.half_lives()[network] == 0
+        saved = json.loads((FIXTURES / "run-0.1" / "config.json").read_text())
         del saved[key]  # a run from before the average: it keeps none
-        assert key.removesuffix("_kimg") not in network_names(normalize(saved))
-    nets = build_networks(make_config("demo", **TINY_NETWORKS, max_res=8))
+        assert f"{network}_ema" not in network_names(normalize(saved).optim.half_lives())
+    nets = networks_of(config("demo", **TINY_NETWORKS, max_res=8))
     assert in_use(nets, "inference") is nets["inference_ema"]
     del nets["inference_ema"]
     assert in_use(nets, "inference") is nets["inference"]

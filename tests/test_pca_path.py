@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import TINY_NETWORKS, write_synthetic
+from tiny import TINY_NETWORKS, config, networks_of, write_synthetic
 
 from progressive.cli.main import main
-from progressive.config.presets import make_config
+from progressive.config.migrate import migrate
+from progressive.config.sections import replace
 from progressive.core.errors import UserError
 from progressive.core.images import to_float
-from progressive.model.networks import LOGVAR_MAX, LOGVAR_MIN, build_networks, soft_clamp
+from progressive.model.networks import LOGVAR_MAX, LOGVAR_MIN, soft_clamp
 from progressive.train import pca_path
 from progressive.train.trainer import resolve_run, train
 
@@ -65,7 +66,7 @@ def test_spread_indices_cover_the_whole_dataset():
 
 def tiny_networks(pca: bool):
     torch.manual_seed(0)
-    return build_networks(make_config("demo", max_res=8, pca_path=pca, **TINY_NETWORKS))
+    return networks_of(config("demo", max_res=8, pca_path=pca, **TINY_NETWORKS))
 
 
 def test_path_draws_nothing_and_adds_nothing_until_installed():
@@ -113,7 +114,7 @@ def dataset(tmp_path_factory):
 
 
 def tiny(dataset, **kw):
-    return make_config("demo", **(dict(
+    return config("demo", **(dict(
         **TINY_NETWORKS, max_res=8, batch=4, fade_kimg=0.016, stable_kimg=0.016, workers=0,
         snapshot_kimg=1.0, tick_kimg=0.016, holdout=0.25, pca_path=True, data=str(dataset),
     ) | kw))
@@ -130,8 +131,8 @@ def test_training_starts_from_the_fit_saves_it_and_resumes_exactly(dataset, tmp_
         torch.testing.assert_close(saved["pca.logvar"], fitted["logvar"])
         assert load_file(full / f"{name}.safetensors")["pca.basis"].equal(saved["pca.basis"])
     # The evaluation's starting networks are the run's.
-    started = pca_path.starting_networks(json.loads((tmp_path / "full" / "config.json")
-                                                    .read_text()))
+    saved = json.loads((tmp_path / "full" / "config.json").read_text())
+    started = pca_path.starting_networks(migrate(saved))
     for key, value in load_file(start / "generator.safetensors").items():
         torch.testing.assert_close(started["generator"].state_dict()[key], value)
     # `evaluate` finds the start in the run's first snapshot, even with the data gone.
@@ -141,14 +142,15 @@ def test_training_starts_from_the_fit_saves_it_and_resumes_exactly(dataset, tmp_
     from progressive.use.evaluate import _initial_generator
 
     run = load_run(tmp_path / "full")
-    run = dataclasses.replace(run, config={**run.config, "data": str(tmp_path / "moved")})
+    moved = replace(run.config, {"data.path": str(tmp_path / "moved")})
+    run = dataclasses.replace(run, config=moved)
     initial = _initial_generator(run).state_dict()
     for key, value in load_file(start / "generator.safetensors").items():
         assert initial[key].equal(value)
     # Interrupted and resumed: the same weights.
     train(tiny(dataset, total_kimg=0.012), tmp_path / "parts", progress=False)
-    cfg, run_dir, snapshot = resolve_run(tiny(dataset), {"total_kimg": 0.048}, tmp_path, "parts",
-                                         "auto")
+    more = {"schedule.total_kimg": 0.048}
+    cfg, run_dir, snapshot = resolve_run(tiny(dataset), more, tmp_path, "parts", "auto")
     resumed = train(cfg, run_dir, snapshot, progress=False)
     assert resumed.name == full.name
     for name in ("generator", "inference"):
@@ -165,18 +167,19 @@ def pca_path_images(dataset, n):
 
 def test_bad_pca_path_settings_are_clear_errors(dataset, tmp_path):
     with pytest.raises(UserError, match="not the reference ones"):
-        make_config("demo", pca_path=True, architecture="reference", start_res=32)
+        config("demo", pca_path=True, architecture="reference", start_res=32)
     with pytest.raises(UserError, match="must be true or false"):
-        make_config("demo", pca_path="yes")
+        config("demo", pca_path="yes")
     with pytest.raises(UserError, match="needs more than 40 training images"):
         pca_path.training_fit(tiny(dataset, latent=40))
     # From the command line, before anything is written.
     result = CliRunner().invoke(main, ["train", "--data", str(dataset), "--max-res", "8",
-                                       "--pca-path", "--latent", "40", "--out",
+                                       "--set", "networks.pca_path=true", "--latent", "40",
+                                       "--outdir",
                                        str(tmp_path / "runs")])
     assert result.exit_code == 1 and "needs more than 40 training images" in result.output
     assert not (tmp_path / "runs").exists()
-    with pytest.raises(UserError, match="at --max-res 8 they have 192: lower --latent"):
+    with pytest.raises(UserError, match="at max_res 8 they have 192: lower the latent"):
         tiny(dataset, latent=200)
     from datasets_prep import make_source, write_dataset
 
@@ -194,12 +197,12 @@ def test_bad_pca_path_settings_are_clear_errors(dataset, tmp_path):
 
 def test_pca_path_option_reaches_the_configuration(tmp_path):
     args = ["train", "--max-res", "16", "--dry-run", "--calibration-seconds", "0",
-            "--out", str(tmp_path)]
-    result = CliRunner().invoke(main, args + ["--pca-path"])
+            "--outdir", str(tmp_path)]
+    result = CliRunner().invoke(main, args + ["--set", "networks.pca_path=true"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["config"]["pca_path"] is True
+    assert json.loads(result.output)["config"]["networks"]["pca_path"] is True
     result = CliRunner().invoke(main, args)
-    assert json.loads(result.output)["config"]["pca_path"] is False
+    assert json.loads(result.output)["config"]["networks"]["pca_path"] is False
 
 
 def test_stage_evaluation_measures_swd_at_initialization_from_the_starting_networks(tmp_path):

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from test_use import invoke, model, run_dir  # noqa: F401 (fixtures)
-from tiny import TINY_NETWORKS
+from tiny import TINY_NETWORKS, config, networks_of
 
-from progressive.config.presets import make_config
 from progressive.config.schedule import Schedule
+from progressive.config.sections import LossConfig
 from progressive.metrics import fidelity as metrics
 from progressive.metrics import quality as qm
 from progressive.model.reference import ReferenceEnergy, ReferenceGenerator, ReferenceInference
@@ -149,7 +150,7 @@ def test_synth_cycle_and_energy_auroc_on_tiny_networks():
 
 
 def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  # noqa: F811
-    data = model.config["data"]
+    data = model.config.data.path
     folder = tmp_path / "ood"
     folder.mkdir()
     from PIL import Image
@@ -193,7 +194,7 @@ def test_evaluate_every_quality_metric_in_one_call(run_dir, model, tmp_path):  #
 
 
 def test_energy_auroc_without_ood_is_one_line_error(run_dir, model):  # noqa: F811
-    r = invoke("evaluate", "--ckpt", run_dir, "--data", model.config["data"],
+    r = invoke("evaluate", "--ckpt", run_dir, "--data", model.config.data.path,
                "--metrics", "energy-auroc", "--n", 4)
     assert r.exit_code != 0 and "--ood" in r.output and "Traceback" not in r.output
 
@@ -214,7 +215,7 @@ def test_reference_networks_shapes_and_one_training_step():
     assert e(x).shape == (4,) and [t.shape for t in i(x)] == [(4, 10), (4, 10)]
     with pytest.raises(ValueError):
         g(torch.randn(2, 10), 16)
-    cfg = make_config("demo", architecture="reference", max_res=32, start_res=32, batch=4,
+    cfg = config("demo", architecture="reference", max_res=32, start_res=32, batch=4,
                       latent=10, mixed_precision="no")
     trainer = Trainer.create(cfg)
     before = [b.clone() for b in trainer.generator_ema.buffers()]
@@ -234,48 +235,45 @@ def test_reference_networks_shapes_and_one_training_step():
 def test_reference_networks_refuse_growing():
     from progressive.core.errors import UserError
 
-    with pytest.raises(UserError, match="start-res"):
-        make_config("demo", architecture="reference", **TINY_NETWORKS)
+    with pytest.raises(UserError, match="schedule.start_res"):
+        config("demo", architecture="reference", **TINY_NETWORKS)
 
 
 def test_energy_drift_on_generated_images():
     e_real, e_fake = torch.tensor([1.0, 3.0]), torch.tensor([4.0, -2.0])
-    w = {"energy_drift": 0.0, "energy_drift_fake": 0.5}
+    w = LossConfig(energy_drift=0.0, energy_drift_fake=0.5)
     loss_value, _ = loss.energy_loss(e_real, e_fake, w)
     assert loss_value.item() == pytest.approx(2.0 - 1.0 + 0.5 * 10.0)
 
 
 def test_paper_presets_cost_about_the_reference_networks():
     from progressive.model.networks import num_parameters
-    from progressive.run.checkpoint import build_networks
 
     for preset in ("cifar10", "celeba64", "imagenet32"):
-        cfg = make_config(preset)
-        params = num_parameters(build_networks(cfg)["generator"])
+        cfg = config(preset)
+        params = num_parameters(networks_of(cfg)["generator"])
         assert 1e6 < params < 4e6, (preset, params)  # a few million, like DCGAN-sized networks
 
 
 def test_configuration_saved_before_new_keys_loads_as_trained():
-    from progressive.config.presets import normalize
+    from progressive.config.migrate import migrate
 
-    cfg = make_config("demo", **TINY_NETWORKS)
+    cfg = json.loads((Path(__file__).parent / "fixtures" / "run-0.1" / "config.json").read_text())
     for key in ("architecture", "fmap_min"):
         del cfg[key]
-    del cfg["loss"]["kl_reduction"]
-    del cfg["loss"]["energy_drift_fake"]
-    del cfg["loss"]["marginal_kl"]
-    del cfg["loss"]["code_decorrelation"]
-    del cfg["loss"]["energy_outliers"]
-    old = normalize(cfg)
-    assert old["architecture"] == "progressive" and old["loss"]["kl_reduction"] == "mean"
-    assert old["fmap_min"] == 1
-    assert old["loss"]["marginal_kl"] == 0.0 and make_config("demo")["loss"]["marginal_kl"] > 0
-    assert old["loss"]["code_decorrelation"] == 0.0
-    assert old["loss"]["energy_outliers"] == 0.0
-    assert make_config("demo")["loss"]["energy_outliers"] > 0
+    for key in ("kl_reduction", "energy_drift_fake", "marginal_kl", "code_decorrelation",
+                "energy_outliers"):
+        del cfg["loss"][key]
+    old = migrate(cfg)
+    assert old.networks.architecture == "progressive" and old.loss.kl_reduction == "mean"
+    assert old.networks.fmap_min == 1
+    assert old.loss.marginal_kl == 0.0 and config("demo").loss.marginal_kl > 0
+    assert old.loss.code_decorrelation == 0.0
+    assert old.loss.energy_outliers == 0.0
+    assert config("demo").loss.energy_outliers > 0
     # held to zero from both sides now, but a run from before keeps its real-side-only penalty
-    assert make_config("demo")["loss"]["energy_drift_fake"] == 1e-3
-    assert old["loss"]["energy_drift_fake"] == 0.0
+    assert config("demo").loss.energy_drift_fake == 1e-3
+    assert old.loss.energy_drift_fake == 0.0
 
 
 def test_code_spread_sees_codes_that_left_the_prior_together():
@@ -305,7 +303,7 @@ def test_fitted_codes_reconstruct_at_least_as_well_as_the_inference_models():
 
 
 def test_evaluate_recon_fit_records_the_gap(run_dir, model):  # noqa: F811
-    r = invoke("evaluate", "--ckpt", run_dir, "--data", model.config["data"],
+    r = invoke("evaluate", "--ckpt", run_dir, "--data", model.config.data.path,
                "--metrics", "recon-fit", "--n", 6)
     assert r.exit_code == 0, r.output
     rec = json.loads((run_dir / "metric-recon-fit.jsonl").read_text().splitlines()[-1])
@@ -315,7 +313,7 @@ def test_evaluate_recon_fit_records_the_gap(run_dir, model):  # noqa: F811
 
 
 def test_energy_auroc_against_the_built_in_noise_sets(run_dir, model):  # noqa: F811
-    data = model.config["data"]
+    data = model.config.data.path
     r = invoke("evaluate", "--ckpt", run_dir, "--data", data, "--n", 8, "--metrics",
                "energy-auroc", "--ood", "noise:flat", "--ood", "noise:pixel")
     assert r.exit_code == 0, r.output

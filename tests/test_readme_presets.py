@@ -3,7 +3,9 @@
 import re
 from pathlib import Path
 
-from progressive.config.presets import PRESETS, make_config
+from tiny import config
+
+from progressive.config.presets import PRESETS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -26,16 +28,18 @@ def _numbers(text: str) -> list[float]:
 
 def test_every_preset_has_a_row_that_matches_the_code():
     rows = _rows()
-    assert set(rows) == set(PRESETS)
+    assert set(rows) == set(PRESETS) - {"recipe32"}  # the recipe: docs/configuration.md
     for name, (_, res, latent, widths, batch, lr, betas, kimg, _) in rows.items():
-        cfg = make_config(name)
-        resolutions = [r for r in cfg["batch"] if cfg["start_res"] <= r <= cfg["max_res"]]
-        assert res == f"{cfg['start_res']}→{cfg['max_res']}", name
-        assert int(latent) == cfg["latent"], name
-        assert [int(w) for w in widths.split("/")] == [cfg["fmap_base"], cfg["fmap_max"]], name
-        assert _numbers(batch)[0] == cfg["batch"][cfg["start_res"]], name
-        assert set(_numbers(batch)) == {cfg["batch"][r] for r in resolutions}, name
-        lrs = {cfg["lr"][n][r] for n in cfg["lr"] for r in resolutions}
+        cfg = config(name)
+        s = cfg.schedule
+        resolutions = [r for r in s.batch if s.start_res <= r <= s.max_res]
+        assert res == f"{cfg.schedule.start_res}→{cfg.schedule.max_res}", name
+        assert int(latent) == cfg.networks.latent, name
+        net = cfg.networks
+        assert [int(w) for w in widths.split("/")] == [net.fmap_base, net.fmap_max], name
+        assert _numbers(batch)[0] == cfg.schedule.batch[cfg.schedule.start_res], name
+        assert set(_numbers(batch)) == {cfg.schedule.batch[r] for r in resolutions}, name
+        lrs = {t[r] for t in cfg.optim.lr_tables().values() for r in resolutions}
         assert set(_numbers(lr)) == lrs, name
-        assert [float(b) for b in betas.split(",")] == cfg["betas"], name
-        assert [float(k) for k in kimg.split("/")] == [cfg["fade_kimg"], cfg["stable_kimg"]], name
+        assert tuple(float(b) for b in betas.split(",")) == cfg.optim.betas, name
+        assert [float(k) for k in kimg.split("/")] == [s.fade_kimg, s.stable_kimg], name

@@ -32,7 +32,7 @@ def old_run(tmp_path, monkeypatch):
 def test_old_run_resumes_bit_exactly(old_run):
     """Continued from its snapshot at 200 images (through the stage change to 8 px), the run
     reaches the 0.1.0 snapshot at 400 images with every weight equal to the bit."""
-    args = ["train", "--out", "runs", "--name", "run-0.1", "--resume", "auto",
+    args = ["train", "--outdir", "runs", "--name", "run-0.1", "--resume", "auto",
             "--total-kimg", "0.4"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

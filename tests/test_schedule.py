@@ -1,15 +1,16 @@
 """The growth schedule is a pure function of images shown."""
 
 import pytest
+from tiny import config
 
-from progressive.config.presets import PRESETS, make_config
+from progressive.config.presets import PRESETS
 from progressive.config.schedule import Schedule
 from progressive.core.errors import UserError
 
 
 def schedule(**kw):
     kw = {"max_res": 32, "start_res": 4, "fade_kimg": 1.0, "stable_kimg": 2.0} | kw
-    cfg = make_config("demo", **kw)
+    cfg = config("demo", **kw)
     return Schedule.from_config(cfg)
 
 
@@ -37,13 +38,13 @@ def test_alpha_is_monotone_and_linear_in_fade():
 
 
 def test_per_resolution_batch_and_lr_follow_tables():
-    cfg = make_config("celebahq1024")
+    cfg = config("celebahq1024")
     s = Schedule.from_config(cfg)
     assert len(s.resolutions) == 9
     for n in (0, s.starts[5] + 1, s.starts[8] + 1):
         phase = s.at(n)
-        assert phase.batch == cfg["batch"][phase.res]
-        assert phase.lr["generator"] == cfg["lr"]["generator"][phase.res]
+        assert phase.batch == cfg.schedule.batch[phase.res]
+        assert phase.lr["generator"] == cfg.optim.lr_generator[phase.res]
     assert s.at(s.starts[8]).batch < s.at(0).batch
 
 
@@ -56,10 +57,10 @@ def test_start_res_skips_lower_stages():
 @pytest.mark.parametrize("bad", [3, 6, 2048, 0])
 def test_bad_resolution_is_one_line_error(bad):
     with pytest.raises(UserError, match="power of two"):
-        make_config("demo", max_res=bad)
+        config("demo", max_res=bad)
 
 
 def test_every_preset_resolves():
     for name in PRESETS:
-        cfg = make_config(name)
-        assert Schedule.from_config(cfg).resolutions[-1] == cfg["max_res"]
+        cfg = config(name)
+        assert Schedule.from_config(cfg).resolutions[-1] == cfg.schedule.max_res

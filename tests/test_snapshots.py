@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
-from tiny import TINY_NETWORKS, cli_args
+from tiny import TINY_NETWORKS, cli_args, config, networks_of
 
 from progressive.cli.main import main
-from progressive.config.presets import make_config
+from progressive.config.sections import every_res
 from progressive.core.errors import UserError
 from progressive.run import checkpoint as ckpt
 from progressive.run.lock import RunLock
@@ -33,7 +33,7 @@ def dataset(tmp_path_factory):
 def run_dir(dataset, tmp_path_factory):
     """A finished tiny run: snapshots at 0, 16 (end of 4x4) and 48 (the end)."""
     out = tmp_path_factory.mktemp("runs") / "run"
-    train(make_config("demo", **TINY, data=str(dataset)), out, progress=False)
+    train(config("demo", **TINY, data=str(dataset)), out, progress=False)
     return out
 
 
@@ -61,8 +61,8 @@ def _poison(snapshot, name="generator"):
 
 
 def test_nonfinite_snapshot_is_refused_and_nothing_written(tmp_path):
-    cfg = make_config("demo", **TINY)
-    nets = ckpt.build_networks(cfg)
+    cfg = config("demo", **TINY)
+    nets = networks_of(cfg)
     opts = {n: torch.optim.Adam(nets[n].parameters()) for n in ("generator", "energy")}
     with torch.no_grad():
         next(nets["energy"].parameters()).view(-1)[3] = math.inf
@@ -72,7 +72,7 @@ def test_nonfinite_snapshot_is_refused_and_nothing_written(tmp_path):
 
 
 def test_divergence_stops_naming_the_last_good_snapshot(dataset, tmp_path):
-    args = ["train", *cli_args(data=dataset, out=tmp_path, name="lr", lr=1e6, **TINY_NETWORKS,
+    args = ["train", *cli_args(data=dataset, outdir=tmp_path, name="lr", lr=1e6, **TINY_NETWORKS,
                                max_res=8, batch=4, fade_kimg=0.016, stable_kimg=0.016,
                                workers=0)]
     result = CliRunner().invoke(main, args)
@@ -90,7 +90,7 @@ def test_resume_auto_skips_a_nonfinite_snapshot_and_use_commands_refuse_it(run_d
     newest = ckpt.list_snapshots(run)[-1]
     key = _poison(newest)
     notices = []
-    cfg = make_config("demo", **TINY)
+    cfg = config("demo", **TINY)
     _, _, snapshot = resolve_run(cfg, {}, tmp_path, "run", "auto", notify=notices.append)
     assert snapshot == ckpt.list_snapshots(run)[-2]
     assert len(notices) == 1 and newest.name in notices[0] and key in notices[0]
@@ -104,17 +104,18 @@ def test_resume_auto_skips_a_nonfinite_snapshot_and_use_commands_refuse_it(run_d
 
 def test_a_loss_or_rate_override_on_resume_keeps_the_runs_other_settings(dataset, tmp_path):
     weights = {"latent_nll": 0.5, "marginal_kl": 0.0}
-    cfg = make_config("demo", **TINY, data=str(dataset), total_kimg=0.016, loss=weights, lr=1e-3)
+    cfg = config("demo", **TINY, data=str(dataset), total_kimg=0.016, loss=weights, lr=1e-3)
     train(cfg, tmp_path / "run", progress=False)
-    over = {"loss": {"rec_scaling": "sum"}, "total_kimg": 0.032, "lr": {"generator": 4e-3}}
+    over = {"loss.rec_scaling": "sum", "schedule.total_kimg": 0.032,
+            "optim.lr_generator": every_res(4e-3)}
     resumed, _, snapshot = resolve_run(cfg, over, tmp_path, "run", "auto")
     assert snapshot is not None
-    assert resumed["loss"]["rec_scaling"] == "sum"
-    assert resumed["loss"]["latent_nll"] == 0.5 and resumed["loss"]["marginal_kl"] == 0.0
+    assert resumed.loss.rec_scaling == "sum"
+    assert resumed.loss.latent_nll == 0.5 and resumed.loss.marginal_kl == 0.0
     # One network's learning rate changed; the others stay the run's, not the preset's 2e-3.
-    assert set(resumed["lr"]["generator"].values()) == {4e-3}
-    for name in ("energy", "inference"):
-        assert set(resumed["lr"][name].values()) == {1e-3}
+    assert set(resumed.optim.lr_generator.values()) == {4e-3}
+    for table in (resumed.optim.lr_energy, resumed.optim.lr_inference):
+        assert set(table.values()) == {1e-3}
 
 
 def test_resume_from_a_snapshot_under_a_new_name_branches_and_leaves_the_source(
@@ -122,8 +123,8 @@ def test_resume_from_a_snapshot_under_a_new_name_branches_and_leaves_the_source(
 ):
     source = sorted(p.name for p in run_dir.iterdir())
     middle = ckpt.list_snapshots(run_dir)[1]  # the end of 4x4, 16 images
-    cfg = make_config("demo", **TINY, data=str(dataset))
-    over = {"loss": {"rec_scaling": "sum"}}
+    cfg = config("demo", **TINY, data=str(dataset))
+    over = {"loss.rec_scaling": "sum"}
     branched, branch_dir, snapshot = resolve_run(cfg, over, tmp_path, "branch", str(middle))
     assert branch_dir == tmp_path / "branch" and snapshot == branch_dir / middle.name
     assert [p.name for p in ckpt.list_snapshots(branch_dir)] == [middle.name]
@@ -132,7 +133,7 @@ def test_resume_from_a_snapshot_under_a_new_name_branches_and_leaves_the_source(
     assert (branch_dir / "config.json").is_file() and not (branch_dir / "lock").exists()
     train(branched, branch_dir, snapshot, progress=False)
     assert ckpt.list_snapshots(branch_dir)[-1].name == ckpt.list_snapshots(run_dir)[-1].name
-    assert branched["loss"]["rec_scaling"] == "sum"
+    assert branched.loss.rec_scaling == "sum"
     assert sorted(p.name for p in run_dir.iterdir()) == source  # the source is untouched
     with pytest.raises(UserError, match="already has snapshots"):
         resolve_run(cfg, over, tmp_path, "branch", str(middle))
@@ -168,7 +169,7 @@ def test_damaged_snapshot_parts_name_the_file_and_the_cause(run_dir, tmp_path):
     save_file(tensors, snap / "generator.safetensors")
     cfg = ckpt.read_state(snap)["config"]
     with pytest.raises(UserError) as e:
-        ckpt.load_weights(snap, ckpt.build_networks(cfg))
+        ckpt.load_weights(snap, networks_of(cfg))
     msg = str(e.value)
     assert "generator.safetensors" in msg and key in msg and "shape" in msg and "\n" not in msg
 
@@ -182,7 +183,7 @@ def test_one_writer_per_run_folder(dataset, tmp_path):
 
         assert f"pid {os.getpid()}" in str(e.value) and "in use" in str(e.value)
         with pytest.raises(UserError, match="in use by pid"):
-            train(make_config("demo", **TINY, data=str(dataset)), tmp_path / "busy",
+            train(config("demo", **TINY, data=str(dataset)), tmp_path / "busy",
                   progress=False)
         assert not ckpt.list_snapshots(tmp_path / "busy")  # the refused run wrote nothing
     finally:
@@ -211,8 +212,8 @@ def test_leftovers_of_killed_writers_are_cleaned(run_dir, tmp_path):
 
 
 def test_republishing_a_point_never_leaves_it_half_deleted(tmp_path, monkeypatch):
-    cfg = make_config("demo", **TINY)
-    nets = ckpt.build_networks(cfg)
+    cfg = config("demo", **TINY)
+    nets = networks_of(cfg)
     opts = {"generator": torch.optim.Adam(nets["generator"].parameters())}
     first = ckpt.save_snapshot(tmp_path, 16, cfg, nets, opts)
     before = {p.name: p.read_bytes() for p in first.iterdir()}

@@ -9,13 +9,12 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from click.testing import CliRunner
 from safetensors.torch import load_file
-from tiny import TINY_NETWORKS, cli_args, write_synthetic
+from tiny import TINY_NETWORKS, cli_args, config, networks_of, write_synthetic
 
 from progressive.cli.main import main
-from progressive.config.presets import make_config
 from progressive.config.schedule import Schedule
 from progressive.core.images import to_float
-from progressive.model.networks import build_networks, fade_real, network_names
+from progressive.model.networks import fade_real, network_names
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
 from progressive.train import loss
@@ -40,7 +39,7 @@ def dataset(tmp_path_factory):
 
 
 def tiny(dataset, **kw):
-    return make_config("demo", **(TINY | {"data": str(dataset)} | kw))
+    return config("demo", **(TINY | {"data": str(dataset)} | kw))
 
 
 def weights(snapshot):
@@ -98,7 +97,8 @@ def test_resume_mid_fade_matches_uninterrupted_run(dataset, tmp_path, stop_kimg,
     phase = Schedule.from_config(state["config"]).at(state["images_shown"])
     assert phase.stage == 1 and phase.alpha == pytest.approx(alpha)
     cfg, run_dir, snapshot = resolve_run(
-        tiny(dataset, reset_optimizers=reset), {"total_kimg": 0.064}, tmp_path, "parts", "auto"
+        tiny(dataset, reset_optimizers=reset), {"schedule.total_kimg": 0.064}, tmp_path,
+        "parts", "auto"
     )
     assert snapshot == half and run_dir == tmp_path / "parts"
     resumed = train(cfg, run_dir, snapshot, progress=False)
@@ -174,7 +174,8 @@ def test_dry_run_1024_lists_nine_stages_with_default_widths():
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert [s["res"] for s in out["stages"]] == [4 << i for i in range(9)]
-    assert out["config"]["fmap_base"] == 16384 and out["config"]["fmap_max"] == 512
+    networks = out["config"]["networks"]
+    assert networks["fmap_base"] == 16384 and networks["fmap_max"] == 512
     for stage in out["stages"]:
         assert {"res", "fade_kimg", "stable_kimg", "batch", "lr"} <= set(stage)
         assert set(stage["lr"]) == {"generator", "energy", "inference"}
@@ -187,13 +188,13 @@ def test_dry_run_1024_lists_nine_stages_with_default_widths():
     "args,message",
     [
         (["--max-res", "48"], "power of two"),
-        (["--max-res", "2048"], "'--max-res': 2048 is not in the range 4<=x<=1024"),
+        (["--max-res", "2048"], "--max-res 2048: a power of two from 4 to 1024"),
         (["--batch", "0"], "'--batch': 0 is not in the range x>=1"),
         (["--data", "/nonexistent/dataset"], "does not exist"),
     ],
 )
 def test_bad_options_are_one_line_errors(args, message, tmp_path):
-    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path), *args])
+    result = CliRunner().invoke(main, ["train", "--outdir", str(tmp_path), *args])
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -201,13 +202,13 @@ def test_bad_options_are_one_line_errors(args, message, tmp_path):
 
 def test_max_res_above_dataset_is_refused(dataset, tmp_path):
     result = CliRunner().invoke(
-        main, ["train", "--data", str(dataset), "--max-res", "32", "--out", str(tmp_path)]
+        main, ["train", "--data", str(dataset), "--max-res", "32", "--outdir", str(tmp_path)]
     )
     assert result.exit_code == 1 and "above the dataset's max_res 16" in result.output
 
 
 def test_existing_run_needs_resume(dataset, tmp_path):
-    args = ["train", *cli_args(data=dataset, out=tmp_path, name="r", max_res=4,
+    args = ["train", *cli_args(data=dataset, outdir=tmp_path, name="r", max_res=4,
                                stable_kimg=0.008, batch=4, workers=0, **TINY_NETWORKS)]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0
@@ -222,17 +223,17 @@ def test_existing_run_needs_resume(dataset, tmp_path):
 def test_full_loss_at_1024_is_finite_in_all_three_networks():
     from progressive.train.loss import energy_loss, joint_loss
 
-    cfg = make_config("celebahq1024", fmap_base=1024, fmap_max=32, latent=32)
-    nets = build_networks(cfg)
+    cfg = config("celebahq1024", fmap_base=1024, fmap_max=32, latent=32)
+    nets = networks_of(cfg)
     g, e, i = nets["generator"], nets["energy"], nets["inference"]
     x = torch.rand(1, 3, 1024, 1024) * 2 - 1
     z, eps = torch.randn(1, 32), torch.randn(1, 32)
     mu, logvar = i(x, 0.5)
     x_rec, x_fake = g(torch.cat([mu + (0.5 * logvar).exp() * eps, z]), 1024, 0.5).split(1)
-    loss_e, _ = energy_loss(e(x, 0.5), e(x_fake.detach(), 0.5), cfg["loss"])
+    loss_e, _ = energy_loss(e(x, 0.5), e(x_fake.detach(), 0.5), cfg.loss)
     mu_f, logvar_f = i(x_fake, 0.5)
     loss_j, _ = joint_loss(
-        x, x_rec, mu, logvar, z, mu_f, logvar_f, e(x_fake, 0.5), 1024, cfg["loss"]
+        x, x_rec, mu, logvar, z, mu_f, logvar_f, e(x_fake, 0.5), 1024, cfg.loss
     )
     (loss_e + loss_j).backward()
     assert torch.isfinite(loss_e) and torch.isfinite(loss_j)
@@ -243,8 +244,8 @@ def test_full_loss_at_1024_is_finite_in_all_three_networks():
 
 
 def test_snapshot_files_reach_the_disk_before_it_is_published(tmp_path, monkeypatch):
-    cfg = make_config("demo", **TINY)
-    nets = build_networks(cfg)
+    cfg = config("demo", **TINY)
+    nets = networks_of(cfg)
     optimizers = {n: torch.optim.Adam(nets[n].parameters()) for n in ckpt.WEIGHTS}
     synced = []
     real = ckpt.fsync_path
@@ -256,7 +257,8 @@ def test_snapshot_files_reach_the_disk_before_it_is_published(tmp_path, monkeypa
     monkeypatch.setattr(ckpt, "fsync_path", record)
     final = ckpt.save_snapshot(tmp_path / "run", 32, cfg, nets, optimizers)
     files = sorted(p.name for p in final.iterdir())
-    assert len(files) == len(network_names(cfg)) + 2  # weights, optimizers.pt, state.json
+    kept = network_names(cfg.optim.half_lives())
+    assert len(files) == len(kept) + 2  # weights, optimizers.pt, state.json
     # the files, then the temporary folder that lists them, all before the rename
     assert sorted(name for name, published in synced[:-2] if not published) == files
     assert synced[-2][0].startswith(".snapshot-000000032.tmp-") and not synced[-2][1]
@@ -273,14 +275,14 @@ def test_tf32_is_off_unless_asked_for():
     from progressive.train.trainer import set_float32_math
 
     result = CliRunner().invoke(
-        main, ["train", "--dry-run", "--tf32", "--calibration-seconds", "0"]
+        main, ["train", "--dry-run", "--set", "run.tf32=true", "--calibration-seconds", "0"]
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["config"]["tf32"] is True
+    assert json.loads(result.output)["config"]["run"]["tf32"] is True
     try:
         set_float32_math(True)
         assert _float32_mode() == "tf32"
-        Trainer.create(make_config("demo", **TINY_NETWORKS), Accelerator(cpu=True))
+        Trainer.create(config("demo", **TINY_NETWORKS), Accelerator(cpu=True))
         assert _float32_mode() == "ieee"  # the default config: exact fp32
     finally:
         set_float32_math(False)
@@ -310,17 +312,17 @@ def test_fp16_loss_scaler_unscales_each_network_once(dataset, request):
 @pytest.mark.parametrize("own", [None, [0.9, 0.99]])
 @pytest.mark.parametrize("network", ["inference", "energy"])
 def test_inference_and_energy_models_may_have_their_own_adam_betas(network, own):
-    cfg = make_config("demo", **TINY_NETWORKS, **{f"betas_{network}": own})
+    cfg = config("demo", **TINY_NETWORKS, **{f"betas_{network}": own})
     trainer = Trainer.create(cfg, Accelerator(cpu=True))
     betas = {n: opt.param_groups[0]["betas"] for n, opt in trainer.optimizers.items()}
-    assert betas.pop(network) == tuple(own or cfg["betas"])
-    assert set(betas.values()) == {tuple(cfg["betas"])}
+    assert betas.pop(network) == tuple(own or cfg.optim.betas)
+    assert set(betas.values()) == {tuple(cfg.optim.betas)}
 
 
 def _tiny_trainer_and_batch(**loss):
     """A tiny trainer at its first phase with the loss weights `loss`, and a seeded batch of
     four real images."""
-    cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, loss=loss)
+    cfg = config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0, loss=loss)
     torch.manual_seed(0)
     trainer = Trainer.create(cfg)
     phase = Schedule.from_config(cfg).at(0)
@@ -352,9 +354,9 @@ def test_energy_langevin_refines_the_energys_negatives_downhill():
     from progressive.core.errors import UserError
 
     def trainer_for(steps, noise=0.0):
-        cfg = make_config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
-                          energy_langevin=steps, energy_langevin_step=0.05,
-                          energy_langevin_noise=noise)
+        cfg = config("demo", **TINY_NETWORKS, max_res=8, batch=4, workers=0,
+                          langevin_steps=steps, langevin_step_size=0.05,
+                          langevin_noise=noise)
         torch.manual_seed(0)
         return Trainer.create(cfg), Schedule.from_config(cfg).at(0)
 
@@ -382,10 +384,9 @@ def test_energy_langevin_refines_the_energys_negatives_downhill():
         noisy.step(real, phase, 8)
         results.append([p.detach().clone() for p in noisy.unwrapped()["energy"].parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
-    for bad in ({"energy_langevin": -1}, {"energy_langevin_step": 0.0},
-                {"energy_langevin_noise": -1.0}):
-        with pytest.raises(UserError, match="--energy-langevin"):
-            make_config("demo", **bad)
+    for bad in ({"langevin_steps": -1}, {"langevin_step_size": 0.0}, {"langevin_noise": -1.0}):
+        with pytest.raises(UserError, match="loss.langevin_"):
+            config("demo", **bad)
 
 
 @pytest.mark.parametrize("network", ["energy", "inference"])
@@ -398,10 +399,10 @@ def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
     assert all(torch.equal(a, b) for a, b in zip(
         start, trainer.unwrapped()[network].parameters(), strict=True))
     # The copy draws nothing: the other networks start as they do without an average.
-    torch.manual_seed(cfg["seed"])
-    plain = build_networks(tiny(dataset, **{f"{network}_ema_kimg": 0}))
-    torch.manual_seed(cfg["seed"])
-    kept = build_networks(cfg)
+    torch.manual_seed(cfg.run.seed)
+    plain = networks_of(tiny(dataset, **{f"{network}_ema_kimg": 0}))
+    torch.manual_seed(cfg.run.seed)
+    kept = networks_of(cfg)
     for name in ("generator", "energy", "inference"):
         for a, b in zip(plain[name].parameters(), kept[name].parameters(), strict=True):
             assert torch.equal(a, b)
@@ -413,7 +414,7 @@ def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
     half = train(tiny(dataset, **kimg, total_kimg=0.024), tmp_path / "parts",
                  progress=False)
     c, run_dir, snapshot = resolve_run(
-        tiny(dataset, **kimg), {"total_kimg": 0.064}, tmp_path, "parts", "auto"
+        tiny(dataset, **kimg), {"schedule.total_kimg": 0.064}, tmp_path, "parts", "auto"
     )
     assert snapshot == half
     resumed = train(c, run_dir, snapshot, progress=False)
@@ -453,9 +454,9 @@ def test_energy_outliers_rank_the_data_below_random_scale_noise():
         energy = trainer.unwrapped()["energy"]
         with torch.no_grad():
             e_real = energy(fade_real(to_float(real), phase.alpha), phase.alpha)
-            gen = step_generator(cfg["seed"], 0, 0, torch.device("cpu"))
+            gen = step_generator(cfg.run.seed, 0, 0, torch.device("cpu"))
             for _ in ("z", "eps"):  # the step's draws before the outliers
-                torch.randn(4, cfg["latent"], generator=gen)
+                torch.randn(4, cfg.networks.latent, generator=gen)
             e_noise = energy(random_scale_noise(4, phase.res, gen), phase.alpha)
         stats = trainer.step(real, phase, 0)
         return stats, loss.outlier_ranking(e_real, e_noise), energy

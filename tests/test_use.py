@@ -13,14 +13,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
-from tiny import train_tiny_run
+from tiny import networks_of, train_tiny_run
 
 from progressive.cli.main import main
 from progressive.core.grids import GRID_PADDING
 from progressive.core.images import load_image_file, to_uint8
 from progressive.metrics import fidelity as metrics
 from progressive.model import latents, sampling
-from progressive.model.networks import build_networks, num_parameters
+from progressive.model.networks import num_parameters
 from progressive.run.checkpoint import load_run
 from progressive.use import generate as use
 
@@ -232,7 +232,7 @@ def test_energy_csv_matches_the_energy_model(run_dir, model, tmp_path):
 
 
 def test_raw_energy_scores_with_the_energy_model_itself(run_dir, model, tmp_path):
-    data = model.config["data"]
+    data = model.config.data.path
     scores = {}
     for flag in ([], ["--raw-energy"]):
         out = tmp_path / f"e{len(flag)}.csv"
@@ -241,7 +241,7 @@ def test_raw_energy_scores_with_the_energy_model_itself(run_dir, model, tmp_path
         scores[bool(flag)] = {i: float(v) for i, v in list(csv.reader(out.open()))[1:]}
     raw = load_run(run_dir, device="cpu", raw_energy=True)
     assert raw.energy is not model.energy  # the run keeps an average, used by default
-    _, images = use.load_images(data, model.res, model.config["max_res"], 4)
+    _, images = use.load_images(data, model.res, model.config.schedule.max_res, 4)
     x = sampling.prepare_real(images, model.alpha)
     for run, key in ((model, False), (raw, True)):
         want = run.energy(x, model.alpha).tolist()
@@ -251,7 +251,7 @@ def test_raw_energy_scores_with_the_energy_model_itself(run_dir, model, tmp_path
 
 
 def test_energy_of_a_dataset(run_dir, model, tmp_path):
-    data = model.config["data"]
+    data = model.config.data.path
     out = tmp_path / "e.csv"
     r = invoke("energy", "--ckpt", run_dir, "--images", data, "--n", 5, "--out", out, "--res", 8)
     assert r.exit_code == 0, r.output
@@ -269,7 +269,7 @@ def test_evaluate_help_names_every_metric():
 
 
 def test_evaluate_appends_metrics_and_skips_fid_without_weights(run_dir, model, tmp_path):
-    data = model.config["data"]
+    data = model.config.data.path
     args = [
         "evaluate",
         "--ckpt",
@@ -310,7 +310,7 @@ def test_evaluate_fid_kid_with_stand_in_weights(run_dir, model, tmp_path, monkey
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"stand-in")
     monkeypatch.setattr(metrics, "load_inception", lambda path, device: StandIn())
-    data = model.config["data"]
+    data = model.config.data.path
     r = invoke(
         "evaluate",
         "--ckpt",
@@ -335,7 +335,7 @@ def test_info_checkpoint(run_dir):
     r = invoke("info", run_dir)
     assert r.exit_code == 0, r.output
     run = load_run(run_dir)
-    nets = build_networks(run.config)
+    nets = networks_of(run.config)
     lines = {line.split()[0]: line for line in r.output.splitlines() if line.strip()}
     assert lines["resolution"].split()[1] == "16x16"
     assert lines["alpha"].split()[1] == "0.5"
@@ -443,7 +443,7 @@ def test_swd_baseline_generator_is_the_one_training_started_from(run_dir, model)
         "--ckpt",
         run_dir,
         "--data",
-        model.config["data"],
+        model.config.data.path,
         "--metrics",
         "swd",
         "--n",

@@ -1,153 +1,189 @@
-"""The `progressive train` command."""
+"""The `progressive train` command.
+
+Configuration, lowest precedence first: the preset (or the sizing rule), --config FILE, the
+options below, then --set section.field=value (any field; docs/configuration.md).
+"""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+from typing import Any
 
 import click
 
-from progressive.config.presets import PRESETS
-from progressive.core.resolutions import ALL_RES
+from progressive.config import presets
+from progressive.config.sections import PRECISIONS, every_res, parse_value
+from progressive.core.errors import UserError
 
-# Option types shared by several options.
 KIMG = click.FloatRange(min=0)
-NONNEG = click.FloatRange(min=0)  # loss weights, half-lives, temperatures
 COUNT = click.IntRange(min=1)
-RES = click.IntRange(4, 1024)
-FOLDER = click.Path(file_okay=False)
-SCALINGS = click.Choice(["fixed", "sum"])
-PRECISIONS = click.Choice(["auto", "no", "bf16", "fp16"])
+
+
+class MaxRes(click.ParamType):
+    """A power of two from 4 to 1024."""
+
+    name = "RES"
+
+    def convert(self, value, param, ctx):
+        try:
+            res = int(value)
+        except (TypeError, ValueError):
+            res = None
+        if res is None or res < 4 or res > 1024 or res & (res - 1):
+            raise click.UsageError(f"--max-res {value}: a power of two from 4 to 1024", ctx)
+        return res
 
 
 class Rates(click.ParamType):
-    """A learning rate, with other rates at some resolutions: `2e-3` or `16e-3,64:2e-3`."""
+    """A learning rate, with others at some resolutions: `2e-3` or `16e-3,64:2e-3`."""
 
     name = "RATE[,RES:RATE...]"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (float, dict)):
+        if isinstance(value, dict):
             return value
-        base, *pairs = str(value).split(",")
         try:
-            rate = float(base)
-            table = {int(r): float(v) for r, v in (pair.split(":") for pair in pairs)}
-        except ValueError:
-            self.fail(f"{value!r} is not a rate (2e-3) or a rate with others at some "
-                      "resolutions (16e-3,64:2e-3)", param, ctx)
-        if not all(math.isfinite(v) and v >= 0 for v in (rate, *table.values())):
-            self.fail(f"{value!r}: a learning rate is a finite number, 0 or more", param, ctx)
-        if unknown := sorted(set(table) - set(ALL_RES)):
-            self.fail(f"{value!r}: no resolution {unknown[0]}; use one of "
-                      f"{', '.join(map(str, ALL_RES))}", param, ctx)
-        return {r: table.get(r, rate) for r in ALL_RES} if table else rate
+            return parse_value("optim.lr_generator", str(value))
+        except UserError as e:
+            self.fail(str(e).removeprefix("optim.lr_generator"), param, ctx)
 
 
-RATES = Rates()
+class Setting(click.ParamType):
+    """`section.field=value`, parsed against the field's type."""
+
+    name = "SECTION.FIELD=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = str(value).partition("=")
+        if not sep:
+            self.fail(f"{value!r}: write section.field=value, e.g. loss.energy_r1=0.1",
+                      param, ctx)
+        try:
+            return key.strip(), parse_value(key.strip(), text)
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+
+# Each option: its `section.field` (None: not a configuration field); --lr sets all three rates.
+_FIELDS = {
+    "data": "data.path", "max_res": "schedule.max_res", "fade_kimg": "schedule.fade_kimg",
+    "stable_kimg": "schedule.stable_kimg", "total_kimg": "schedule.total_kimg",
+    "latent": "networks.latent", "fmap_base": "networks.fmap_base",
+    "fmap_max": "networks.fmap_max", "seed": "run.seed", "mixed_precision": "run.mixed_precision",
+    "workers": "data.workers", "snapshot_kimg": "run.snapshot_kimg",
+    "keep_snapshots": "run.keep_snapshots", "holdout": "data.holdout",
+    "eval_images": "run.eval_images",
+}
+
+
+def _option(*names: str, **kw: Any):
+    return click.option(*names, show_default=True, **kw)
 
 
 @click.command()
-# Data and run layout.
-@click.option("--data", help="Dataset directory (make_lmdb.py). Default: built-in synthetic data.")
-@click.option("--preset", help="Experiment preset. Default: sizes from --max-res and the device.",
-              type=click.Choice([*PRESETS, "auto"]))
-@click.option("--out", help="Folder of run folders.", type=FOLDER, default="checkpoints")
-@click.option("--name", help="Run folder name. Default: preset[-dataset].")
-@click.option("--resume", help="'auto' (this run's newest snapshot) or a run folder or snapshot.")
-# Growth schedule; every option from here on overrides the preset.
-@click.option("--max-res", help="Final resolution (power of two).", type=RES)
-@click.option("--start-res", help="First resolution.", type=RES)
-@click.option("--fade-kimg", help="Thousands of real images per fade-in.", type=KIMG)
-@click.option("--stable-kimg", help="Thousands of real images per stable phase.", type=KIMG)
-@click.option("--total-kimg", help="Stop here. Default: the end of the last stage.", type=KIMG)
-# Networks.
-@click.option("--latent", help="Latent dimension.", type=COUNT)
-@click.option("--fmap-base", help="Channels at res: min(fmap_base / res, fmap_max).", type=COUNT)
-@click.option("--fmap-max", help="Largest width.", type=COUNT)
-@click.option("--energy-width", help="The energy model's widths over the generator's.",
-              type=COUNT)
-@click.option("--pca-path/--no-pca-path", help="Start G and I from the images' fixed PCA.",
-              default=None)
-# Optimisation.
-@click.option("--batch", help="Global batch size at every resolution.", type=COUNT)
-@click.option("--lr", help="Learning rate of all three networks (16e-3,64:2e-3: 2e-3 at 64 px).",
-              type=RATES)
-@click.option("--generator-lr", help="The generator's learning rate (over --lr).", type=RATES)
-@click.option("--energy-lr", help="The energy model's learning rate (over --lr).", type=RATES)
-@click.option("--inference-lr", help="The inference model's learning rate (over --lr).",
-              type=RATES)
-@click.option("--rec-scaling", help="Reconstruction weight across resolutions.", type=SCALINGS)
-@click.option("--marginal-kl", help="Weight of the batch codes' KL to the prior (0: off).",
-              type=NONNEG)
-@click.option("--code-decorrelation", help="Weight of the codes' squared covariances (0: off).",
-              type=NONNEG)
-@click.option("--latent-nll", help="Weight of the sleep phase, -log q(z|g(z)) (0: off).",
-              type=NONNEG)
-@click.option("--energy-r1", help="Gradient penalty on E at the data, gamma (0: off).",
-              type=NONNEG)
-@click.option("--energy-outliers", help="Weight ranking data below random-scale noise (0: off; "
-              "default 1, paper presets 0).",
-              type=NONNEG)
-@click.option("--energy-langevin", help="Langevin steps on E refining its negatives (0: off).",
-              type=click.IntRange(min=0))
-@click.option("--energy-langevin-step", help="Step size of those Langevin steps.",
-              type=click.FloatRange(min=0, min_open=True))
-@click.option("--energy-langevin-noise", help="Temperature of those steps (0: descent).",
-              type=NONNEG)
-@click.option("--energy-ema-kimg", help="Half-life of the energy average, used (0: none).",
-              type=NONNEG)
-@click.option("--inference-ema-kimg", help="Half-life of the inference average (0: none).",
-              type=NONNEG)
-@click.option("--reset-optimizers/--keep-optimizers", help="Reset Adam per stage.", default=None)
-@click.option("--seed", help="Random seed.", type=click.IntRange(min=0))
+# Data, configuration and where the run goes.
+@_option("--data", help="Dataset directory (make-lmdb). Default: built-in synthetic data.")
+@_option("--preset", help="Experiment preset. Default: sizes from --max-res and the device.",
+         type=click.Choice(presets.names()))
+@_option("--config", "config_file", help="JSON or YAML file of configuration sections (a run's "
+         "config.json reproduces it).", type=click.Path(exists=True, dir_okay=False))
+@_option("--set", "settings", help="Any field, over everything else; repeatable.",
+         type=Setting(), multiple=True)
+@_option("--outdir", help="Folder of run folders.", type=click.Path(file_okay=False),
+         default="checkpoints")
+@_option("--name", help="Run folder name. Default: preset[-dataset].")
+@_option("--resume", help="'auto' (this run's newest snapshot) or a run folder or snapshot.")
+# Growth schedule.
+@_option("--max-res", help="Final resolution (power of two). Default: the preset's, or the "
+         "data's.", type=MaxRes())
+@_option("--fade-kimg", help="Thousands of real images per fade-in.", type=KIMG)
+@_option("--stable-kimg", help="Thousands of real images per stable phase.", type=KIMG)
+@_option("--total-kimg", help="Stop here. Default: the end of the last stage.", type=KIMG)
+@_option("--batch", help="Global batch size at every resolution.", type=COUNT)
+# Networks and optimisation.
+@_option("--lr", help="Learning rate of all three networks (16e-3,64:2e-3: 2e-3 at 64 px).",
+         type=Rates())
+@_option("--latent", help="Latent dimension.", type=COUNT)
+@_option("--fmap-base", help="Channels at res: clamp(fmap_base / res, fmap_min, fmap_max).",
+         type=COUNT)
+@_option("--fmap-max", help="Widest layer.", type=COUNT)
+@_option("--seed", help="Random seed.", type=click.IntRange(min=0))
 # Speed.
-@click.option("--mixed-precision", help="Default auto: bf16 where native, else fp32.",
-              type=PRECISIONS)
-@click.option("--tf32/--no-tf32", help="TensorFloat-32 on NVIDIA GPUs. Default: off.", default=None)
-@click.option("--workers", help="DataLoader worker processes per rank.", type=click.IntRange(min=0))
-# Bookkeeping.
-@click.option("--snapshot-kimg", help="Snapshot interval, thousands of images.", type=KIMG)
-# Evaluation at every stage end, on the held-out end of the dataset.
-@click.option("--holdout", help="Share held out (the last images). Default 0.1.",
-              type=click.FloatRange(0, 0.5))
-@click.option("--eval-images", help="Held-out images per evaluation (0: none). Default 500.",
-              type=click.IntRange(min=0))
-@click.option("--dry-run", help="Print the plan (JSON: stages, time, memory, data) and stop.",
-              is_flag=True)
-@click.option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
-              type=click.FloatRange(min=0), default=20.0, show_default=True)
-def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelation,
-          latent_nll, energy_r1, energy_outliers, generator_lr,
-          energy_lr, inference_lr, dry_run, calibration_seconds, **overrides) -> None:
+@_option("--mixed-precision", help="auto: bf16 where native, else fp32.",
+         type=click.Choice(PRECISIONS))
+@_option("--workers", help="Data loader processes per rank.", type=click.IntRange(min=0))
+# Bookkeeping and evaluation at every stage end, on the held-out end of the dataset.
+@_option("--snapshot-kimg", help="Snapshot interval, thousands of images.", type=KIMG)
+@_option("--keep-snapshots", help="Newest snapshots kept besides stage ends (0: all).",
+         type=click.IntRange(min=0))
+@_option("--holdout", help="Share of the dataset held out (its last images).",
+         type=click.FloatRange(0, 0.5))
+@_option("--eval-images", help="Held-out images per evaluation (0: none).",
+         type=click.IntRange(min=0))
+@_option("--dry-run", help="Print the plan (JSON: stages, time, memory, data) and stop.",
+         is_flag=True)
+@_option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
+         type=click.FloatRange(min=0), default=20.0)
+def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_run,
+          calibration_seconds, **options) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
-    from progressive.config.presets import make_config
     from progressive.train import trainer as training
 
-    loss = {"rec_scaling": rec_scaling, "marginal_kl": marginal_kl,
-            "code_decorrelation": code_decorrelation,
-            "latent_nll": latent_nll, "energy_r1": energy_r1,
-            "energy_outliers": energy_outliers}
-    overrides["loss"] = {k: v for k, v in loss.items() if v is not None} or None
-    rates = {"generator": generator_lr, "energy": energy_lr, "inference": inference_lr}
-    every = overrides["lr"]
-    if isinstance(every, dict) or any(v is not None for v in rates.values()):
-        # one network's rate over --lr or the preset's; a per-resolution --lr is every network's
-        overrides["lr"] = {n: every if v is None else v for n, v in rates.items()
-                           if v is not None or every is not None}
-    if preset is None and overrides["max_res"] is None and overrides["data"] is not None:
-        overrides["max_res"] = training.dataset_max_res(overrides["data"])  # grow to the data's
-    cfg = make_config(preset, **overrides)
+    file_preset, values = read_config_file(config_file) if config_file else (None, {})
+    values |= {_FIELDS[k]: v for k, v in options.items() if v is not None}
+    if batch is not None:
+        values["schedule.batch"] = every_res(batch)
+    if lr is not None:
+        table = lr if isinstance(lr, dict) else every_res(lr)
+        values |= {f: table for f in ("optim.lr_generator", "optim.lr_energy",
+                                      "optim.lr_inference")}
+    values |= dict(settings)
+    preset = preset or file_preset
+    if preset in (None, presets.AUTO) and "schedule.max_res" not in values and values.get(
+        "data.path"
+    ):
+        values["schedule.max_res"] = training.dataset_max_res(values["data.path"])
+    cfg = presets.make_config(preset, values)
     if dry_run:
         from progressive.train.plan import dry_run_summary
 
-        click.echo(json.dumps(dry_run_summary(cfg, Path(out), calibration_seconds), indent=2))
+        click.echo(json.dumps(dry_run_summary(cfg, Path(outdir), calibration_seconds), indent=2))
         return
     cfg, run_dir, snapshot = training.resolve_run(
-        cfg, overrides, Path(out), name, resume, notify=lambda m: click.echo(m, err=True)
+        cfg, values, Path(outdir), name, resume, notify=lambda m: click.echo(m, err=True)
     )
     final = training.train(cfg, run_dir, snapshot)
     click.echo(f"final snapshot: {final}")
+
+
+def read_config_file(path: str) -> tuple[str | None, dict[str, Any]]:
+    """The preset a JSON or YAML configuration file names and its `section.field` values; a
+    flat config.json of release 0.1.0 is read through `migrate`."""
+    import yaml
+
+    from progressive.config.migrate import migrate
+
+    try:
+        text = Path(path).read_text()
+        d = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise UserError(f"--config {path} is unreadable ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"--config {path}: expected a mapping of sections")
+    if "max_res" in d:  # release 0.1.0's flat configuration
+        d = migrate(d).to_dict()
+    values = {}
+    for section, fields in d.items():
+        if section == "preset":
+            continue
+        if not isinstance(fields, dict):
+            raise UserError(f"--config {path}: {section} must be a mapping of its fields")
+        for field, value in fields.items():
+            values[f"{section}.{field}"] = value
+    return d.get("preset"), values
 
 
 COMMANDS = [train]

@@ -118,7 +118,7 @@ def interpolate(**options):
     if images_given:
         import torch
 
-        max_res = run.config["max_res"]
+        max_res = run.config.schedule.max_res
         ends = [use.read_image_file(p, run.res, max_res) for p in (from_image, to_image)]
         names = [Path(p).name for p in (from_image, to_image)]
         images = use.interpolate(run, out, endpoints_images=torch.stack(ends), names=names, **walk)
@@ -192,7 +192,7 @@ def reconstruct(**options):
     from progressive.use import generate as use
 
     run, out = _load(options), options["out"]
-    _, real = use.load_images(options["images"], run.res, run.config["max_res"], options["n"])
+    _, real = use.load_images(options["images"], run.res, run.config.schedule.max_res, options["n"])
     recon = reconstruct_images(run.generator, run.inference, real, run.res, run.alpha)
     real_in = prepare_real(real, run.alpha)
     check_suffix(out, (".png", ".jpg"), "--out")
@@ -213,7 +213,8 @@ def energy(**options):
     from progressive.use import generate as use
 
     run, out = _load(options), options["out"]
-    names, real = use.load_images(options["images"], run.res, run.config["max_res"], options["n"])
+    max_res = run.config.schedule.max_res
+    names, real = use.load_images(options["images"], run.res, max_res, options["n"])
     scores = energies(run.energy, real, run.alpha)
     rows = use.write_energy_csv(names, scores, out)
     click.echo(f"wrote {out}: {len(rows)} images at {run.res}px")
@@ -315,7 +316,7 @@ def inpaint(**options):
     if (masks_dir is None) == (occlude is None):
         raise UserError("give exactly one of --masks DIR or --occlude KIND")
     run = _load(options)
-    max_res = run.config["max_res"]
+    max_res = run.config.schedule.max_res
     how = fill.Completion(options["em_rounds"], options["z_steps"], options["z_lr"],
                           options["energy_steps"], options["energy_lr"], options["blend"])
     written = use.inpaint(run, options["images"], options["out"], how, masks_dir=masks_dir,

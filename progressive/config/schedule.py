@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from progressive.config.sections import NETWORKS, Config
 from progressive.core.resolutions import resolutions
-
-NETWORKS = ("generator", "energy", "inference")
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class Phase:
 
 
 class Schedule:
-    """Maps images shown to a `Phase`. Built from a resolved configuration dict."""
+    """Maps images shown to a `Phase`."""
 
     def __init__(
         self,
@@ -53,17 +52,15 @@ class Schedule:
         ]
 
     @classmethod
-    def from_config(cls, cfg: dict) -> Schedule:
-        """Build from a resolved training configuration (see `progressive.config.presets`)."""
-        lr = {name: {int(r): float(v) for r, v in cfg["lr"][name].items()} for name in NETWORKS}
-        return cls(
-            cfg["start_res"],
-            cfg["max_res"],
-            cfg["fade_kimg"],
-            cfg["stable_kimg"],
-            {int(r): int(b) for r, b in cfg["batch"].items()},
-            lr,
-        )
+    def from_config(cls, cfg: Config) -> Schedule:
+        """Build from a configuration's schedule and learning rates."""
+        s = cfg.schedule
+        return cls(s.start_res, s.max_res, s.fade_kimg, s.stable_kimg, s.batch,
+                   cfg.optim.lr_tables())
+
+    def total(self, cfg: Config) -> int:
+        """Images shown when the run ends: `total_kimg`, else the end of the last stage."""
+        return cfg.total_images or self.end_of_last_stage
 
     @property
     def end_of_last_stage(self) -> int:

@@ -61,34 +61,39 @@ def builtin_encoding(max_res: int) -> str:
 
 
 def rule(max_res: int, device: str) -> dict:
-    """Configuration values for `max_res` on `device` ('cpu' or 'cuda'), as preset overrides."""
-    lrs = lambda t: {n: dict(t) for n in ("generator", "energy", "inference")}  # noqa: E731
+    """Configuration values (`section.field`) for `max_res` on `device` ('cpu' or 'cuda')."""
     common = {
-        "max_res": max_res,
-        "fmap_min": FMAP_MIN,
-        "mixed_precision": "auto",
-        "synthetic_count": builtin_count(max_res),
+        "schedule.max_res": max_res,
+        "networks.fmap_min": FMAP_MIN,
+        "run.mixed_precision": "auto",
+        "data.synthetic_count": builtin_count(max_res),
     }
     if device == "cuda":
         return common | {
-            "fmap_base": 16384,
-            "fmap_max": 512,
-            "latent": 512,
-            "batch": dict(PGGAN_BATCH),
-            "lr": lrs(PGGAN_LR),
-            "fade_kimg": 600.0,
-            "stable_kimg": 600.0,
+            "networks.fmap_base": 16384,
+            "networks.fmap_max": 512,
+            "networks.latent": 512,
+            "schedule.batch": dict(PGGAN_BATCH),
+            **every_lr(PGGAN_LR),
+            "schedule.fade_kimg": 600.0,
+            "schedule.stable_kimg": 600.0,
         }
     return common | {
-        "fmap_base": 512 if max_res <= 32 else 1024,
-        "fmap_max": 64,
-        "latent": 64 if max_res <= 64 else 128,
-        "batch": {r: 8 if r <= 128 else 4 for r in ALL_RES},
-        "lr": lrs({r: 2e-3 for r in ALL_RES}),
-        "fade_kimg": 6.0,
-        "stable_kimg": 6.0,
-        "ema_kimg": 2.0,
-        "workers": 0,
-        "snapshot_kimg": 20.0,
-        "tick_kimg": 1.0,
+        "networks.fmap_base": 512 if max_res <= 32 else 1024,
+        "networks.fmap_max": 64,
+        "networks.latent": 64 if max_res <= 64 else 128,
+        "schedule.batch": {r: 8 if r <= 128 else 4 for r in ALL_RES},
+        **every_lr(dict.fromkeys(ALL_RES, 2e-3)),
+        "schedule.fade_kimg": 6.0,
+        "schedule.stable_kimg": 6.0,
+        "optim.ema_kimg": 2.0,
+        "data.workers": 0,
+        "run.snapshot_kimg": 20.0,
+        "run.tick_kimg": 1.0,
     }
+
+
+def every_lr(table: dict[int, float]) -> dict[str, dict[int, float]]:
+    """The same per-resolution learning rate for all three networks, as configuration values."""
+    return {"optim.lr_generator": dict(table), "optim.lr_energy": dict(table),
+            "optim.lr_inference": dict(table)}

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from progressive.config.sections import Config
 from progressive.core.errors import UserError
 from progressive.core.files import append_jsonl, read_jsonl
 from progressive.core.images import to_float, to_uint8
@@ -74,7 +75,7 @@ class StageEvaluator:
     networks at a stage end and appends the record to the run's evaluations.jsonl."""
 
     def __init__(
-        self, cfg: dict, run_dir: Path, device: torch.device,
+        self, cfg: Config, run_dir: Path, device: torch.device,
         starting_networks: Callable[[dict], dict] | None = None,
     ):
         """`starting_networks(cfg)`: the networks as the run started them, for SWD at
@@ -83,13 +84,13 @@ class StageEvaluator:
 
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
         self._starting_networks = starting_networks or initial_networks
-        count = len(ImageDataset(cfg["data"], 4))
-        self.train_count, held = split_counts(count, cfg["holdout"])
-        self.n = min(cfg["eval_images"], held)
+        count = len(ImageDataset(cfg.data.path, 4))
+        self.train_count, held = split_counts(count, cfg.data.holdout)
+        self.n = min(cfg.run.eval_images, held)
         self.indices = list(range(self.train_count, self.train_count + self.n))
-        seeded = torch.Generator().manual_seed(cfg["seed"] + 1)
-        self.z = torch.randn(self.n, cfg["latent"], generator=seeded)
-        self._noise_seed = cfg["seed"] + 2
+        seeded = torch.Generator().manual_seed(cfg.run.seed + 1)
+        self.z = torch.randn(self.n, cfg.networks.latent, generator=seeded)
+        self._noise_seed = cfg.run.seed + 2
         self._swd0_cache: dict[int, dict] = {}
         self._mean_cache: dict[int, Tensor] = {}
 
@@ -100,7 +101,7 @@ class StageEvaluator:
     def _reals(self, res: int, indices: list[int]) -> Tensor:
         from progressive.data.reader import ImageDataset
 
-        return ImageDataset(self.cfg["data"], res).batch(indices)
+        return ImageDataset(self.cfg.data.path, res).batch(indices)
 
     def _swd_at_init(self, res: int, real: Tensor, alpha: float) -> dict:
         """SWD of the generator as initialised, once per resolution (the baseline to beat)."""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from progressive.config.sections import Config, NetworksConfig
 from progressive.core.resolutions import PCA_PATH_MAX_RES, check_resolution, resolutions
 from progressive.model.reference import ReferenceEnergy, ReferenceGenerator, ReferenceInference
 
@@ -369,13 +370,13 @@ NETWORK_NAMES = ("generator", "generator_ema", "energy", "inference")
 AVERAGE_OF = {  # average: its network
     "generator_ema": "generator", "energy_ema": "energy", "inference_ema": "inference"
 }
-OPTIONAL_AVERAGES = {"energy_ema": "energy_ema_kimg", "inference_ema": "inference_ema_kimg"}
+OPTIONAL_AVERAGES = ("energy_ema", "inference_ema")
 
 
-def network_names(cfg: dict) -> tuple[str, ...]:
-    """The networks a configuration keeps (and its snapshots hold): the four always, and the
-    energy or inference model's average where its half-life asks for one."""
-    return NETWORK_NAMES + tuple(n for n, key in OPTIONAL_AVERAGES.items() if cfg.get(key))
+def network_names(half_lives: dict[str, float]) -> tuple[str, ...]:
+    """The networks a run keeps (and its snapshots hold): the four always, and the energy or
+    inference model's average where its half-life (`OptimConfig.half_lives`) asks for one."""
+    return NETWORK_NAMES + tuple(n for n in OPTIONAL_AVERAGES if half_lives[AVERAGE_OF[n]])
 
 
 def in_use(networks: dict[str, nn.Module], name: str, raw: bool = False) -> nn.Module:
@@ -384,56 +385,47 @@ def in_use(networks: dict[str, nn.Module], name: str, raw: bool = False) -> nn.M
     return networks[name] if raw else networks.get(f"{name}_ema", networks[name])
 
 
-def initial_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+def initial_networks(cfg: Config) -> dict[str, torch.nn.Module]:
     """The networks exactly as a run starts them: the global seed set from the configuration,
     then `build_networks`."""
-    torch.manual_seed(cfg["seed"])
-    return build_networks(cfg)
+    torch.manual_seed(cfg.run.seed)
+    return build_networks(cfg.networks, cfg.schedule.max_res, cfg.optim.half_lives())
 
 
-def build_networks(cfg: dict) -> dict[str, torch.nn.Module]:
-    """The three networks, the generator average and any other average the configuration
-    keeps, at full size, from a configuration."""
-    if cfg.get("architecture", "progressive") == "reference":
-        networks = _reference_networks(cfg)
+def build_networks(
+    net: NetworksConfig, max_res: int, half_lives: dict[str, float]
+) -> dict[str, torch.nn.Module]:
+    """The three networks, the generator average and any other average `half_lives` keeps,
+    at full size."""
+    if net.architecture == "reference":
+        networks = _reference_networks(max_res, net.latent)
     else:
-        networks = _progressive_networks(cfg)
-    for name in network_names(cfg)[len(NETWORK_NAMES):]:  # copies: no draw, the rest alike
+        networks = _progressive_networks(net, max_res)
+    for name in network_names(half_lives)[len(NETWORK_NAMES):]:  # copies: no draw, alike
         networks[name] = copy.deepcopy(networks[AVERAGE_OF[name]]).requires_grad_(False)
     return networks
 
 
-def _progressive_networks(cfg: dict) -> dict[str, nn.Module]:
+def _progressive_networks(net: NetworksConfig, max_res: int) -> dict[str, nn.Module]:
     """The growing networks of this module."""
-    widths = {
-        "fmap_base": cfg["fmap_base"],
-        "fmap_max": cfg["fmap_max"],
-        "fmap_min": cfg.get("fmap_min", 1),  # configurations from before the floor had none
-    }
-    def scaled(m: int) -> dict:
-        return {**widths, "fmap_base": widths["fmap_base"] * m, "fmap_max": widths["fmap_max"] * m}
-
-    pca_path = bool(cfg.get("pca_path"))
-    generator = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
-    generator_ema = Generator(cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path)
+    widths = {"fmap_base": net.fmap_base, "fmap_max": net.fmap_max, "fmap_min": net.fmap_min}
+    wide = net.energy_width
+    energy_widths = {**widths, "fmap_base": net.fmap_base * wide, "fmap_max": net.fmap_max * wide}
+    generator = Generator(max_res, net.latent, **widths, pca_path=net.pca_path)
+    generator_ema = Generator(max_res, net.latent, **widths, pca_path=net.pca_path)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.requires_grad_(False)
-    energy = Energy(
-        cfg["max_res"], mbstd_group=cfg["mbstd_group"], **scaled(cfg.get("energy_width", 1))
-    )
+    energy = Energy(max_res, mbstd_group=net.mbstd_group, **energy_widths)
     return {
         "generator": generator,
         "generator_ema": generator_ema,
         "energy": energy,
-        "inference": Inference(
-            cfg["max_res"], cfg["latent"], **widths, pca_path=pca_path,
-        ),
+        "inference": Inference(max_res, net.latent, **widths, pca_path=net.pca_path),
     }
 
 
-def _reference_networks(cfg: dict) -> dict[str, nn.Module]:
+def _reference_networks(res: int, latent: int) -> dict[str, nn.Module]:
     """The DCGAN-sized networks of `reference_networks` (fixed resolution, no growing)."""
-    res, latent = cfg["max_res"], cfg["latent"]
     generator = ReferenceGenerator(res, latent)
     generator_ema = ReferenceGenerator(res, latent)
     generator_ema.load_state_dict(generator.state_dict())

@@ -27,8 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from progressive.config.presets import normalize
+from progressive.config.migrate import migrate
 from progressive.config.schedule import Schedule
+from progressive.config.sections import Config
 from progressive.core.errors import UserError
 from progressive.core.files import first_line, fsync_path, temporary_path
 from progressive.model.networks import (
@@ -83,7 +84,7 @@ def _nonfinite_message(where: str, names: list[str]) -> str:
 def save_snapshot(
     run_dir: str | os.PathLike,
     images_shown: int,
-    cfg: dict,
+    cfg: Config,
     networks: dict[str, torch.nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
 ) -> Path:
@@ -91,7 +92,7 @@ def save_snapshot(
     final = snapshot_dir(Path(run_dir), images_shown)
     weights = {
         name: {k: v.detach().cpu().contiguous() for k, v in networks[name].state_dict().items()}
-        for name in network_names(cfg)
+        for name in network_names(cfg.optim.half_lives())
     }
     optimizer_states = {k: o.state_dict() for k, o in optimizers.items()}
     bad = nonfinite(_tensors(weights)) + nonfinite(_tensors(optimizer_states, "optimizers"))
@@ -106,7 +107,7 @@ def save_snapshot(
     state = {
         "version": SNAPSHOT_VERSION,
         "images_shown": images_shown,
-        "config": cfg,
+        "config": cfg.to_dict(),
         # Size and CRC32 of every file as written: a file damaged later is refused on loading.
         "files": {
             f.name: {"bytes": len(data), "crc32": zlib.crc32(data)}
@@ -176,7 +177,7 @@ def read_state(snapshot: Path) -> dict:
             f"version {SNAPSHOT_VERSION}"
         )
     try:
-        state["config"] = normalize(state["config"])
+        state["config"] = migrate(state["config"])
         state["images_shown"] = int(state["images_shown"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(
@@ -296,7 +297,7 @@ def load_optimizers(snapshot: Path, optimizers: dict[str, torch.optim.Optimizer]
 def check_snapshot(snapshot: Path) -> None:
     """Raise a one-line `UserError` unless `snapshot` is whole and finite: its state, every
     weight file and the optimizer states are read and checked."""
-    for name in network_names(read_state(snapshot)["config"]):
+    for name in network_names(read_state(snapshot)["config"].optim.half_lives()):
         read_weights(snapshot, name)
     read_optimizers(snapshot)
 
@@ -333,7 +334,7 @@ class LoadedRun:
     """A snapshot's networks (eval mode, no gradients), and the resolution and alpha to use
     them at: the snapshot's own, or a completed stage's with alpha 1."""
 
-    config: dict
+    config: Config
     generator: Generator  # the generator average, unless loaded with raw_generator
     energy: Energy  # its average where the run keeps one, unless loaded with raw_energy
     inference: Inference  # its average where the run keeps one, unless loaded with raw_inference
@@ -346,7 +347,7 @@ class LoadedRun:
 
     @property
     def latent(self) -> int:
-        return int(self.config["latent"])
+        return self.config.networks.latent
 
 
 def load_run(
@@ -363,7 +364,7 @@ def load_run(
     snapshot = resolve_snapshot(path)
     state = read_state(snapshot)
     cfg = state["config"]
-    networks = build_networks(cfg)
+    networks = build_networks(cfg.networks, cfg.schedule.max_res, cfg.optim.half_lives())
     load_weights(snapshot, networks)
     for net in networks.values():
         net.to(dev).eval().requires_grad_(False)

@@ -23,6 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
+from progressive.config.sections import Config
 from progressive.core.errors import UserError
 from progressive.core.files import write_text_atomic
 
@@ -35,14 +36,14 @@ _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{9})$")
 _GRID_RE = re.compile(r"^(samples|reconstructions)-\d{4}px-(\d{9})\.png$")
 
 
-def run_name(cfg: dict) -> str:
+def run_name(cfg: Config) -> str:
     """Default run name: the preset, plus the dataset's folder name when there is one; on the
     built-in data the default rule's runs are named by their max-res (`auto-1024`)."""
-    if cfg["data"]:
-        return f"{cfg['preset']}-{Path(cfg['data']).name}"
-    if cfg["preset"] == "auto":
-        return f"auto-{cfg['max_res']}"
-    return f"{cfg['preset']}"
+    if cfg.data.path:
+        return f"{cfg.preset}-{Path(cfg.data.path).name}"
+    if cfg.preset == "auto":
+        return f"auto-{cfg.schedule.max_res}"
+    return cfg.preset
 
 
 def builtin_dataset_path(out: str | os.PathLike, max_res: int, count: int) -> Path:

@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from progressive.config.sections import LossConfig
 from progressive.model.latents import marginal_kl
 
 
-def rec_scale(res: int, weights: dict) -> float:
+def rec_scale(res: int, weights: LossConfig) -> float:
     """Multiplier of the per-image summed squared error at resolution `res`."""
-    scale = weights["rec"]
-    if weights["rec_scaling"] == "fixed":
-        scale *= (weights["rec_ref_res"] / res) ** 2
+    scale = weights.rec
+    if weights.rec_scaling == "fixed":
+        scale *= (weights.rec_ref_res / res) ** 2
     return scale
 
 
@@ -127,15 +128,17 @@ def outlier_ranking(energy_real: Tensor, energy_outliers: Tensor) -> Tensor:
     return F.softplus(energy_real.float() - energy_outliers.float()).mean()
 
 
-def energy_loss(energy_real: Tensor, energy_fake: Tensor, weights: dict) -> tuple[Tensor, dict]:
+def energy_loss(
+    energy_real: Tensor, energy_fake: Tensor, weights: LossConfig
+) -> tuple[Tensor, dict]:
     """The energy model's loss: lower energy on data, higher on generated images."""
     e_real, e_fake = energy_real.float(), energy_fake.float()
     loss = e_real.mean() - e_fake.mean()
-    if weights["energy_drift"]:
-        loss = loss + weights["energy_drift"] * e_real.square().mean()
-    if weights.get("energy_drift_fake"):
+    if weights.energy_drift:
+        loss = loss + weights.energy_drift * e_real.square().mean()
+    if weights.energy_drift_fake:
         # The same pull toward zero on generated images: both ends of the scale are held.
-        loss = loss + weights["energy_drift_fake"] * e_fake.square().mean()
+        loss = loss + weights.energy_drift_fake * e_fake.square().mean()
     stats = {
         "energy_real": e_real.mean().detach(),
         "energy_fake": e_fake.mean().detach(),
@@ -154,32 +157,28 @@ def joint_loss(
     logvar_fake: Tensor,
     energy_fake: Tensor,
     res: int,
-    weights: dict,
+    weights: LossConfig,
     mask: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
     """The generator's and inference model's loss, every term reported unweighted; `mask`
     restricts the reconstruction term to observed pixels."""
     rec = reconstruction(x, x_rec, mask)
-    kl = kl_to_prior(mu, logvar, weights.get("kl_reduction", "mean"))
+    kl = kl_to_prior(mu, logvar, weights.kl_reduction)
     nll = latent_nll(z, mu_fake, logvar_fake)
     marginal = marginal_kl(mu, logvar)
     e_fake = energy_fake.float().mean()
     loss = (
         rec_scale(res, weights) * rec
-        + weights["kl"] * kl
-        + weights["latent_nll"] * nll
-        + weights["energy"] * e_fake
-        + weights.get("marginal_kl", 0.0) * marginal
+        + weights.kl * kl
+        + weights.latent_nll * nll
+        + weights.energy * e_fake
+        + weights.marginal_kl * marginal
     )
     # The decorrelation is reported even unweighted; the MMD, pairwise over the batch, only
     # costs when it is weighted.
     decorrelation = code_decorrelation(mu)
-    mmd = code_mmd(mu, z) if weights.get("code_mmd") else torch.zeros((), device=mu.device)
-    loss = (
-        loss
-        + weights.get("code_mmd", 0.0) * mmd
-        + weights.get("code_decorrelation", 0.0) * decorrelation
-    )
+    mmd = code_mmd(mu, z) if weights.code_mmd else torch.zeros((), device=mu.device)
+    loss = loss + weights.code_mmd * mmd + weights.code_decorrelation * decorrelation
     stats = {
         "rec": rec.detach(),
         "rec_per_pixel": rec.detach() / _observed_per_image(x, mask),

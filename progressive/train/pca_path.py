@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from progressive.config.sections import Config
 from progressive.core.errors import UserError
 from progressive.core.resolutions import PCA_PATH_MAX_RES
 from progressive.data.reader import ImageDataset
@@ -72,32 +73,33 @@ def install(networks: dict[str, torch.nn.Module], fitted: dict[str, Tensor]) -> 
             layer.bias.zero_()
 
 
-def training_fit(cfg: dict) -> dict[str, Tensor]:
+def training_fit(cfg: Config) -> dict[str, Tensor]:
     """`fit` on the run's training images (never its held-out ones) at the path's resolution."""
-    dataset = ImageDataset(cfg["data"], min(cfg["max_res"], PCA_PATH_MAX_RES))
-    train_count = check_data(cfg, len(dataset), dataset.has_masks, cfg["data"])
-    return fit(dataset.batch(spread_indices(train_count)), cfg["latent"])
+    dataset = ImageDataset(cfg.data.path, min(cfg.schedule.max_res, PCA_PATH_MAX_RES))
+    train_count = check_data(cfg, len(dataset), dataset.has_masks, cfg.data.path)
+    return fit(dataset.batch(spread_indices(train_count)), cfg.networks.latent)
 
 
-def check_data(cfg: dict, count: int, has_masks: bool, where: str) -> int:
+def check_data(cfg: Config, count: int, has_masks: bool, where: str) -> int:
     """One-line errors, before anything is written, for data the path cannot be fitted on:
     missing pixels, or no more training images than latent dimensions; else the number of
     training images."""
     if has_masks:
         raise UserError(f"{where} has missing pixels; --pca-path needs complete images")
-    train_count, _ = split_counts(count, cfg["holdout"])
-    if train_count <= cfg["latent"]:
+    train_count, _ = split_counts(count, cfg.data.holdout)
+    latent = cfg.networks.latent
+    if train_count <= latent:
         raise UserError(
-            f"--pca-path with --latent {cfg['latent']} needs more than {cfg['latent']} training "
+            f"networks.pca_path with --latent {latent} needs more than {latent} training "
             f"images; {where} has {train_count}"
         )
     return train_count
 
 
-def starting_networks(cfg: dict) -> dict[str, torch.nn.Module]:
+def starting_networks(cfg: Config) -> dict[str, torch.nn.Module]:
     """The networks exactly as a run started them: `initial_networks`, with the principal
     components fitted and installed where the configuration asks for them."""
     networks = initial_networks(cfg)
-    if cfg.get("pca_path"):
+    if cfg.networks.pca_path:
         install(networks, training_fit(cfg))
     return networks

@@ -18,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from progressive.config.schedule import NETWORKS, Schedule
+from progressive.config.sections import Config
 from progressive.config.sizing import RULE_TEXT, default_device
 from progressive.model.networks import build_networks, channels, num_parameters
 from progressive.train import precision
@@ -26,12 +27,12 @@ CALIBRATION_STEPS = 2  # timed steps per resolution, after one warm-up step
 MAX_STEP_SECONDS = 1.0  # a resolution whose step takes longer ends the measured part
 
 
-def _meta_costs(cfg: dict, res: int) -> tuple[float, int]:
+def _meta_costs(cfg: Config, res: int) -> tuple[float, int]:
     """(forward FLOPs per image, bytes saved for backward per image) of one training step's
     forward passes at `res`: the generator on two latents, the inference model on a real and a
     generated image, the energy model on three images (its own step and the frozen pass)."""
     with torch.device("meta"):
-        nets = build_networks(cfg)
+        nets = build_networks(cfg.networks, cfg.schedule.max_res, cfg.optim.half_lives())
     g, e, i = nets["generator"], nets["energy"], nets["inference"]
     saved = 0
 
@@ -40,7 +41,7 @@ def _meta_costs(cfg: dict, res: int) -> tuple[float, int]:
         saved += t.numel() * t.element_size()
         return t
 
-    z = torch.zeros(2, cfg["latent"], device="meta")
+    z = torch.zeros(2, cfg.networks.latent, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         x = g(z, res, 1.0)
@@ -55,7 +56,7 @@ def _static_bytes(nets: dict[str, torch.nn.Module]) -> int:
     return 4 * (4 * trained + num_parameters(nets["generator_ema"]))
 
 
-def _calibrate(cfg: dict, resolutions: list[int], budget_s: float) -> dict[int, dict]:
+def _calibrate(cfg: Config, resolutions: list[int], budget_s: float) -> dict[int, dict]:
     """Seconds per image of real training steps (random pixels) at each resolution, lowest
     first, until the budget is spent or one step takes longer than MAX_STEP_SECONDS."""
     from progressive.config.schedule import Phase
@@ -68,7 +69,7 @@ def _calibrate(cfg: dict, resolutions: list[int], budget_s: float) -> dict[int, 
     for res in resolutions:
         if spent >= budget_s:
             break
-        batch = cfg["batch"][res]
+        batch = cfg.schedule.batch[res]
         phase = Phase(0, res, 1.0, False, batch, {n: 0.0 for n in NETWORKS}, 0, None)
         real = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8)
         if device.type == "cuda":
@@ -96,7 +97,7 @@ def _calibrate(cfg: dict, resolutions: list[int], budget_s: float) -> dict[int, 
     return out
 
 
-def builtin_data_cost(cfg: dict, out: Path) -> dict:
+def builtin_data_cost(cfg: Config, out: Path) -> dict:
     """Where the built-in data goes and what rendering it costs: disk and seconds from one
     image rendered, pyramided and encoded here (timed), times the image count, over every core
     (the writer's default)."""
@@ -106,7 +107,7 @@ def builtin_data_cost(cfg: dict, out: Path) -> dict:
     from progressive.data.writer import encodings_for
     from progressive.run.folder import builtin_dataset_path
 
-    max_res, count = cfg["max_res"], cfg["synthetic_count"]
+    max_res, count = cfg.schedule.max_res, cfg.data.synthetic_count
     path = builtin_dataset_path(out, max_res, count)
     info = {"path": str(path), "images": count, "encoding": builtin_encoding(max_res)}
     if (path / "meta.json").exists():
@@ -130,18 +131,18 @@ def builtin_data_cost(cfg: dict, out: Path) -> dict:
     }
 
 
-def dry_run_summary(cfg: dict, out: Path, calibration_s: float = 20.0) -> dict:
+def dry_run_summary(cfg: Config, out: Path, calibration_s: float = 20.0) -> dict:
     """The resolved configuration and the plan of the run (see the module doc) as a dict."""
     from progressive.train.trainer import check_data
 
     check_data(cfg)
     device = default_device()
     schedule = Schedule.from_config(cfg)
-    total = round(cfg["total_kimg"] * 1000) if cfg["total_kimg"] else schedule.end_of_last_stage
-    nets = build_networks(cfg)
+    total = schedule.total(cfg)
+    nets = build_networks(cfg.networks, cfg.schedule.max_res, cfg.optim.half_lives())
     static = _static_bytes(nets)
     widths = {
-        r: channels(r, cfg["fmap_base"], cfg["fmap_max"], cfg.get("fmap_min", 1))
+        r: channels(r, cfg.networks.fmap_base, cfg.networks.fmap_max, cfg.networks.fmap_min)
         for r in schedule.resolutions
     }
     measured = _calibrate(cfg, schedule.resolutions, calibration_s) if calibration_s > 0 else {}
@@ -180,11 +181,11 @@ def dry_run_summary(cfg: dict, out: Path, calibration_s: float = 20.0) -> dict:
             entry["peak_memory_bytes_measured"] = measured[res]["peak_memory_bytes"]
         stages.append(entry)
     summary = {
-        "rule": RULE_TEXT if cfg["preset"] == "auto" else f"preset {cfg['preset']}",
+        "rule": RULE_TEXT if cfg.preset == "auto" else f"preset {cfg.preset}",
         "device": device,
-        "mixed_precision": precision.describe(cfg["mixed_precision"], device),
-        "fmap_min": cfg.get("fmap_min", 1),
-        "config": cfg,
+        "mixed_precision": precision.describe(cfg.run.mixed_precision, device),
+        "fmap_min": cfg.networks.fmap_min,
+        "config": cfg.to_dict(),
         "parameters": {n: num_parameters(nets[n]) for n in NETWORKS},
         "stages": stages,
         "images_shown_total": total,
@@ -196,6 +197,6 @@ def dry_run_summary(cfg: dict, out: Path, calibration_s: float = 20.0) -> dict:
             "note": "random pixels, stable phase; fade-in steps cost a little more",
         },
     }
-    if cfg["data"] is None:
+    if cfg.data.path is None:
         summary["builtin_data"] = builtin_data_cost(cfg, out)
     return summary

@@ -18,6 +18,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from progressive.config.schedule import NETWORKS, Phase, Schedule
+from progressive.config.sections import Config, replace
 from progressive.core.errors import UserError, one_line
 from progressive.core.files import append_jsonl, write_json_atomic
 from progressive.core.grids import pairs, save_grid
@@ -63,7 +64,7 @@ def set_float32_math(tf32: bool) -> None:
         torch.backends.cudnn.allow_tf32 = tf32
 
 
-def make_accelerator(cfg: dict) -> Accelerator:
+def make_accelerator(cfg: Config) -> Accelerator:
     """The accelerator for a run: its mixed precision; DDP told that blocks above the current
     resolution (and the faded-out RGB adapter) are legitimately unused."""
     from progressive.config.sizing import default_device
@@ -71,7 +72,7 @@ def make_accelerator(cfg: dict) -> Accelerator:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # The device type as accelerate will pick it, without starting accelerate's process state
     # before the Accelerator does (that would leave each rank a process of its own).
-    chosen = precision.resolve(cfg["mixed_precision"], default_device())
+    chosen = precision.resolve(cfg.run.mixed_precision, default_device())
     return Accelerator(mixed_precision=chosen, kwargs_handlers=[ddp])
 
 
@@ -97,7 +98,7 @@ class GeneratorInference(torch.nn.Module):
 class Trainer:
     """Networks (possibly DDP-wrapped), optimizers and the accelerator of one run."""
 
-    cfg: dict
+    cfg: Config
     accelerator: Accelerator
     pair: torch.nn.Module  # GeneratorInference, as prepared by accelerate
     energy: torch.nn.Module
@@ -106,22 +107,21 @@ class Trainer:
     averages: dict[str, torch.nn.Module] = field(default_factory=dict)  # optional averages
 
     @classmethod
-    def create(cls, cfg: dict, accelerator: Accelerator | None = None) -> Trainer:
+    def create(cls, cfg: Config, accelerator: Accelerator | None = None) -> Trainer:
         """Build networks and Adam optimizers at full size and hand them to accelerate."""
         accelerator = accelerator or make_accelerator(cfg)
-        set_float32_math(cfg["tf32"])
+        set_float32_math(cfg.run.tf32)
         # Shapes change only at stage boundaries, so cuDNN's per-shape search pays off.
         torch.backends.cudnn.benchmark = True
         nets = initial_networks(cfg)
         fused = accelerator.device.type == "cuda"  # one kernel per Adam update on GPUs
         opts = {}
         for name in NETWORKS:
-            wd = cfg["weight_decay_generator"] if name == "generator" else 0.0
-            betas = cfg.get(f"betas_{name}")  # the inference or energy model's own, if set
+            wd = cfg.optim.weight_decay_generator if name == "generator" else 0.0
             opts[name] = torch.optim.Adam(
                 nets[name].parameters(),
-                lr=cfg["lr"][name][cfg["start_res"]],
-                betas=tuple(betas or cfg["betas"]),
+                lr=cfg.optim.lr_tables()[name][cfg.schedule.start_res],
+                betas=cfg.optim.betas_of(name),
                 eps=1e-8,
                 weight_decay=wd,
                 fused=fused or None,
@@ -168,13 +168,13 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """One training step on a batch of uint8 real images (and their uint8 observation
         masks, 1 = observed, for incomplete data); returns detached loss terms."""
-        acc, cfg, w = self.accelerator, self.cfg, self.cfg["loss"]
+        acc, cfg, w = self.accelerator, self.cfg, self.cfg.loss
         res, alpha = phase.res, phase.alpha
         x = fade_real(to_float(real.to(acc.device, non_blocking=True)), alpha)
         n = x.shape[0]
-        gen = step_generator(cfg["seed"], acc.process_index, images_shown, acc.device)
-        z = torch.randn(n, cfg["latent"], device=acc.device, generator=gen)
-        eps = torch.randn(n, cfg["latent"], device=acc.device, generator=gen)
+        gen = step_generator(cfg.run.seed, acc.process_index, images_shown, acc.device)
+        z = torch.randn(n, cfg.networks.latent, device=acc.device, generator=gen)
+        eps = torch.randn(n, cfg.networks.latent, device=acc.device, generator=gen)
         observed = None
         if mask is not None:
             observed = fade_mask(mask.to(acc.device), alpha)
@@ -184,14 +184,14 @@ class Trainer:
             mu, logvar, x_rec, x_fake, mu_fake, logvar_fake = self.pair(x, z, eps, res, alpha)
 
         # Energy: contrastive step on real vs (detached) generated images.
-        r1 = bool(w.get("energy_r1"))
+        r1 = bool(w.energy_r1)
         x_real = x.detach().requires_grad_(True) if r1 else x
         x_negative, move = x_fake.detach(), None
-        if cfg.get("energy_langevin"):
+        if w.langevin_steps:
             x_negative = self.refine_negatives(x_negative, alpha, gen)
             move = (x_negative - x_fake.detach().float()).square().mean().sqrt()
         seen = [x_real, x_negative]
-        outliers = bool(w.get("energy_outliers"))
+        outliers = bool(w.energy_outliers)
         if outliers:  # drawn last from the step's stream, so nothing else in the step moves
             seen.append(random_scale_noise(n, res, gen))
         with acc.autocast():
@@ -199,11 +199,11 @@ class Trainer:
             loss_e, stats = triangle.energy_loss(energies[:n], energies[n : 2 * n], w)
             if outliers:
                 ranking = triangle.outlier_ranking(energies[:n], energies[2 * n :])
-                loss_e = loss_e + w["energy_outliers"] * ranking
+                loss_e = loss_e + w.energy_outliers * ranking
                 stats["energy_outliers"], stats["loss_energy"] = ranking.detach(), loss_e.detach()
             if r1:
                 penalty = triangle.data_gradient_penalty(energies[:n], x_real)
-                loss_e = loss_e + 0.5 * w["energy_r1"] * penalty
+                loss_e = loss_e + 0.5 * w.energy_r1 * penalty
                 stats["energy_r1"], stats["loss_energy"] = penalty.detach(), loss_e.detach()
         if move is not None:  # root-mean-square change of a pixel by the chain
             stats["langevin_move"] = move
@@ -244,9 +244,9 @@ class Trainer:
         a chain on E itself also visits the low-energy regions the energy has wrongly made,
         and the contrastive step raises them. The chain's noise comes from this step's
         seeded stream, so a resumed run repeats it."""
-        cfg, acc = self.cfg, self.accelerator
+        w, acc = self.cfg.loss, self.accelerator
         noise = None  # plain descent (the default) draws nothing: no device sync per step
-        if cfg["energy_langevin_noise"] > 0:  # one draw from `gen`, before the outliers
+        if w.langevin_noise > 0:  # one draw from `gen`, before the outliers
             seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
             noise = torch.Generator().manual_seed(seed)
         energy = acc.unwrap_model(self.energy).requires_grad_(False)
@@ -254,8 +254,7 @@ class Trainer:
             with acc.autocast():
                 return langevin(
                     lambda v: energy(v, alpha), x_fake.float().clamp(-1.0, 1.0),
-                    cfg["energy_langevin"], cfg["energy_langevin_step"],
-                    cfg["energy_langevin_noise"], generator=noise,
+                    w.langevin_steps, w.langevin_step_size, w.langevin_noise, generator=noise,
                     project=lambda v: v.clamp(-1.0, 1.0),
                 ).float()
         finally:
@@ -280,16 +279,18 @@ class Trainer:
         Only this optimizer's gradients are unscaled (fp16): accelerate's clip_grad_norm_
         unscales every optimizer, which fails for the second network after one backward."""
         self.accelerator.unscale_gradients(optimizer)
-        return torch.nn.utils.clip_grad_norm_(network.parameters(), self.cfg["grad_clip"])
+        return torch.nn.utils.clip_grad_norm_(network.parameters(), self.cfg.optim.grad_clip)
 
     @torch.no_grad()
     def update_ema(self, batch: int) -> None:
-        _average(self.generator_ema, self.generator, self.cfg["ema_kimg"], batch)
+        half_lives = self.cfg.optim.half_lives()
+        _average(self.generator_ema, self.generator, half_lives["generator"], batch)
         if not self.averages:
             return
         sources = self.unwrapped()
         for name, average in self.averages.items():
-            _average(average, sources[AVERAGE_OF[name]], self.cfg[OPTIONAL_AVERAGES[name]], batch)
+            of = AVERAGE_OF[name]
+            _average(average, sources[of], half_lives[of], batch)
 
 
 def _average(average: torch.nn.Module, source: torch.nn.Module, half_life_kimg: float,
@@ -336,16 +337,17 @@ def dataset_max_res(path: str | os.PathLike) -> int:
     return int(read_meta(path)["max_res"])
 
 
-def check_data(cfg: dict) -> None:
+def check_data(cfg: Config) -> None:
     """Everything about the run's data that can be checked before anything is written."""
-    if cfg["data"] is not None:
-        meta = check_dataset(cfg["data"], cfg["max_res"], cfg["holdout"])
-        count, has_masks, where = meta["count"], "masks" in meta, f"dataset {cfg['data']}"
+    data = cfg.data
+    if data.path is not None:
+        meta = check_dataset(data.path, cfg.schedule.max_res, data.holdout)
+        count, has_masks, where = meta["count"], "masks" in meta, f"dataset {data.path}"
     else:
         where = "the built-in dataset"
-        evaluation.check_holdout(cfg["synthetic_count"], cfg["holdout"], where)
-        count, has_masks = cfg["synthetic_count"], False
-    if cfg.get("pca_path"):
+        evaluation.check_holdout(data.synthetic_count, data.holdout, where)
+        count, has_masks = data.synthetic_count, False
+    if cfg.networks.pca_path:
         pca_path.check_data(cfg, count, has_masks, where)
 
 
@@ -366,37 +368,38 @@ def _save_grids(
             encoded = trainer.fill_missing(real, observed, res, alpha)
             real = fill(real, observed, torch.zeros_like(real))
         recon = g(inference(encoded, alpha)[0], res, alpha)
-    n = trainer.cfg["grid_size"]
+    n = trainer.cfg.run.grid_size
     save_grid(samples, layout.grid_file(run_dir, "samples", res, images_shown), nrow=n)
     # Real images in even columns, their reconstructions beside them.
     save_grid(pairs(real, recon), layout.grid_file(run_dir, "reconstructions", res, images_shown),
               nrow=n)
 
 
-def _resolve_data(cfg: dict, run_dir: Path, acc: Accelerator) -> dict:
+def _resolve_data(cfg: Config, run_dir: Path, acc: Accelerator) -> Config:
     """The config with its dataset path resolved (the built-in data rendered once if the run
     has none), written to the run folder's config.json."""
     check_data(cfg)  # before anything is rendered or written
-    if cfg["data"] is None:
-        path = layout.builtin_dataset_path(run_dir.parent, cfg["max_res"], cfg["synthetic_count"])
+    if cfg.data.path is None:
+        max_res, count = cfg.schedule.max_res, cfg.data.synthetic_count
+        path = layout.builtin_dataset_path(run_dir.parent, max_res, count)
         if acc.is_main_process:
-            render_builtin_dataset(path, cfg["max_res"], cfg["synthetic_count"])
+            render_builtin_dataset(path, max_res, count)
         acc.wait_for_everyone()
-        cfg = {**cfg, "data": str(path)}
+        cfg = replace(cfg, {"data.path": str(path)})
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / layout.CONFIG_NAME, cfg)
+        write_json_atomic(run_dir / layout.CONFIG_NAME, cfg.to_dict())
     return cfg
 
 
-def _fixed_inputs(cfg: dict, schedule: Schedule, device: torch.device) -> dict:
+def _fixed_inputs(cfg: Config, schedule: Schedule, device: torch.device) -> dict:
     """The latents and real images every grid of the run shows, the same at every stage."""
-    grid = cfg["grid_size"]
-    seeded = torch.Generator().manual_seed(cfg["seed"])
-    z = torch.randn(grid * grid, cfg["latent"], generator=seeded).to(device)
+    grid = cfg.run.grid_size
+    seeded = torch.Generator().manual_seed(cfg.run.seed)
+    z = torch.randn(grid * grid, cfg.networks.latent, generator=seeded).to(device)
     fixed = {"z": z, "real": {}, "mask": {}}
     for res in schedule.resolutions:
-        ds = ImageDataset(cfg["data"], res)
+        ds = ImageDataset(cfg.data.path, res)
         indices = list(range(min(grid * grid // 2, len(ds))))
         fixed["real"][res] = ds.batch(indices).to(device)
         if ds.has_masks:
@@ -452,7 +455,7 @@ class _Ticks:
         self._reset(images_shown)
 
 
-def _save(trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int) -> Path | None:
+def _save(trainer: Trainer, cfg: Config, run_dir: Path, images_shown: int) -> Path | None:
     """A snapshot at `images_shown`, written by the main process once all have arrived;
     None (on every rank) when it was refused for non-finite tensors."""
     acc = trainer.accelerator
@@ -548,7 +551,7 @@ def _save_reals(fixed: dict, run_dir: Path, res: int, grid: int) -> None:
 
 
 def train(
-    cfg: dict,
+    cfg: Config,
     run_dir: str | os.PathLike,
     snapshot: str | os.PathLike | None = None,
     progress: bool = True,
@@ -556,15 +559,19 @@ def train(
 ) -> Path:
     """Train (or continue from `snapshot`) until `total_kimg`; returns the final snapshot."""
     run_dir = Path(run_dir)
+    if cfg.run.log_with is not None:
+        raise UserError(f"run.log_with {cfg.run.log_with}: trackers are not supported yet; "
+                        "every tick is in the run's stats.jsonl")
     schedule = Schedule.from_config(cfg)
-    total = round(cfg["total_kimg"] * 1000) if cfg["total_kimg"] else schedule.end_of_last_stage
+    total = schedule.total(cfg)
     trainer = Trainer.create(cfg, accelerator)
     acc = trainer.accelerator
     world, rank = acc.num_processes, acc.process_index
     for res in schedule.resolutions:
-        if cfg["batch"][res] % world:
+        if cfg.schedule.batch[res] % world:
             raise UserError(
-                f"batch {cfg['batch'][res]} at {res}px does not divide over {world} processes"
+                f"batch {cfg.schedule.batch[res]} at {res}px does not divide over {world} "
+                "processes"
             )
 
     # One writer per run folder: the main process holds the lock until training ends; the
@@ -605,7 +612,7 @@ def _is_collective_failure(e: RuntimeError) -> bool:
 
 
 def _train_locked(
-    cfg: dict, run_dir: Path, snapshot: str | os.PathLike | None, progress: bool,
+    cfg: Config, run_dir: Path, snapshot: str | os.PathLike | None, progress: bool,
     trainer: Trainer, schedule: Schedule, total: int,
 ) -> Path:
     acc = trainer.accelerator
@@ -622,8 +629,8 @@ def _train_locked(
         ckpt.load_optimizers(snapshot, trainer.optimizers)
         last_good = snapshot
     cfg = _resolve_data(cfg, run_dir, acc)
-    dataset_meta = check_dataset(cfg["data"], cfg["max_res"], cfg["holdout"])
-    train_count, held = evaluation.split_counts(dataset_meta["count"], cfg["holdout"])
+    dataset_meta = check_dataset(cfg.data.path, cfg.schedule.max_res, cfg.data.holdout)
+    train_count, held = evaluation.split_counts(dataset_meta["count"], cfg.data.holdout)
     fixed = _fixed_inputs(cfg, schedule, acc.device)
     evaluator = (
         evaluation.StageEvaluator(cfg, run_dir, acc.device, pca_path.starting_networks)
@@ -640,11 +647,11 @@ def _train_locked(
     # Threads beyond the cores (several runs side by side) slow every run many times over.
     where = f"cpu ({torch.get_num_threads()} threads)" if acc.device.type == "cpu" else acc.device
     acc.print(
-        f"training on {train_count} of {dataset_meta['count']} images from {cfg['data']} "
+        f"training on {train_count} of {dataset_meta['count']} images from {cfg.data.path} "
         f"(the last {held} held out for evaluation), {world} process(es), {where}, "
-        f"{precision.describe(cfg['mixed_precision'], acc.device)}; run folder {run_dir}"
+        f"{precision.describe(cfg.run.mixed_precision, acc.device)}; run folder {run_dir}"
     )
-    if images_shown == 0 and cfg.get("pca_path"):  # on every rank: the same fit
+    if images_shown == 0 and cfg.networks.pca_path:  # on every rank: the same fit
         pca_path.install(trainer.unwrapped(), pca_path.training_fit(cfg))
     if images_shown == 0:  # the starting point, for metrics against initialization
         final = last_good = _save(trainer, cfg, run_dir, 0)
@@ -654,8 +661,8 @@ def _train_locked(
     bar = tqdm(total=total, initial=images_shown, unit="img", unit_scale=True,
                dynamic_ncols=True, disable=not (progress and acc.is_local_main_process))
     ticks = _Ticks(acc, run_dir / layout.STATS_NAME, bar, images_shown)
-    tick_every = max(1, round(cfg["tick_kimg"] * 1000))
-    snap_every = max(1, round(cfg["snapshot_kimg"] * 1000))
+    tick_every = max(1, round(cfg.run.tick_kimg * 1000))
+    snap_every = max(1, round(cfg.run.snapshot_kimg * 1000))
     # The stage of the last completed step (None before the first), so a run resumed at a stage
     # boundary resets its optimizers as an uninterrupted one does.
     stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else None
@@ -665,23 +672,23 @@ def _train_locked(
         while images_shown < total:
             phase = schedule.at(images_shown)
             if batches is None or phase.stage != stage:
-                if stage is not None and phase.stage != stage and cfg["reset_optimizers"]:
+                if stage is not None and phase.stage != stage and cfg.optim.reset_optimizers:
                     trainer.reset_optimizers()
                 stage = phase.stage
                 # The last stage's workers and their queue threads go before new workers fork:
                 # a fork while another thread is exiting can leave the child deadlocked.
                 batches = None
                 # The held-out images (the last ones) are never trained on.
-                dataset = Subset(ImageDataset(cfg["data"], phase.res), range(train_count))
+                dataset = Subset(ImageDataset(cfg.data.path, phase.res), range(train_count))
                 batches = iter(make_loader(
-                    dataset, phase.batch // world, rank=rank, world_size=world, seed=cfg["seed"],
-                    start=images_shown // world, workers=cfg["workers"],
+                    dataset, phase.batch // world, rank=rank, world_size=world, seed=cfg.run.seed,
+                    start=images_shown // world, workers=cfg.data.workers,
                     pin_memory=acc.device.type == "cuda",
                 ))
                 if acc.is_main_process:
-                    _save_reals(fixed, run_dir, phase.res, cfg["grid_size"])
+                    _save_reals(fixed, run_dir, phase.res, cfg.run.grid_size)
             trainer.set_lr(phase)
-            batch = _next_batch(batches, cfg["data"])
+            batch = _next_batch(batches, cfg.data.path)
             real, mask = batch if isinstance(batch, tuple | list) else (batch, None)
             stats = trainer.step(real, phase, images_shown, mask)
             if (where := finite.add(stats, images_shown)) is not None:
@@ -716,15 +723,13 @@ def _train_locked(
 
 
 def resolve_run(
-    cfg: dict, overrides: dict, out: Path, name: str | None, resume: str | None, notify=print
-) -> tuple[dict, Path, Path | None]:
+    cfg: Config, values: dict, out: Path, name: str | None, resume: str | None, notify=print
+) -> tuple[Config, Path, Path | None]:
     """Pick the run folder and the snapshot to continue from.
 
-    A resumed run keeps its saved configuration, with only the options given explicitly now
-    (`overrides` that are not None) applied on top, e.g. a larger `total_kimg`.
+    A resumed run keeps its saved configuration, with only the `section.field` values given
+    explicitly now set over it, e.g. a larger `schedule.total_kimg`.
     """
-    from progressive.config.presets import make_config
-
     check_data(cfg)
     snapshot = None
     if resume not in (None, "auto"):
@@ -750,12 +755,5 @@ def resolve_run(
                 "above); pass --name to start another run"
             )
     if snapshot is not None:
-        saved = ckpt.read_state(snapshot)["config"]
-        given = {k: v for k, v in overrides.items() if v is not None}
-        if "loss" in given:  # one weight changed; the run's other weights stay as trained
-            given["loss"] = {**saved.get("loss", {}), **given["loss"]}
-        if isinstance(given.get("lr"), dict):  # so do the other networks' learning rates
-            given["lr"] = {**saved["lr"], **given["lr"]}
-        merged = {k: v for k, v in saved.items() if k != "preset"} | given
-        cfg = make_config(saved["preset"], **merged)
+        cfg = replace(ckpt.read_state(snapshot)["config"], values)
     return cfg, run_dir, snapshot

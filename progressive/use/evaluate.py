@@ -291,7 +291,7 @@ def _other_set(source: str, run: LoadedRun, n: int, seed: int) -> Tensor:
     progressive.train.outliers), anything else a dataset or image folder."""
     kind = source.removeprefix(NOISE_PREFIX)
     if kind == source or Path(source).exists():
-        return load_images(source, run.res, run.config["max_res"], n, spread=True)[1]
+        return load_images(source, run.res, run.config.schedule.max_res, n, spread=True)[1]
     if kind not in outliers.KINDS:
         known = ", ".join(NOISE_PREFIX + k for k in outliers.KINDS)
         raise UserError(f"--ood {source}: unknown noise kind; use one of {known}")
@@ -313,7 +313,8 @@ def _previous_energy(run: LoadedRun, real: Tensor, n: int, seed: int) -> dict | 
     earlier = [s for s in earlier if read_state(s)["images_shown"] > 0]
     if not earlier:
         return None
-    nets = build_networks(run.config)
+    nets = build_networks(run.config.networks, run.config.schedule.max_res,
+                          run.config.optim.half_lives())
     load_weights(earlier[-1], nets)
     energy = in_use(nets, "energy").to(run.device).eval().requires_grad_(False)
     generator = in_use(nets, "generator").to(run.device).eval().requires_grad_(False)
@@ -373,8 +374,10 @@ def _initial_generator(run: LoadedRun) -> torch.nn.Module:
     """The generator exactly as training started it: a PCA path's from the run's first
     snapshot while it is kept (its fit needs the training data, which may have moved)."""
     first = snapshot_dir(run.run_dir, 0)
-    if run.config.get("pca_path") and (first / "generator.safetensors").exists():
-        networks = {"generator": build_networks(run.config)["generator"]}
+    cfg = run.config
+    if cfg.networks.pca_path and (first / "generator.safetensors").exists():
+        built = build_networks(cfg.networks, cfg.schedule.max_res, cfg.optim.half_lives())
+        networks = {"generator": built["generator"]}
         load_weights(first, networks)
     else:
         networks = starting_networks(run.config)
@@ -383,7 +386,7 @@ def _initial_generator(run: LoadedRun) -> torch.nn.Module:
 
 def _training_images(run: LoadedRun, res: int, n: int) -> Tensor | None:
     """Up to `n` images of the run's own training dataset, when it is still there."""
-    data = run.config.get("data")
+    data = run.config.data.path
     if not data or not Path(data).is_dir():
         return None
     try:

@@ -132,7 +132,7 @@ def checkpoint_summary(path: Path) -> str:
     schedule = Schedule.from_config(cfg)
     phase = schedule.at(shown)
     counts = {}
-    names = network_names(cfg)
+    names = network_names(cfg.optim.half_lives())
     for name in names:
         file = snapshot / f"{name}.safetensors"
         try:
@@ -149,17 +149,19 @@ def checkpoint_summary(path: Path) -> str:
         f"  run folder     {run_dir} ({len(snaps)} snapshot(s))",
         f"  images shown   {shown:,} ({shown / 1000:g} kimg)",
         f"  stage          {phase.stage + 1} of {stages}, {kind}",
-        f"  resolution     {phase.res}x{phase.res} (max {cfg['max_res']})",
+        f"  resolution     {phase.res}x{phase.res} (max {cfg.schedule.max_res})",
         f"  alpha          {phase.alpha:.4g}",
         f"  trained        {', '.join(str(r) for r in schedule.resolutions if r <= phase.res)}",
         "  parameters",
         *(f"    {name:14s} {counts[name]:,}" for name in names),
         "  configuration",
     ]
-    for key, value in cfg.items():
-        if key in ("batch", "lr"):
-            value = _per_res(value, schedule.resolutions)
-        lines.append(f"    {key:22s} {_short(value)}")
+    lines.append(f"    {'preset':26s} {cfg.preset}")
+    for section, fields in cfg.to_dict().items():
+        for key, value in fields.items() if isinstance(fields, dict) else ():
+            if isinstance(value, dict):  # a per-resolution table
+                value = {r: value[r] for r in schedule.resolutions}
+            lines.append(f"    {section + '.' + key:26s} {_short(value)}")
     for metric_file in metric_files(run_dir):
         try:
             last = json.loads(metric_file.read_text().strip().splitlines()[-1])
@@ -180,10 +182,3 @@ def _numel(shape: list[int]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def _per_res(table: dict, resolutions: list[int]) -> dict:
-    """A per-resolution table (or a table of them) cut to the run's resolutions."""
-    if all(isinstance(v, dict) for v in table.values()):
-        return {k: _per_res(v, resolutions) for k, v in table.items()}
-    return {r: table[r] for r in resolutions if r in table}

@@ -110,7 +110,7 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
     stages(ax_e)
 
     ax_text.axis("off")
-    lines = [f"run {run_dir.name}", f"preset {cfg['preset']}, max {cfg['max_res']} px"]
+    lines = [f"run {run_dir.name}", f"preset {cfg.preset}, max {cfg.schedule.max_res} px"]
     for e in evals:
         swd = f"SWD {e['swd']:.1f} (init {e['swd_at_init']:.1f})" if e.get("swd") else "SWD -"
         lines.append(f"{e['kimg']:>7g} kimg {e['res']:>4} px  {swd}  "
