@@ -41,7 +41,7 @@ def load_images(
     """
     src = Path(source)
     if not src.exists():
-        raise UserError(f"--images {src} does not exist; pass a dataset or a folder of images")
+        raise UserError(f"--data {src} does not exist; pass a dataset or a folder of images")
     if (src / META_NAME).is_file():
         ds = ImageDataset(src, res)
         if len(ds) == 0:
@@ -49,11 +49,11 @@ def load_images(
         indices = _pick(len(ds), n, spread)
         return [str(i) for i in indices], ds.batch(indices)
     if not src.is_dir():
-        raise UserError(f"--images {src} is neither a dataset nor a folder of images")
+        raise UserError(f"--data {src} is neither a dataset nor a folder of images")
     files = image_files(src)
     files = [files[i] for i in _pick(len(files), n, spread)]
     if not files:
-        raise UserError(f"--images {src} holds no images ({', '.join(EXTENSIONS)})")
+        raise UserError(f"--data {src} holds no images ({', '.join(EXTENSIONS)})")
     return files, torch.stack([read_image_file(src / name, res, max_res) for name in files])
 
 
