@@ -23,7 +23,8 @@ from progressive.use import generate as use
 
 RES = 16
 # A short noiseless chain in image space, for the command tests.
-CHAIN = ["--langevin-steps", 2, "--langevin-step-size", 1e-3, "--langevin-noise", 0, "--langevin-space", "image"]
+CHAIN = ["--langevin-steps", 2, "--langevin-step-size", 1e-3, "--langevin-noise", 0,
+         "--langevin-space", "image"]
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +160,14 @@ def test_bad_langevin_options(run_dir, tmp_path):
     out = tmp_path / "o.png"
     base = ["sample", "--ckpt", run_dir, "--out", out]
     _usage_error(invoke(*base, "--langevin-steps", -1), "--langevin-steps")
-    _usage_error(invoke(*base, "--langevin-steps", 2, "--langevin-step-size", 0), "--langevin-step-size")
+    size = "--langevin-step-size"
+    _usage_error(invoke(*base, "--langevin-steps", 2, size, 0), size)
     _usage_error(invoke(*base, "--langevin-steps", 2, "--langevin-noise", -1), "--langevin-noise")
-    _usage_error(invoke(*base, "--langevin-steps", 2, "--langevin-space", "pixel"), "--langevin-space")
+    space = "--langevin-space"
+    _usage_error(invoke(*base, "--langevin-steps", 2, space, "pixel"), space)
     data = tmp_path / "none"
     _usage_error(
-        invoke("evaluate", "--ckpt", run_dir, "--data", data, "--langevin-step-size", -2), "--langevin-step-size"
+        invoke("evaluate", "--ckpt", run_dir, "--data", data, size, -2), size
     )
     r = invoke("interpolate", "--ckpt", run_dir, "--smooth-video", 1, "--energy", "--out", out)
     assert r.exit_code == 1 and r.output.strip().startswith("Error:") and "--energy" in r.output

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import TINY_NETWORKS
 
+from progressive.config.presets import make_config
 from progressive.metrics import pca
 from progressive.metrics import quality as qm
 from progressive.model import budget
 from progressive.model.langevin import Langevin, refine
 from progressive.model.networks import build_networks
-from progressive.config.presets import make_config
-from tiny import TINY_NETWORKS
 
 
 def _images(n, res, seed=0):
