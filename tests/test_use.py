@@ -469,3 +469,36 @@ def test_load_images_spread_keeps_every_part_of_a_sorted_set(tmp_path):
     assert names == ["a/0.png", "a/2.png", "b/0.png", "b/2.png", "c/0.png", "c/2.png"]
     assert images.shape == (6, 3, RES, RES)
     assert len(use.load_images(folder, RES, RES, 50, spread=True)[0]) == 12
+
+
+def test_oversized_grids_and_animations_are_refused_in_one_line(run_dir, tmp_path, monkeypatch):
+    from progressive.core import grids
+    from progressive.use import generate as gen
+
+    monkeypatch.setattr(grids, "GRID_PIXELS", 10 * RES * RES)  # a grid of 10 images at most
+    r = invoke("sample", "--ckpt", run_dir, "--n", 11, "--out", tmp_path / "s.png")
+    assert r.exit_code == 1 and "--outdir" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "s.png").exists()
+    r = invoke("interpolate", "--ckpt", run_dir, "--seeds", "1,2", "--steps", 11,
+               "--out", tmp_path / "w.png")
+    assert r.exit_code == 1 and "--steps 11" in r.output
+    monkeypatch.setattr(gen, "MAX_FRAMES", 5)
+    r = invoke("interpolate", "--ckpt", run_dir, "--seeds", "1,2", "--steps", 6,
+               "--out", tmp_path / "w.gif")
+    assert r.exit_code == 1 and "at most 5" in r.output
+
+
+def test_sample_outdir_streams_the_same_images_as_one_call(run_dir, model, tmp_path, monkeypatch):
+    from progressive.model import sampling as smp
+
+    want = smp.sample(model.generator, 7, 3, model.latent, RES, model.alpha)
+    monkeypatch.setattr(smp, "LATENT_CHUNK", 7)  # one chunk: the same latents as one call
+    r = invoke("sample", "--ckpt", run_dir, "--n", 7, "--seed", 3, "--outdir", tmp_path / "d")
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "d").glob("*.png"))
+    assert len(files) == 7
+    got = np.asarray(Image.open(files[6]).convert("RGB"))
+    assert np.array_equal(got, as_hwc(want[6:7])[0])
+    monkeypatch.setattr(smp, "LATENT_CHUNK", 3)  # several chunks, every image written
+    r = invoke("sample", "--ckpt", run_dir, "--n", 7, "--outdir", tmp_path / "e")
+    assert r.exit_code == 0 and len(list((tmp_path / "e").glob("*.png"))) == 7

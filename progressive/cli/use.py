@@ -140,19 +140,16 @@ def interpolate(**options):
         max_res = run.config["max_res"]
         ends = [use.read_image_file(p, run.res, max_res) for p in (from_image, to_image)]
         names = [Path(p).name for p in (from_image, to_image)]
-        images = use.interpolate(run, out, endpoints_images=torch.stack(ends), names=names, **walk)
+        values = use.interpolate(run, out, endpoints_images=torch.stack(ends), names=names, **walk)
         walks = 1
     else:
         seed_list = parse_seeds(seeds)
-        images = use.interpolate(run, out, seeds=seed_list, **walk)
+        values = use.interpolate(run, out, seeds=seed_list, **walk)
         walks = len(seed_list) - 1
     click.echo(
         f"wrote {out}: {walks} walk(s) of {steps} steps at {run.res}px (alpha {run.alpha:.3g})"
     )
-    if energy_csv is not None:
-        from progressive.model.sampling import sample_energies
-
-        values = sample_energies(run.energy, images, run.alpha)
+    if values is not None:
         click.echo(f"wrote {energy_csv}: energy along the walks {_fmt(values)}")
 
 
@@ -167,32 +164,44 @@ def interpolate(**options):
 @_langevin_options
 def sample(**options):
     """Random samples from the generator, optionally refined by Langevin on the energy."""
+    import torch
+
     from progressive.core.files import check_suffix
-    from progressive.core.grids import save_grid
-    from progressive.model.sampling import sample as sample_images
-    from progressive.model.sampling import sample_energies
+    from progressive.core.grids import grid_capacity, save_grid
+    from progressive.model.sampling import sample_batches, sample_energies
 
     out, outdir, n, seed = options["out"], options["outdir"], options["n"], options["seed"]
     if (out is None) == (outdir is None):
         raise UserError("give exactly one of --out (a grid) or --outdir (one PNG per image)")
     chain = _chain(options)
     run = _load(options)
-    args = (run.generator, n, seed, run.latent, run.res, run.alpha, options["truncation"])
-    images = sample_images(*args, energy=run.energy, chain=chain)
-    if chain.steps:
-        before = sample_energies(run.energy, sample_images(*args), run.alpha).mean()
-        after = sample_energies(run.energy, images, run.alpha).mean()
-        click.echo(
-            f"{chain.steps} Langevin steps in {chain.space} space (step size {chain.step_size:g},"
-            f" noise {chain.noise:g}): mean energy {before:.5g} -> {after:.5g}"
-        )
     if out is not None:
         check_suffix(out, (".png", ".jpg"), "--out")
-        save_grid(images, out, options["nrow"] or max(1, round(n**0.5)))
+        if n > grid_capacity(run.res):
+            raise UserError(f"--n {n}: a grid at {run.res}px holds at most "
+                            f"{grid_capacity(run.res)} images; use --outdir DIR for one PNG each")
+    args = (run.generator, n, seed, run.latent, run.res, run.alpha, options["truncation"])
+    kept, after, i = [], [], 0
+    for x in sample_batches(*args, energy=run.energy, chain=chain):
+        if chain.steps:
+            after.append(sample_energies(run.energy, x, run.alpha))
+        if out is not None:
+            kept.append(x)
+            continue
+        for image in x:  # streamed: one batch in memory at a time
+            save_grid(image[None], Path(outdir) / f"seed{seed:04d}-{i:05d}.png", nrow=1)
+            i += 1
+    if chain.steps:
+        before = torch.cat([sample_energies(run.energy, x, run.alpha)
+                            for x in sample_batches(*args)]).mean()
+        click.echo(
+            f"{chain.steps} Langevin steps in {chain.space} space (step size {chain.step_size:g},"
+            f" noise {chain.noise:g}): mean energy {before:.5g} -> {torch.cat(after).mean():.5g}"
+        )
+    if out is not None:
+        save_grid(torch.cat(kept), out, options["nrow"] or max(1, round(n**0.5)))
         click.echo(f"wrote {out}: {n} samples at {run.res}px")
     else:
-        for i, image in enumerate(images):
-            save_grid(image[None], Path(outdir) / f"seed{seed:04d}-{i:05d}.png", nrow=1)
         click.echo(f"wrote {n} images at {run.res}px to {outdir}")
 
 

@@ -152,9 +152,11 @@ def refine_batches(
     *,
     seed: int = 0,
     batch: int | None = None,
+    first: int = 0,
 ) -> Iterator[Tensor]:
     """`refine`, batch by batch; batches sized by the memory budget unless given. The chains
-    do not depend on the batch size: each image's noise is its own stream."""
+    do not depend on the batch size: each image's noise is its own stream, named by its index
+    (`first` + its place in `z`)."""
     device = next(generator.parameters()).device
     if batch is None:
         nets = dict(generator=generator, energy=energy, latent=z.shape[1])
@@ -164,7 +166,8 @@ def refine_batches(
         zb = z[i : i + batch].to(device)
         # One noise stream per image, named by (seed, index): the same chains whatever the
         # device and the batch size.
-        noise = [torch.Generator().manual_seed(seed * 1_000_003 + i + j) for j in range(len(zb))]
+        noise = [torch.Generator().manual_seed(seed * 1_000_003 + first + i + j)
+                 for j in range(len(zb))]
         chain = dict(steps=settings.steps, step_size=settings.step_size, noise=settings.noise)
         if settings.space == "latent":
             potential = latent_potential(generator, energy, res, alpha)

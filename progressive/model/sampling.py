@@ -15,7 +15,7 @@ from torch import Tensor
 
 from progressive.core.images import to_float
 from progressive.model import budget
-from progressive.model.langevin import Langevin, refine
+from progressive.model.langevin import Langevin, refine_batches
 from progressive.model.networks import fade_real
 
 
@@ -51,6 +51,33 @@ def _batch(kind: str, net: torch.nn.Module, res: int, alpha: float, batch: int |
 _ROLE = {"energy": "energy", "encode": "inference"}
 
 
+LATENT_CHUNK = 4096  # latents drawn at a time from a sample's one seeded stream
+
+
+def sample_batches(
+    generator: torch.nn.Module,
+    n: int,
+    seed: int,
+    latent: int,
+    res: int,
+    alpha: float,
+    truncation: float = 1.0,
+    *,
+    energy: torch.nn.Module | None = None,
+    chain: Langevin | None = None,
+) -> Iterator[Tensor]:
+    """`sample`, batch by batch, so any `n` streams in bounded memory: latents drawn
+    LATENT_CHUNK at a time from one seeded stream, images in budget-sized batches."""
+    stream = torch.Generator().manual_seed(seed)
+    for first in range(0, n, LATENT_CHUNK):
+        z = torch.randn(min(LATENT_CHUNK, n - first), latent, generator=stream) * truncation
+        if chain is None or chain.steps == 0:
+            yield from generate_batches(generator, z, res, alpha)
+        else:
+            yield from refine_batches(generator, energy, z, res, alpha, chain, seed=seed,
+                                      first=first)
+
+
 def sample(
     generator: torch.nn.Module,
     n: int,
@@ -65,10 +92,9 @@ def sample(
 ) -> Tensor:
     """n images from z ~ N(0, I) (one seeded stream), pulled toward the mean latent 0 by
     `truncation` (z * psi), then refined by the Langevin `chain` on `energy` when given."""
-    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed)) * truncation
-    if chain is None or chain.steps == 0:
-        return generate(generator, z, res, alpha)
-    return refine(generator, energy, z, res, alpha, chain, seed=seed)
+    args = (generator, n, seed, latent, res, alpha, truncation)
+    out = list(sample_batches(*args, energy=energy, chain=chain))
+    return torch.cat(out) if out else torch.zeros(0, 3, res, res)
 
 
 def prepare_real(images: Tensor, alpha: float) -> Tensor:
