@@ -412,9 +412,13 @@ def test_bad_inputs(run_dir, tmp_path):
     bad.mkdir()
     write_photo(bad / "good.png", 20, 20, seed=0)
     (bad / "broken.jpg").write_bytes(b"not a jpeg")
+    # energy scores the rest and reports the file it skipped, as the dataset tool does
+    r = invoke("energy", "--ckpt", run_dir, "--data", bad, "--out", tmp_path / "e.csv")
+    assert r.exit_code == 0, r.output
+    assert "skipped" in r.output and "broken.jpg" in r.output and "1 skipped" in r.output
+    assert [row[0] for row in csv.reader((tmp_path / "e.csv").open())][1:] == ["good.png"]
     _one_line_error(
-        invoke("energy", "--ckpt", run_dir, "--data", bad, "--out", tmp_path / "e.csv"),
-        "broken.jpg",
+        invoke("reconstruct", "--ckpt", run_dir, "--data", bad, "--out", out), "broken.jpg"
     )
     _one_line_error(
         invoke("reconstruct", "--ckpt", run_dir, "--data", tmp_path / "none", "--out", out),

@@ -241,10 +241,15 @@ def energy(**options):
     from progressive.use import generate as use
 
     run, out = _load(options), options["out"]
-    names, real = use.load_images(options["data"], run.res, run.config["max_res"], options["n"])
+    skipped: list[tuple[str, str]] = []
+    names, real = use.load_images(options["data"], run.res, run.config["max_res"], options["n"],
+                                  skipped=skipped)
+    for path, reason in skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
     scores = energies(run.energy, real, run.alpha)
     rows = use.write_energy_csv(names, scores, out)
-    click.echo(f"wrote {out}: {len(rows)} images at {run.res}px")
+    left = f", {len(skipped)} skipped (listed above)" if skipped else ""
+    click.echo(f"wrote {out}: {len(rows)} images at {run.res}px{left}")
     click.echo(f"energy: {_fmt(scores)}")
     click.echo(f"lowest {rows[0][0]} ({rows[0][1]:.5g}), highest {rows[-1][0]} ({rows[-1][1]:.5g})")
 

@@ -31,13 +31,15 @@ from progressive.run.checkpoint import LoadedRun
 
 def load_images(
     source: str | os.PathLike, res: int, max_res: int, n: int | None = None,
-    spread: bool = False,
+    spread: bool = False, skipped: list[tuple[str, str]] | None = None,
 ) -> tuple[list[str], Tensor]:
     """Images from a dataset directory (meta.json) or a folder of image files.
 
     Returns names (a dataset's global indices or a folder's relative paths) and uint8
     (N, 3, res, res); the first `n` images when `n` is given, or with `spread` `n` images
     evenly spaced over the whole set (a set stored class by class then keeps every class).
+    With `skipped`, a file that cannot be used is left out and (path, reason) appended there,
+    as the dataset tool does; without it, it is a one-line error.
     """
     src = Path(source)
     if not src.exists():
@@ -54,7 +56,21 @@ def load_images(
     files = [files[i] for i in _pick(len(files), n, spread)]
     if not files:
         raise UserError(f"--data {src} holds no images ({', '.join(EXTENSIONS)})")
-    return files, torch.stack([read_image_file(src / name, res, max_res) for name in files])
+    names, images = [], []
+    for name in files:
+        try:
+            images.append(load_image_file(src / name, res, max_res))
+        except Reject as e:
+            if skipped is None:
+                raise UserError(f"cannot use image {src / name}: {e}") from None
+            skipped.append((str(src / name), str(e)))
+            continue
+        names.append(name)
+    if not images:
+        path, reason = skipped[0]
+        raise UserError(f"--data {src}: none of its {len(files)} image file(s) can be used "
+                        f"(first: {path}: {reason})")
+    return names, torch.stack(images)
 
 
 def _pick(count: int, n: int | None, spread: bool) -> list[int]:
