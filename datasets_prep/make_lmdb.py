@@ -15,14 +15,24 @@ import click
 
 from datasets_prep import SOURCES, make_source, write_dataset
 from progressive.core.errors import UserError
+from progressive.core.resolutions import MAX_RES, MIN_RES
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _check_max_res(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """--max-res as every command checks it: a usage error (exit 2) unless a power of two from
+    4 to 1024."""
+    if value < MIN_RES or value > MAX_RES or value & (value - 1):
+        raise click.UsageError(f"--max-res {value}: a power of two from {MIN_RES} to {MAX_RES}",
+                               ctx)
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("source", type=click.Choice(SOURCES))
 @click.argument("input", type=str)
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 # What to write
-@click.option("--max-res", type=int, required=True,
+@click.option("--max-res", type=int, required=True, callback=_check_max_res,
               help="Largest resolution (power of two, 4-1024).")
 @click.option("--encoding", type=click.Choice(["auto", "compact", "png", "jpeg", "raw"]),
               default="auto", show_default=True,

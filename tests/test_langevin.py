@@ -23,7 +23,8 @@ from progressive.use import generate as use
 
 RES = 16
 # A short noiseless chain in image space, for the command tests.
-CHAIN = ["--langevin-steps", 2, "--step-size", 1e-3, "--noise", 0, "--space", "image"]
+CHAIN = ["--langevin-steps", 2, "--langevin-step-size", 1e-3, "--langevin-noise", 0,
+         "--langevin-space", "image"]
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +122,10 @@ def test_chains_on_the_model_lower_the_energy_and_are_seeded(model):
 def test_settings_are_checked():
     for bad, word in [
         (dict(steps=-1), "--langevin-steps"),
-        (dict(step_size=0.0), "--step-size"),
-        (dict(step_size=math.nan), "--step-size"),
-        (dict(noise=-0.5), "--noise"),
-        (dict(space="pixel"), "--space"),
+        (dict(step_size=0.0), "--langevin-step-size"),
+        (dict(step_size=math.nan), "--langevin-step-size"),
+        (dict(noise=-0.5), "--langevin-noise"),
+        (dict(space="pixel"), "--langevin-space"),
     ]:
         with pytest.raises(UserError, match=word):
             Langevin(**bad)
@@ -137,7 +138,7 @@ def test_sample_with_langevin(run_dir, model, tmp_path):
     plain, zero, refined = (tmp_path / f"{n}.png" for n in ("plain", "zero", "refined"))
     base = ["sample", "--ckpt", run_dir, "--n", 4, "--seed", 2]
     assert invoke(*base, "--out", plain).exit_code == 0
-    r = invoke(*base, "--out", zero, "--langevin-steps", 0, "--step-size", 7)
+    r = invoke(*base, "--out", zero, "--langevin-steps", 0, "--langevin-step-size", 7)
     assert r.exit_code == 0, r.output
     assert zero.read_bytes() == plain.read_bytes()
     r = invoke(*base, "--out", refined, *CHAIN)
@@ -159,12 +160,14 @@ def test_bad_langevin_options(run_dir, tmp_path):
     out = tmp_path / "o.png"
     base = ["sample", "--ckpt", run_dir, "--out", out]
     _usage_error(invoke(*base, "--langevin-steps", -1), "--langevin-steps")
-    _usage_error(invoke(*base, "--langevin-steps", 2, "--step-size", 0), "--step-size")
-    _usage_error(invoke(*base, "--langevin-steps", 2, "--noise", -1), "--noise")
-    _usage_error(invoke(*base, "--langevin-steps", 2, "--space", "pixel"), "--space")
+    size = "--langevin-step-size"
+    _usage_error(invoke(*base, "--langevin-steps", 2, size, 0), size)
+    _usage_error(invoke(*base, "--langevin-steps", 2, "--langevin-noise", -1), "--langevin-noise")
+    space = "--langevin-space"
+    _usage_error(invoke(*base, "--langevin-steps", 2, space, "pixel"), space)
     data = tmp_path / "none"
     _usage_error(
-        invoke("evaluate", "--ckpt", run_dir, "--data", data, "--step-size", -2), "--step-size"
+        invoke("evaluate", "--ckpt", run_dir, "--data", data, size, -2), size
     )
     r = invoke("interpolate", "--ckpt", run_dir, "--smooth-video", 1, "--energy", "--out", out)
     assert r.exit_code == 1 and r.output.strip().startswith("Error:") and "--energy" in r.output

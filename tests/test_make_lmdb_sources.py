@@ -16,7 +16,7 @@ from datasets_prep.celeba import celeba_split
 from datasets_prep.readback import iter_images
 from progressive.core import images as im
 from progressive.core.errors import UserError
-from progressive.data import writer
+from progressive.data import pool
 from progressive.data.format import read_meta
 from progressive.data.synthetic import render
 
@@ -151,7 +151,7 @@ def _cifar_batch(n, seed):
 
 
 def test_cifar10_tarball_and_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer, "MAX_BATCH", 4)  # labels must follow images across workers
+    monkeypatch.setattr(pool, "MAX_BATCH", 4)  # labels must follow images across workers
     batches = {f"data_batch_{i}": _cifar_batch(3, i) for i in range(1, 6)}
     batches["test_batch"] = _cifar_batch(2, 9)
     folder = tmp_path / "cifar-10-batches-py"

@@ -17,7 +17,7 @@ from PIL import Image
 from datasets_prep import make_source, write_dataset
 from datasets_prep.readback import iter_images, shard_keys
 from progressive.core.errors import UserError
-from progressive.data import shards, writer
+from progressive.data import pool, shards, writer
 from progressive.data.format import image_key, read_meta, unseal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def test_interrupted_run_leaves_no_meta_and_is_reused(tmp_path, monkeypatch, wor
         if calls["n"] == 3:
             raise _Boom("killed")
 
-    monkeypatch.setattr(writer, "MAX_BATCH", 4)
+    monkeypatch.setattr(pool, "MAX_BATCH", 4)
     monkeypatch.setattr(shards.ShardStore, "put", flaky_put)
     with pytest.raises(_Boom if workers == 0 else UserError, match="killed"):
         write_dataset(src, tmp_path / "out", 8, shard_size=6, workers=workers, progress=False)
@@ -190,7 +190,7 @@ def test_parallel_matches_in_process_with_rejects_and_max_images(tmp_path, monke
 
     # With 3 images per batch, batches finish out of order across the two workers, rejects
     # fall in most of them, and --max-images cuts one in the middle with later ones in flight.
-    monkeypatch.setattr(writer, "MAX_BATCH", batch)
+    monkeypatch.setattr(pool, "MAX_BATCH", batch)
     for w in (0, 2):
         meta = write_dataset(Holey("60"), tmp_path / f"w{w}", 16, workers=w, shard_size=7,
                              max_images=40, progress=False)
@@ -212,7 +212,7 @@ def test_parallel_matches_in_process_with_rejects_and_max_images(tmp_path, monke
 def test_map_grows_when_full(tmp_path, monkeypatch, workers):
     # Far too small for 20 64x64 images; with two workers both grow the same shard's map.
     monkeypatch.setattr(writer, "initial_map_size", lambda max_res, shard_size: 64 << 10)
-    monkeypatch.setattr(writer, "MAX_BATCH", 2)
+    monkeypatch.setattr(pool, "MAX_BATCH", 2)
     meta = write_dataset(make_source("synthetic", "20"), tmp_path / "out", 64, workers=workers,
                          progress=False)
     assert meta["count"] == 20
@@ -242,7 +242,6 @@ def test_cli_summary_and_one_line_errors(tmp_path):
     for args, msg in (
         (["folder", str(tmp_path / "missing"), str(tmp_path / "o2"), "--max-res", "8"],
          "is not a folder"),
-        (["synthetic", "4", str(tmp_path / "o3"), "--max-res", "12"], "not a power of two"),
         (["synthetic", "4", str(tmp_path / "o"), "--max-res", "8"], "already holds a dataset"),
         (["folder", str(tmp_path), str(tmp_path / "o4"), "--max-res", "8", "--split", "train"],
          "--split applies"),
@@ -339,7 +338,7 @@ def test_shard_writer_memory_stays_flat(tmp_path, monkeypatch):
 def test_shards_are_flushed_while_the_last_batches_convert(tmp_path, monkeypatch):
     # Once the last batch is handed out, the parent flushes the shards written so far; the
     # sync before meta.json follows and finds the data already on its way to disk.
-    monkeypatch.setattr(writer, "MAX_BATCH", 2)
+    monkeypatch.setattr(pool, "MAX_BATCH", 2)
     events = []
     monkeypatch.setattr(shards, "fsync_path", lambda path: events.append(("flush", str(path))))
     real_sync = writer.sync_shards
@@ -371,3 +370,34 @@ def test_shard_opened_while_another_process_grows_its_map(tmp_path, monkeypatch)
     store.put(0, [{4: bytes(48)}])
     store.close()
     assert sizes == [64 << 10, 128 << 10]
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path):
+    out = tmp_path / "ds"
+    held = writer.lock_output(out)  # a first run, still writing
+    try:
+        with pytest.raises(UserError, match="being written by another run"):
+            write_dataset(make_source("synthetic", "2"), out, 8, workers=0, progress=False)
+        assert not (out / "meta.json").exists()
+    finally:
+        os.close(held)
+    meta = write_dataset(make_source("synthetic", "2"), out, 8, workers=0, progress=False)
+    assert meta["count"] == 2
+
+
+@pytest.mark.parametrize("bad", [48, 2048, 2])
+def test_make_lmdb_max_res_is_a_usage_error(tmp_path, bad):
+    from datasets_prep.make_lmdb import main as make_lmdb
+
+    r = CliRunner().invoke(make_lmdb, ["synthetic", "2", str(tmp_path / "o"), "--max-res", bad])
+    assert r.exit_code == 2, r.output
+    assert f"--max-res {bad}: a power of two from 4 to 1024" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_progressive_help_lists_train_first():
+    from progressive.cli.main import main
+
+    text = CliRunner().invoke(main, ["--help"]).output
+    commands = text.split("Commands:", 1)[1].split()
+    assert commands[0] == "train"

@@ -228,8 +228,8 @@ def test_inpaint_keeps_visible_pixels_bit_identical(tiny_run, faces, tmp_path, h
     for i in range(6):
         _mask_png(masks / f"f{i}.png", (24, 20), missing_box=(i + 2, 3, i + 6, 7))
     out = tmp_path / "out"
-    r = CliRunner().invoke(main, ["inpaint", "--ckpt", str(run), "--images", str(faces),
-                                  "--masks", str(masks), "--out", str(out), "--device", "cpu",
+    r = CliRunner().invoke(main, ["inpaint", "--ckpt", str(run), "--data", str(faces),
+                                  "--masks", str(masks), "--outdir", str(out), "--device", "cpu",
                                   *how])
     assert r.exit_code == 0, r.output
     names, real = load_images(faces, 8, 8)
@@ -247,8 +247,8 @@ def test_inpaint_needs_one_mask_source(tiny_run, faces, tmp_path):
     from progressive.cli.main import main
 
     run, _ = tiny_run
-    r = CliRunner().invoke(main, ["inpaint", "--ckpt", str(run), "--images", str(faces),
-                                  "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(main, ["inpaint", "--ckpt", str(run), "--data", str(faces),
+                                  "--outdir", str(tmp_path / "o")])
     assert r.exit_code == 1 and "exactly one of --masks DIR or --occlude KIND" in r.output
 
 

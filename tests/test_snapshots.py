@@ -257,7 +257,7 @@ def test_a_flipped_bit_in_a_weight_file_is_caught_by_its_checksum(run_dir, tmp_p
     with pytest.raises(UserError) as e:
         ckpt.check_snapshot(snap)
     assert "energy.safetensors is damaged" in str(e.value) and "\n" not in str(e.value)
-    result = CliRunner().invoke(main, ["energy", "--ckpt", str(snap), "--images",
+    result = CliRunner().invoke(main, ["energy", "--ckpt", str(snap), "--data",
                                        str(run_dir), "--out", str(tmp_path / "e.csv")])
     _one_line_error(result, "energy.safetensors is damaged")
 

@@ -195,7 +195,7 @@ def test_reconstruct_prints_mse(run_dir, tmp_path):
     for i in range(3):
         write_photo(folder / f"{i}.png", 20 + 10 * i, 24, seed=i)
     out = tmp_path / "rec.png"
-    r = invoke("reconstruct", "--ckpt", run_dir, "--images", folder, "--out", out)
+    r = invoke("reconstruct", "--ckpt", run_dir, "--data", folder, "--out", out)
     assert r.exit_code == 0, r.output
     # Three pairs in one row: 6 cells.
     assert Image.open(out).size == (6 * (RES + PAD) + PAD, RES + 2 * PAD)
@@ -210,7 +210,7 @@ def test_energy_csv_matches_the_energy_model(run_dir, model, tmp_path):
     for i, (name, (w, h)) in enumerate(zip(names, sizes, strict=True)):
         write_photo(folder / name, w, h, seed=10 + i)
     out = tmp_path / "scores.csv"
-    r = invoke("energy", "--ckpt", run_dir, "--images", folder, "--out", out)
+    r = invoke("energy", "--ckpt", run_dir, "--data", folder, "--out", out)
     assert r.exit_code == 0, r.output
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["image", "energy"] and len(rows) == 4
@@ -236,7 +236,7 @@ def test_raw_energy_scores_with_the_energy_model_itself(run_dir, model, tmp_path
     scores = {}
     for flag in ([], ["--raw-energy"]):
         out = tmp_path / f"e{len(flag)}.csv"
-        r = invoke("energy", "--ckpt", run_dir, "--images", data, "--n", 4, "--out", out, *flag)
+        r = invoke("energy", "--ckpt", run_dir, "--data", data, "--n", 4, "--out", out, *flag)
         assert r.exit_code == 0, r.output
         scores[bool(flag)] = {i: float(v) for i, v in list(csv.reader(out.open()))[1:]}
     raw = load_run(run_dir, device="cpu", raw_energy=True)
@@ -248,12 +248,15 @@ def test_raw_energy_scores_with_the_energy_model_itself(run_dir, model, tmp_path
         got = [scores[key][str(i)] for i in range(4)]
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
     assert scores[False] != pytest.approx(scores[True], rel=1e-3)
+    # Model-choice flags only where the command uses that network.
+    r = invoke("energy", "--ckpt", run_dir, "--data", data, "--out", out, "--raw-generator")
+    assert r.exit_code == 2 and "--raw-generator" in r.output
 
 
 def test_energy_of_a_dataset(run_dir, model, tmp_path):
     data = model.config.data.path
     out = tmp_path / "e.csv"
-    r = invoke("energy", "--ckpt", run_dir, "--images", data, "--n", 5, "--out", out, "--res", 8)
+    r = invoke("energy", "--ckpt", run_dir, "--data", data, "--n", 5, "--out", out, "--res", 8)
     assert r.exit_code == 0, r.output
     rows = list(csv.reader(out.open()))[1:]
     assert sorted(int(i) for i, _ in rows) == [0, 1, 2, 3, 4]
@@ -402,26 +405,30 @@ def test_bad_inputs(run_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     _one_line_error(
-        invoke("energy", "--ckpt", run_dir, "--images", empty, "--out", tmp_path / "e.csv"),
+        invoke("energy", "--ckpt", run_dir, "--data", empty, "--out", tmp_path / "e.csv"),
         "no images",
     )
     bad = tmp_path / "bad"
     bad.mkdir()
     write_photo(bad / "good.png", 20, 20, seed=0)
     (bad / "broken.jpg").write_bytes(b"not a jpeg")
+    # energy scores the rest and reports the file it skipped, as the dataset tool does
+    r = invoke("energy", "--ckpt", run_dir, "--data", bad, "--out", tmp_path / "e.csv")
+    assert r.exit_code == 0, r.output
+    assert "skipped" in r.output and "broken.jpg" in r.output and "1 skipped" in r.output
+    assert [row[0] for row in csv.reader((tmp_path / "e.csv").open())][1:] == ["good.png"]
     _one_line_error(
-        invoke("energy", "--ckpt", run_dir, "--images", bad, "--out", tmp_path / "e.csv"),
-        "broken.jpg",
+        invoke("reconstruct", "--ckpt", run_dir, "--data", bad, "--out", out), "broken.jpg"
     )
     _one_line_error(
-        invoke("reconstruct", "--ckpt", run_dir, "--images", tmp_path / "none", "--out", out),
+        invoke("reconstruct", "--ckpt", run_dir, "--data", tmp_path / "none", "--out", out),
         "does not exist",
     )
     small = tmp_path / "small"
     small.mkdir()
     write_photo(small / "tiny.png", 8, 8, seed=0)
     _one_line_error(
-        invoke("energy", "--ckpt", run_dir, "--images", small, "--out", tmp_path / "e.csv"),
+        invoke("energy", "--ckpt", run_dir, "--data", small, "--out", tmp_path / "e.csv"),
         "tiny.png",
     )
     _one_line_error(invoke("evaluate", "--ckpt", run_dir, "--data", tmp_path / "none"))
@@ -466,3 +473,36 @@ def test_load_images_spread_keeps_every_part_of_a_sorted_set(tmp_path):
     assert names == ["a/0.png", "a/2.png", "b/0.png", "b/2.png", "c/0.png", "c/2.png"]
     assert images.shape == (6, 3, RES, RES)
     assert len(use.load_images(folder, RES, RES, 50, spread=True)[0]) == 12
+
+
+def test_oversized_grids_and_animations_are_refused_in_one_line(run_dir, tmp_path, monkeypatch):
+    from progressive.core import grids
+    from progressive.use import generate as gen
+
+    monkeypatch.setattr(grids, "GRID_PIXELS", 10 * RES * RES)  # a grid of 10 images at most
+    r = invoke("sample", "--ckpt", run_dir, "--n", 11, "--out", tmp_path / "s.png")
+    assert r.exit_code == 1 and "--outdir" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "s.png").exists()
+    r = invoke("interpolate", "--ckpt", run_dir, "--seeds", "1,2", "--steps", 11,
+               "--out", tmp_path / "w.png")
+    assert r.exit_code == 1 and "--steps 11" in r.output
+    monkeypatch.setattr(gen, "MAX_FRAMES", 5)
+    r = invoke("interpolate", "--ckpt", run_dir, "--seeds", "1,2", "--steps", 6,
+               "--out", tmp_path / "w.gif")
+    assert r.exit_code == 1 and "at most 5" in r.output
+
+
+def test_sample_outdir_streams_the_same_images_as_one_call(run_dir, model, tmp_path, monkeypatch):
+    from progressive.model import sampling as smp
+
+    want = smp.sample(model.generator, 7, 3, model.latent, RES, model.alpha)
+    monkeypatch.setattr(smp, "LATENT_CHUNK", 7)  # one chunk: the same latents as one call
+    r = invoke("sample", "--ckpt", run_dir, "--n", 7, "--seed", 3, "--outdir", tmp_path / "d")
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "d").glob("*.png"))
+    assert len(files) == 7
+    got = np.asarray(Image.open(files[6]).convert("RGB"))
+    assert np.array_equal(got, as_hwc(want[6:7])[0])
+    monkeypatch.setattr(smp, "LATENT_CHUNK", 3)  # several chunks, every image written
+    r = invoke("sample", "--ckpt", run_dir, "--n", 7, "--outdir", tmp_path / "e")
+    assert r.exit_code == 0 and len(list((tmp_path / "e").glob("*.png"))) == 7

@@ -14,6 +14,11 @@ class _Group(click.Group):
     """A group that turns `UserError` into a one-line message and exit status 1, and a bad
     option of a command (click's range and choice checks) into one line and exit status 2."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """`train` first, the main job; the rest alphabetically."""
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: (name != "train", name))
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

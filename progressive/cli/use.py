@@ -17,33 +17,45 @@ NONNEG = click.FloatRange(min=0)
 COUNT0 = click.IntRange(min=0)
 
 
-def _run_options(fn):
-    """--ckpt, --res, --device, --raw-generator, --raw-inference, --raw-energy: how every command
-    here loads its run."""
-    options = [
-        click.option("--ckpt", help="Run folder (its newest snapshot) or snapshot.", required=True),
-        click.option("--res", help="A completed stage's resolution. Default: the last.", type=int),
-        click.option("--device", help="cpu, cuda, cuda:1, ... Default: cuda if available."),
-        click.option("--raw-generator", help="The raw generator, not its average.", is_flag=True),
-        click.option("--raw-inference", help="The raw inference model, not its average.",
-                     is_flag=True),
-        click.option("--raw-energy", help="The raw energy model, not its average.", is_flag=True),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+def _run_options(*networks: str):
+    """--ckpt, --res, --device, and --raw-NET for each network in `networks` the command uses
+    (generator, inference, energy): how the command loads its run."""
+
+    def wrap(fn):
+        options = [
+            click.option("--ckpt", help="Run folder (its newest snapshot) or snapshot.",
+                         required=True),
+            click.option("--res", help="A completed stage's resolution. Default: the last.",
+                         type=int),
+            click.option("--device", help="cpu, cuda, cuda:1, ... Default: cuda if available."),
+        ] + [
+            click.option(f"--raw-{net}", help=f"The raw {net} model, not its average.",
+                         is_flag=True)
+            for net in networks
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
+ALL_NETWORKS = ("generator", "inference", "energy")
 
 
 def _langevin_options(fn):
-    """--langevin-steps, --step-size, --noise, --space: refinement by Langevin on the energy."""
+    """--langevin-steps, --langevin-step-size, --langevin-noise, --langevin-space: refinement
+    by Langevin on the energy."""
     from progressive.model.langevin import SPACES, Langevin
 
     d, space = Langevin(), click.Choice(SPACES)
     options = [
         click.option("--langevin-steps", help="Langevin steps on E.", type=COUNT0, default=0),
-        click.option("--step-size", help="Step size s.", type=POSITIVE, default=d.step_size),
-        click.option("--noise", help="Temperature T.", type=NONNEG, default=d.noise),
-        click.option("--space", help="image, or latent through g.", type=space, default=d.space),
+        click.option("--langevin-step-size", help="Step size s.", type=POSITIVE,
+                     default=d.step_size),
+        click.option("--langevin-noise", help="Temperature T.", type=NONNEG, default=d.noise),
+        click.option("--langevin-space", help="image, or latent through g.", type=space,
+                     default=d.space),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -54,7 +66,7 @@ def _chain(options: dict):
     """Take the Langevin options out of `options`: the chain they describe."""
     from progressive.model.langevin import Langevin
 
-    names = ("langevin_steps", "step_size", "noise", "space")
+    names = ("langevin_steps", "langevin_step_size", "langevin_noise", "langevin_space")
     return Langevin(*(options.pop(name) for name in names))
 
 
@@ -64,8 +76,15 @@ def _load(options: dict):
 
     return load_run(
         options.pop("ckpt"), options.pop("device"), options.pop("res"),
-        options.pop("raw_generator"), options.pop("raw_inference"), options.pop("raw_energy"),
+        options.pop("raw_generator", False), options.pop("raw_inference", False),
+        options.pop("raw_energy", False),
     )
+
+
+def _metric_names() -> tuple[str, ...]:
+    from progressive.use.evaluate import METRICS
+
+    return METRICS
 
 
 def _fmt(values) -> str:
@@ -76,7 +95,7 @@ def _fmt(values) -> str:
 
 
 @click.command()
-@_run_options
+@_run_options(*ALL_NETWORKS)
 # Endpoints: seeds, two images, or a smoothed random path.
 @click.option("--seeds", help="Seeds, e.g. 3,7,12: a walk between each consecutive pair.")
 @click.option("--from", "from_image", help="Start at this image's encoding.", type=FILE)
@@ -121,24 +140,21 @@ def interpolate(**options):
         max_res = run.config.schedule.max_res
         ends = [use.read_image_file(p, run.res, max_res) for p in (from_image, to_image)]
         names = [Path(p).name for p in (from_image, to_image)]
-        images = use.interpolate(run, out, endpoints_images=torch.stack(ends), names=names, **walk)
+        values = use.interpolate(run, out, endpoints_images=torch.stack(ends), names=names, **walk)
         walks = 1
     else:
         seed_list = parse_seeds(seeds)
-        images = use.interpolate(run, out, seeds=seed_list, **walk)
+        values = use.interpolate(run, out, seeds=seed_list, **walk)
         walks = len(seed_list) - 1
     click.echo(
         f"wrote {out}: {walks} walk(s) of {steps} steps at {run.res}px (alpha {run.alpha:.3g})"
     )
-    if energy_csv is not None:
-        from progressive.model.sampling import sample_energies
-
-        values = sample_energies(run.energy, images, run.alpha)
+    if values is not None:
         click.echo(f"wrote {energy_csv}: energy along the walks {_fmt(values)}")
 
 
 @click.command()
-@_run_options
+@_run_options("generator", "energy")
 @click.option("--n", help="Number of images.", type=COUNT, default=64)
 @click.option("--seed", help="Random seed.", type=int, default=0)
 @click.option("--truncation", help="Latents pulled to the mean: z * psi.", type=float, default=1.0)
@@ -148,38 +164,50 @@ def interpolate(**options):
 @_langevin_options
 def sample(**options):
     """Random samples from the generator, optionally refined by Langevin on the energy."""
+    import torch
+
     from progressive.core.files import check_suffix
-    from progressive.core.grids import save_grid
-    from progressive.model.sampling import sample as sample_images
-    from progressive.model.sampling import sample_energies
+    from progressive.core.grids import grid_capacity, save_grid
+    from progressive.model.sampling import sample_batches, sample_energies
 
     out, outdir, n, seed = options["out"], options["outdir"], options["n"], options["seed"]
     if (out is None) == (outdir is None):
         raise UserError("give exactly one of --out (a grid) or --outdir (one PNG per image)")
     chain = _chain(options)
     run = _load(options)
-    args = (run.generator, n, seed, run.latent, run.res, run.alpha, options["truncation"])
-    images = sample_images(*args, energy=run.energy, chain=chain)
-    if chain.steps:
-        before = sample_energies(run.energy, sample_images(*args), run.alpha).mean()
-        after = sample_energies(run.energy, images, run.alpha).mean()
-        click.echo(
-            f"{chain.steps} Langevin steps in {chain.space} space (step size {chain.step_size:g},"
-            f" noise {chain.noise:g}): mean energy {before:.5g} -> {after:.5g}"
-        )
     if out is not None:
         check_suffix(out, (".png", ".jpg"), "--out")
-        save_grid(images, out, options["nrow"] or max(1, round(n**0.5)))
+        if n > grid_capacity(run.res):
+            raise UserError(f"--n {n}: a grid at {run.res}px holds at most "
+                            f"{grid_capacity(run.res)} images; use --outdir DIR for one PNG each")
+    args = (run.generator, n, seed, run.latent, run.res, run.alpha, options["truncation"])
+    kept, after, i = [], [], 0
+    for x in sample_batches(*args, energy=run.energy, chain=chain):
+        if chain.steps:
+            after.append(sample_energies(run.energy, x, run.alpha))
+        if out is not None:
+            kept.append(x)
+            continue
+        for image in x:  # streamed: one batch in memory at a time
+            save_grid(image[None], Path(outdir) / f"seed{seed:04d}-{i:05d}.png", nrow=1)
+            i += 1
+    if chain.steps:
+        before = torch.cat([sample_energies(run.energy, x, run.alpha)
+                            for x in sample_batches(*args)]).mean()
+        click.echo(
+            f"{chain.steps} Langevin steps in {chain.space} space (step size {chain.step_size:g},"
+            f" noise {chain.noise:g}): mean energy {before:.5g} -> {torch.cat(after).mean():.5g}"
+        )
+    if out is not None:
+        save_grid(torch.cat(kept), out, options["nrow"] or max(1, round(n**0.5)))
         click.echo(f"wrote {out}: {n} samples at {run.res}px")
     else:
-        for i, image in enumerate(images):
-            save_grid(image[None], Path(outdir) / f"seed{seed:04d}-{i:05d}.png", nrow=1)
         click.echo(f"wrote {n} images at {run.res}px to {outdir}")
 
 
 @click.command()
-@_run_options
-@click.option("--images", help="A dataset directory or image folder.", required=True)
+@_run_options("generator", "inference")
+@click.option("--data", help="A dataset directory or image folder.", required=True)
 @click.option("--out", help="Grid: real images beside reconstructions.", type=FILE, required=True)
 @click.option("--n", help="Number of images.", type=COUNT, default=32)
 def reconstruct(**options):
@@ -192,7 +220,7 @@ def reconstruct(**options):
     from progressive.use import generate as use
 
     run, out = _load(options), options["out"]
-    _, real = use.load_images(options["images"], run.res, run.config.schedule.max_res, options["n"])
+    _, real = use.load_images(options["data"], run.res, run.config.schedule.max_res, options["n"])
     recon = reconstruct_images(run.generator, run.inference, real, run.res, run.alpha)
     real_in = prepare_real(real, run.alpha)
     check_suffix(out, (".png", ".jpg"), "--out")
@@ -203,8 +231,8 @@ def reconstruct(**options):
 
 
 @click.command()
-@_run_options
-@click.option("--images", help="A dataset directory or image folder.", required=True)
+@_run_options("energy")
+@click.option("--data", help="A dataset directory or image folder.", required=True)
 @click.option("--out", help="CSV of image, energy (ascending).", type=FILE, required=True)
 @click.option("--n", help="Only the first N images.", type=COUNT)
 def energy(**options):
@@ -213,25 +241,24 @@ def energy(**options):
     from progressive.use import generate as use
 
     run, out = _load(options), options["out"]
+    skipped: list[tuple[str, str]] = []
     max_res = run.config.schedule.max_res
-    names, real = use.load_images(options["images"], run.res, max_res, options["n"])
+    names, real = use.load_images(options["data"], run.res, max_res, options["n"], skipped=skipped)
+    for path, reason in skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
     scores = energies(run.energy, real, run.alpha)
     rows = use.write_energy_csv(names, scores, out)
-    click.echo(f"wrote {out}: {len(rows)} images at {run.res}px")
+    left = f", {len(skipped)} skipped (listed above)" if skipped else ""
+    click.echo(f"wrote {out}: {len(rows)} images at {run.res}px{left}")
     click.echo(f"energy: {_fmt(scores)}")
     click.echo(f"lowest {rows[0][0]} ({rows[0][1]:.5g}), highest {rows[-1][0]} ({rows[-1][1]:.5g})")
 
 
 @click.command()
-@_run_options
+@_run_options(*ALL_NETWORKS)
 @click.option("--data", help="Dataset directory to compare against.", required=True)
-@click.option(
-    "--metrics",
-    "metric_names",
-    help="Of swd, recon, fid, kid, diversity, energy, recovery, recon-synth, latent-recovery, "
-    "energy-auroc, recon-fit.",
-    default="swd,recon",
-)
+@click.option("--metrics", "metric_names", help=f"Of {', '.join(_metric_names())}.",
+              default="swd,recon")
 @click.option("--ood", help="Dataset, image folder or noise:flat/smooth/pixel for energy-auroc; "
               "repeatable.", multiple=True)
 @click.option("--n", help="Real and generated images.", type=click.IntRange(min=2), default=2000)
@@ -243,8 +270,7 @@ def energy(**options):
 def evaluate(**options):
     """Compute metrics and append them to metric-<name>.jsonl in the run folder."""
     from progressive.run.folder import metric_file
-    from progressive.use.evaluate import METRICS, quality_summary
-    from progressive.use.evaluate import evaluate as run_metrics
+    from progressive.use.evaluate import METRICS, Options, run_metrics, summary
 
     names = [m.strip() for m in options.pop("metric_names").split(",") if m.strip()]
     if not names:
@@ -252,32 +278,11 @@ def evaluate(**options):
     chain = _chain(options)
     run = _load(options)
     notify = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    results = run_metrics(run, names=names, notify=notify, chain=chain, **options)
+    settings = Options(options["data"], options["n"], options["seed"], chain, options["occlude"],
+                       tuple(options["ood"]), options["inception_weights"], notify)
+    results = run_metrics(run, names, settings)
     for name, rec in results.items():
-        extra = ""
-        if name == "swd":
-            levels = zip(rec["levels"], rec["per_level"], strict=True)
-            extra = "  (" + ", ".join(f"{r}px {v:.4g}" for r, v in levels)
-            extra += f"; at initialization {rec['at_init']:.4g})"
-        if name == "recon":
-            extra = f"  (mean-image baseline {rec['mean_image_baseline']:.5g}, PCA with "
-            extra += f"{rec['pca_components']} components {rec['pca_baseline']:.5g})"
-        if name == "diversity":
-            nn = f"samples {rec['samples']:.4g}, real {rec['real']:.4g}"
-            extra = f"  (nearest-neighbour RMS distance: {nn}; precision {rec['precision']:.3f}, "
-            extra += f"recall {rec['recall']:.3f})"
-        if name == "energy":
-            extra = f"  (samples; real images {rec['real']:.5g})"
-        if "refined" in rec:
-            extra += f"  after {chain.steps} Langevin steps: {rec['refined']:.6g}"
-        if name == "recovery":
-            extra = (f"  MAE on [0, 1] over missing pixels, PSNR {rec['psnr']:.2f} dB "
-                     f"(mean-colour fill: MAE {rec['mean_colour_mae']:.4f}, "
-                     f"PSNR {rec['mean_colour_psnr']:.2f} dB; harmonic fill: MAE "
-                     f"{rec['harmonic_mae']:.4f}, PSNR {rec['harmonic_psnr']:.2f} dB; "
-                     f"{rec['occlude']})")
-        extra = extra or quality_summary(rec)
-        click.echo(f"{name:15s} {rec['value']:.6g}{extra}")
+        click.echo(f"{name:15s} {rec['value']:.6g}{summary(rec)}")
     if results:
         files = ", ".join(metric_file(run.run_dir, name).name for name in results)
         click.echo(
@@ -287,15 +292,15 @@ def evaluate(**options):
 
 
 @click.command()
-@_run_options
-@click.option("--images", help="A folder of images (or a dataset).", required=True)
+@_run_options(*ALL_NETWORKS)
+@click.option("--data", help="A folder of images (or a dataset).", required=True)
 @click.option("--masks", "masks_dir", help="Mask PNGs named as the images (white = visible).",
               type=FOLDER)
 @click.option("--occlude", help="Or generated masks of this kind.",
               type=click.Choice(["pepper50", "pepper70", "block20", "block30", "blocks10"]))
 @click.option("--seed", help="Seed of --occlude: mask i is a function of (seed, i).", type=int,
               default=0)
-@click.option("--out", help="Folder for the completed images and grid.png.", type=FOLDER,
+@click.option("--outdir", help="Folder for the completed images and grid.png.", type=FOLDER,
               required=True)
 @click.option("--n", help="Only the first N images.", type=COUNT)
 @click.option("--em-rounds", help="Encode-fill rounds before decoding.", type=COUNT, default=2)
@@ -319,11 +324,11 @@ def inpaint(**options):
     max_res = run.config.schedule.max_res
     how = fill.Completion(options["em_rounds"], options["z_steps"], options["z_lr"],
                           options["energy_steps"], options["energy_lr"], options["blend"])
-    written = use.inpaint(run, options["images"], options["out"], how, masks_dir=masks_dir,
+    written = use.inpaint(run, options["data"], options["outdir"], how, masks_dir=masks_dir,
                           occlude=occlude, seed=options["seed"], n=options["n"],
                           max_res=max_res)
     click.echo(f"wrote {written} completed images at {run.res}px and grid.png to "
-               f"{options['out']}")
+               f"{options['outdir']}")
 
 
 COMMANDS: list[click.Command] = [interpolate, sample, reconstruct, energy, evaluate, inpaint]

@@ -4,6 +4,7 @@ animations, all written atomically."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -34,15 +35,31 @@ def to_frames(images: Tensor) -> np.ndarray:
     return to_uint8(images).permute(0, 2, 3, 1).numpy()
 
 
-def save_animation(frames: np.ndarray, path: str | os.PathLike, fps: float) -> None:
-    """Frames (N, H, W, 3) uint8 as a .gif (looping) or .mp4 (H.264 via imageio-ffmpeg)."""
+GRID_PIXELS = 2**28  # pixels a grid image may hold (768 MiB as RGB)
+
+
+def grid_capacity(res: int) -> int:
+    """Images of `res` px one grid may hold."""
+    return max(1, GRID_PIXELS // (res * res))
+
+
+def save_animation(
+    frames: np.ndarray | Iterable[np.ndarray], path: str | os.PathLike, fps: float
+) -> None:
+    """Frames (N, H, W, 3) uint8, or an iterable of such batches, as a .gif (looping) or .mp4
+    (H.264 via imageio-ffmpeg), written frame by frame as they come."""
     import imageio.v2 as imageio
 
+    batches = [frames] if isinstance(frames, np.ndarray) else frames
     with atomic_write(path) as tmp:
         if tmp.suffix.lower() == ".gif":
-            imageio.mimwrite(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+            writer = imageio.get_writer(tmp, format="GIF", duration=1000.0 / fps, loop=0)
         else:
             # macro_block_size=1: small frames are written as they are, not rescaled.
-            imageio.mimwrite(
-                tmp, list(frames), format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1
+            writer = imageio.get_writer(
+                tmp, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1
             )
+        with writer:
+            for batch in batches:
+                for frame in batch:
+                    writer.append_data(frame)

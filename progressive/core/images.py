@@ -148,6 +148,29 @@ def encode(x: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's start-of-frame header, read before
+    anything is decoded (a small file may decode to gigabytes); None when neither is found."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            return int.from_bytes(data[i + 7 : i + 9], "big"), height
+        i += 2 + length
+    return None
+
+
 def decode(data: bytes, encoding: str, res: int) -> np.ndarray:
     """Inverse of `encode` (for tests and checks): (res, res, 3) uint8."""
     if encoding == "raw":

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from progressive.data.format import image_key
 from progressive.core.errors import UserError
+from progressive.data.format import image_key
 
 KINDS = ("pepper50", "pepper70", "block20", "block30", "blocks10")
 MASKS_NAME = "masks.lmdb"

@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from torchvision.io import decode_jpeg, decode_png
 
-from progressive.data.format import check_shard, image_key, png_intact, read_meta, unseal
 from progressive.core.errors import UserError
 from progressive.core.files import first_line
+from progressive.core.images import header_size
+from progressive.data.format import check_shard, image_key, png_intact, read_meta, unseal
 from progressive.data.masks import MASKS_NAME, unpack
 
 # With lock=False LMDB does not track readers, but the limit still applies to open transactions.
@@ -211,8 +212,13 @@ class ImageDataset(Dataset):
         return f"shard {self._paths[self._shard_of(int(index))]}, key {key}"
 
     def _decode(self, value: bytes, index: int) -> torch.Tensor:
-        """Decode the PNG or JPEG value of image `index`."""
+        """Decode the PNG or JPEG value of image `index`, its size checked in its header
+        first: a record that decodes to more than it should is refused, not decoded."""
         res = self.res
+        size = header_size(value)
+        if size is None or size != (res, res):
+            found = "no readable header" if size is None else f"header says {size[0]}x{size[1]}"
+            raise self._damaged(index, f"{found}, expected {res}x{res}")
         data = torch.frombuffer(bytearray(value), dtype=torch.uint8)
         try:
             # UNCHANGED is ~15% faster than asking for RGB; convert the rare other layouts below

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import lmdb
 
-from progressive.data.format import image_key, seal, shard_name
 from progressive.core.files import fsync_path
+from progressive.data.format import image_key, seal, shard_name
 
 REOPEN_BYTES = 32 << 20
 

@@ -30,6 +30,7 @@ from torch import Tensor
 from progressive.core.errors import UserError
 from progressive.core.files import atomic_write, first_line
 from progressive.core.images import to_float, to_uint8
+from progressive.model.budget import image_batch
 
 SWD_MIN_RES = 16
 SWD_PATCH = 7
@@ -114,7 +115,7 @@ def patch_descriptors(
     seed: int = 0,
     patches_per_image: int = SWD_PATCHES_PER_IMAGE,
     patch_size: int = SWD_PATCH,
-    batch: int = 256,
+    batch: int | None = None,
 ) -> dict[int, Tensor]:
     """Normalised neighbourhood descriptors per pyramid level, finest first.
 
@@ -128,8 +129,9 @@ def patch_descriptors(
     per_level: list[list[Tensor]] | None = None
     levels: list[int] = []
     for big in batches:
-        for start in range(0, len(big), batch):
-            x = to_uint8(big[start : start + batch]).float()
+        step = batch or image_batch(big.shape[-1])
+        for start in range(0, len(big), step):
+            x = to_uint8(big[start : start + step]).float()
             if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
                 raise ValueError(f"expected square (N, 3, H, W) images, got {tuple(x.shape)}")
             if per_level is None:
@@ -226,7 +228,8 @@ def reconstruction_error(real: Tensor, recon: Tensor) -> Tensor:
 
 
 def mean_image_baseline(train: Tensor, heldout: Tensor) -> Tensor:
-    """MSE per held-out image of predicting it by the mean training image (the floor to beat)."""
+    """MSE per held-out image of predicting it by the mean training image (the floor to beat);
+    `train` may be the mean image itself (1, 3, R, R)."""
     mean = to_float(train).mean(dim=0, keepdim=True)
     return reconstruction_error(heldout, mean.expand_as(to_float(heldout)))
 

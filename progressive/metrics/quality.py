@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from progressive.core.images import to_float, to_uint8
+from progressive.metrics import pca
+from progressive.model import budget
 from progressive.model.latents import marginal_kl
 from progressive.model.sampling import energies, prepare_real
 
@@ -40,7 +42,7 @@ def _device(net: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def _batched(fn, x: Tensor, batch: int = 100) -> Tensor | tuple[Tensor, ...]:
+def _batched(fn, x: Tensor, batch: int) -> Tensor | tuple[Tensor, ...]:
     """fn over `x` in batches on fn's device, results concatenated on the CPU."""
     outs = [fn(x[i : i + batch]) for i in range(0, len(x), batch)]
     if isinstance(outs[0], tuple):
@@ -51,14 +53,16 @@ def _batched(fn, x: Tensor, batch: int = 100) -> Tensor | tuple[Tensor, ...]:
 def posterior(inference: torch.nn.Module, images: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     """(mu, logvar) of q(z|x) for each image, on the CPU."""
     dev = _device(inference)
-    x = prepare_real(images, alpha)
-    return _batched(lambda b: inference(b.to(dev), alpha), x)
+    cost = budget.per_image("encode", images.shape[-1], alpha, inference=inference)
+    fn = lambda b: inference(prepare_real(b, alpha).to(dev), alpha)  # noqa: E731
+    return _batched(fn, images, budget.batch_for(cost))
 
 
 def decode(generator: torch.nn.Module, z: Tensor, res: int, alpha: float) -> Tensor:
     """g(z) as float images in [-1, 1] (N, 3, res, res), on the CPU."""
     dev = _device(generator)
-    return _batched(lambda b: generator(b.to(dev), res, alpha).float(), z)
+    cost = budget.per_image("generate", res, alpha, generator=generator, latent=z.shape[1])
+    return _batched(lambda b: generator(b.to(dev), res, alpha).float(), z, budget.batch_for(cost))
 
 
 def per_image_mse(a: Tensor, b: Tensor) -> Tensor:
@@ -116,25 +120,33 @@ def fitted_codes(
 ) -> tuple[Tensor, Tensor]:
     """Codes fitted to each image directly: Adam on ||g(z) - x||^2 from the inference model's
     `mu`, the generator fixed. Returns (codes, per-image MSE of g(codes)). How far this falls
-    below the MSE of g(mu) is what the inference model leaves of the generator's reach."""
+    below the MSE of g(mu) is what the inference model leaves of the generator's reach.
+    Batches sized by the memory budget; each code's steps do not depend on the others'."""
     dev = _device(generator)
-    x = images.float().to(dev)
-    z = mu.detach().clone().to(dev).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = (generator(z, res, alpha).float() - x).square().flatten(1).mean(1).sum()
-            # The gradient reaches z only: the generator's own gradients stay untouched.
-            (z.grad,) = torch.autograd.grad(loss, [z])
-            opt.step()
+    cost = budget.per_image("generate", res, alpha, generator=generator, latent=mu.shape[1])
+    step = budget.batch_for(cost)
+    codes = []
+    for i in range(0, len(mu), step):
+        x = images[i : i + step].float().to(dev)
+        z = mu[i : i + step].detach().clone().to(dev).requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = (generator(z, res, alpha).float() - x).square().flatten(1).mean(1).sum()
+                # The gradient reaches z only: the generator's own gradients stay untouched.
+                (z.grad,) = torch.autograd.grad(loss, [z])
+                opt.step()
+        codes.append(z.detach().cpu())
+    z = torch.cat(codes)
     with torch.no_grad():
-        err = per_image_mse(decode(generator, z.detach(), res, alpha), images.float())
-    return z.detach().cpu(), err
+        err = per_image_mse(decode(generator, z, res, alpha), images.float())
+    return z, err
 
 
 def principal_components(train: Tensor, components: int | None = None) -> dict[str, Tensor]:
     """Mean (1, D), principal directions (orthonormal rows, the top `components` or all) and
-    the variances along every direction, of images (float64).
+    the variances along every direction, of images held in memory (float64); `pca.fit` is the
+    same within a memory budget, for large images.
 
     Eigen-decomposes the smaller of the Gram and covariance matrices (the same nonzero
     spectrum): images by images below as many images as pixel values, else pixels by pixels."""
@@ -154,39 +166,44 @@ def principal_components(train: Tensor, components: int | None = None) -> dict[s
     return {"mean": mean, "basis": basis, "variance": variance}
 
 
-def ppca_noise(pca: dict[str, Tensor], components: int) -> Tensor:
+def ppca_noise(fit: dict, components: int) -> Tensor:
     """The probabilistic PCA's noise variance with `components` kept: the variance left over,
     spread over every pixel value not kept (directions beyond the training images' count have
     none)."""
-    variance, dims = pca["variance"], pca["mean"].shape[-1]
+    variance, dims = fit["variance"], fit["mean"].shape[-1]
     return ((variance.sum() - variance[:components].sum()) / (dims - components)).clamp_min(1e-12)
 
 
-def pca_baseline(pca: dict[str, Tensor], heldout: Tensor, components: int) -> Tensor:
+def pca_baseline(fit: dict, heldout: Tensor, components: int) -> Tensor:
     """MSE per held-out image of its projection on the top `components` principal components
-    of `pca` (from `principal_components` of training images; mean included): the linear
-    baseline of the same code size."""
-    x_held = to_float(heldout).flatten(1).double()
-    basis = pca["basis"][: min(components, len(pca["variance"]) - 1)]
-    rec = (x_held - pca["mean"]) @ basis.T @ basis + pca["mean"]
-    rec = rec.float().view_as(to_float(heldout)).clamp(-1, 1)
-    return per_image_mse(heldout, rec)
+    of `fit` (from `principal_components` of training images; mean included): the linear
+    baseline of the same code size. Chunk by chunk, so any number of images fits."""
+    k = pca.usable(fit, components)
+    out = []
+    for part in pca.chunks(heldout):
+        rec = pca.back(fit, pca.coefficients(fit, part, k))
+        rec = rec.float().view(to_float(part).shape).clamp(-1, 1)
+        out.append(per_image_mse(part, rec))
+    return torch.cat(out)
 
 
-def ppca_nll(pca: dict[str, Tensor], images: Tensor, components: int) -> Tensor:
+def ppca_nll(fit: dict, images: Tensor, components: int) -> Tensor:
     """Negative log-likelihood per image, up to a constant shared by all images, under the
-    probabilistic PCA (Tipping and Bishop 1999) of `components` components of `pca` (from
+    probabilistic PCA (Tipping and Bishop 1999) of `components` components of `fit` (from
     `principal_components`): the plain Gaussian density an energy of the same data should beat.
 
     The discarded directions share one variance, their mean; an image's NLL is half its
     Mahalanobis length in the kept directions plus its residual over that variance."""
-    x = to_float(images).flatten(1).double() - pca["mean"]
-    variance = pca["variance"]
-    k = min(components, len(variance) - 1)
-    rest = ppca_noise(pca, k)
-    proj = x @ pca["basis"][:k].T
-    kept = (proj.square() * (1.0 / variance[:k].clamp_min(1e-12) - 1.0 / rest)).sum(1)
-    return 0.5 * (kept + x.square().sum(1) / rest)
+    variance = fit["variance"]
+    k = pca.usable(fit, components)
+    rest = ppca_noise(fit, k)
+    out = []
+    for part in pca.chunks(images):
+        length = (to_float(part).flatten(1).double() - fit["mean"]).square().sum(1)
+        proj = pca.coefficients(fit, part, k)
+        kept = (proj.square() * (1.0 / variance[:k].clamp_min(1e-12) - 1.0 / rest)).sum(1)
+        out.append(0.5 * (kept + length / rest))
+    return torch.cat(out)
 
 
 def r_squared(target: Tensor, prediction: Tensor) -> float:
@@ -287,13 +304,19 @@ def image_scores(
     res: int,
     alpha: float,
 ) -> dict[str, Tensor]:
-    """Per-image energy, KL of q(z|x) to the prior, and reconstruction error g(mu(x))."""
+    """Per-image energy, KL of q(z|x) to the prior, and reconstruction error g(mu(x)), a
+    budget-sized chunk of images at a time."""
     mu, logvar = posterior(inference, images, alpha)
-    rec = decode(generator, mu, res, alpha)
+    step = budget.image_batch(res)
+    recon = [
+        per_image_mse(prepare_real(images[i : i + step], alpha),
+                      decode(generator, mu[i : i + step], res, alpha))
+        for i in range(0, len(images), step)
+    ]
     return {
         "energy": energies(energy, images, alpha),
         "kl": kl_per_image(mu, logvar),
-        "recon": per_image_mse(prepare_real(images, alpha), rec),
+        "recon": torch.cat(recon),
     }
 
 
@@ -308,14 +331,17 @@ def energy_auroc(
     alpha: float,
 ) -> dict:
     """AUROC of held-out images against each set of `others` by energy, by KL and by
-    reconstruction error, with the mean and std of every set's energy and of the samples'.
+    reconstruction error, with the mean and std of every set's energy and of the samples'
+    (`samples`: images, or their energies already scored as images are (N,)).
 
     Returns `{"heldout": {...}, "samples": {...}, "sets": {name: {"auroc_energy",
     "auroc_kl", "auroc_recon", "energy": {...}}}}`."""
     inside = image_scores(energy, generator, inference, heldout, res, alpha)
     out = {
         "heldout": {"energy": _spread(inside["energy"]), "kl": _spread(inside["kl"])},
-        "samples": {"energy": _spread(energies(energy, samples, alpha))},
+        "samples": {"energy": _spread(
+            samples if samples.ndim == 1 else energies(energy, samples, alpha)
+        )},
         "sets": {},
     }
     for name, images in others.items():

@@ -20,16 +20,16 @@ any device. Zero steps return the generator's samples unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
 from progressive.core.errors import UserError
+from progressive.model import budget
 
 SPACES = ("image", "latent")
-BATCH = 64
 
 Potential = Callable[[Tensor], Tensor]
 
@@ -49,11 +49,11 @@ class Langevin:
         if self.steps < 0:
             raise UserError(f"--langevin-steps {self.steps}: give 0 or more steps")
         if not self.step_size > 0 or not math.isfinite(self.step_size):
-            raise UserError(f"--step-size {self.step_size}: give a positive step size")
+            raise UserError(f"--langevin-step-size {self.step_size}: give a positive step size")
         if not self.noise >= 0 or not math.isfinite(self.noise):
-            raise UserError(f"--noise {self.noise}: give a temperature of 0 or more")
+            raise UserError(f"--langevin-noise {self.noise}: give a temperature of 0 or more")
         if self.space not in SPACES:
-            raise UserError(f"--space {self.space!r}: choose one of {', '.join(SPACES)}")
+            raise UserError(f"--langevin-space {self.space!r}: choose one of {', '.join(SPACES)}")
 
     def as_dict(self) -> dict:
         """The settings as a JSON-ready dict (recorded beside refined metrics)."""
@@ -67,12 +67,14 @@ def langevin(
     step_size: float,
     noise: float,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     project: Callable[[Tensor], Tensor] | None = None,
     trace: list[Tensor] | None = None,
 ) -> Tensor:
     """`steps` Langevin steps on `potential` (per-sample values (N,)) from `start`.
 
+    `generator`: the noise's stream, or one stream per sample (a chain then does not depend
+    on which samples share its batch).
     `project` is applied after every step (e.g. a clamp); `trace`, when given, receives the
     potential of every sample before each step and after the last, on the CPU.
     Zero steps return `start` itself.
@@ -90,13 +92,19 @@ def langevin(
             trace.append(u.detach().float().cpu())
         v = v.detach() - step_size * grad
         if scale > 0:
-            v = v + scale * torch.randn(v.shape, generator=generator).to(v.device, v.dtype)
+            v = v + scale * _noise(v, generator).to(v.device, v.dtype)
         if project is not None:
             v = project(v)
     if trace is not None:
         with torch.no_grad():
             trace.append(potential(v).float().cpu())
     return v.detach()
+
+
+def _noise(v: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+    if isinstance(generator, list):
+        return torch.stack([torch.randn(v.shape[1:], generator=g) for g in generator])
+    return torch.randn(v.shape, generator=generator)
 
 
 def image_potential(energy: torch.nn.Module, alpha: float) -> Potential:
@@ -124,19 +132,42 @@ def refine(
     settings: Langevin,
     *,
     seed: int = 0,
-    batch: int = BATCH,
+    batch: int | None = None,
 ) -> Tensor:
     """Images g(z) refined by `settings`: float (N, 3, res, res) in [-1, 1], on the CPU.
 
     With zero steps the result is exactly the generator's clamped output for `z`.
     """
+    out = list(refine_batches(generator, energy, z, res, alpha, settings, seed=seed, batch=batch))
+    return torch.cat(out) if out else torch.zeros(0, 3, res, res)
+
+
+def refine_batches(
+    generator: torch.nn.Module,
+    energy: torch.nn.Module,
+    z: Tensor,
+    res: int,
+    alpha: float,
+    settings: Langevin,
+    *,
+    seed: int = 0,
+    batch: int | None = None,
+    first: int = 0,
+) -> Iterator[Tensor]:
+    """`refine`, batch by batch; batches sized by the memory budget unless given. The chains
+    do not depend on the batch size: each image's noise is its own stream, named by its index
+    (`first` + its place in `z`)."""
     device = next(generator.parameters()).device
-    out: list[Tensor] = []
+    if batch is None:
+        nets = dict(generator=generator, energy=energy, latent=z.shape[1])
+        kinds = ("latent",) if settings.space == "latent" else ("generate", "energy")
+        batch = budget.batch_for(max(budget.per_image(k, res, alpha, **nets) for k in kinds))
     for i in range(0, len(z), batch):
         zb = z[i : i + batch].to(device)
-        # One noise stream per batch, named by (seed, first index): the same chains whatever
-        # the device.
-        noise = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        # One noise stream per image, named by (seed, index): the same chains whatever the
+        # device and the batch size.
+        noise = [torch.Generator().manual_seed(seed * 1_000_003 + first + i + j)
+                 for j in range(len(zb))]
         chain = dict(steps=settings.steps, step_size=settings.step_size, noise=settings.noise)
         if settings.space == "latent":
             potential = latent_potential(generator, energy, res, alpha)
@@ -149,5 +180,4 @@ def refine(
             x = langevin(
                 image_potential(energy, alpha), x, generator=noise, project=_clamp_image, **chain
             )
-        out.append(x.cpu())
-    return torch.cat(out) if out else torch.zeros(0, 3, res, res)
+        yield x.cpu()

@@ -8,25 +8,74 @@ models see what they were trained on.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from progressive.core.images import to_float
-from progressive.model.langevin import Langevin, refine
+from progressive.model import budget
+from progressive.model.langevin import Langevin, refine_batches
 from progressive.model.networks import fade_real
 
 
-@torch.no_grad()
+def generate_batches(
+    generator: torch.nn.Module, z: Tensor, res: int, alpha: float, batch: int | None = None
+) -> Iterator[Tensor]:
+    """Images g(z) batch by batch (float in [-1, 1], clamped, on the CPU), each batch sized
+    by the memory budget (`budget`) unless given."""
+    device = next(generator.parameters()).device
+    if batch is None:
+        cost = budget.per_image("generate", res, alpha, generator=generator, latent=z.shape[1])
+        batch = budget.batch_for(cost)
+    for i in range(0, len(z), batch):
+        with torch.no_grad():
+            yield generator(z[i : i + batch].to(device), res, alpha).float().clamp(-1, 1).cpu()
+
+
 def generate(
-    generator: torch.nn.Module, z: Tensor, res: int, alpha: float, batch: int = 64
+    generator: torch.nn.Module, z: Tensor, res: int, alpha: float, batch: int | None = None
 ) -> Tensor:
     """Images (N, 3, res, res), float in [-1, 1] (clamped), on the CPU."""
-    device = next(generator.parameters()).device
-    out = [
-        generator(z[i : i + batch].to(device), res, alpha).float().clamp(-1, 1).cpu()
-        for i in range(0, len(z), batch)
-    ]
+    out = list(generate_batches(generator, z, res, alpha, batch))
     return torch.cat(out) if out else torch.zeros(0, 3, res, res)
+
+
+def _batch(kind: str, net: torch.nn.Module, res: int, alpha: float, batch: int | None) -> int:
+    """`batch`, or the budget's for a pass of `kind` through `net` at `res`."""
+    if batch is not None:
+        return batch
+    return budget.batch_for(budget.per_image(kind, res, alpha, **{_ROLE[kind]: net}))
+
+
+_ROLE = {"energy": "energy", "encode": "inference"}
+
+
+LATENT_CHUNK = 4096  # latents drawn at a time from a sample's one seeded stream
+
+
+def sample_batches(
+    generator: torch.nn.Module,
+    n: int,
+    seed: int,
+    latent: int,
+    res: int,
+    alpha: float,
+    truncation: float = 1.0,
+    *,
+    energy: torch.nn.Module | None = None,
+    chain: Langevin | None = None,
+) -> Iterator[Tensor]:
+    """`sample`, batch by batch, so any `n` streams in bounded memory: latents drawn
+    LATENT_CHUNK at a time from one seeded stream, images in budget-sized batches."""
+    stream = torch.Generator().manual_seed(seed)
+    for first in range(0, n, LATENT_CHUNK):
+        z = torch.randn(min(LATENT_CHUNK, n - first), latent, generator=stream) * truncation
+        if chain is None or chain.steps == 0:
+            yield from generate_batches(generator, z, res, alpha)
+        else:
+            yield from refine_batches(generator, energy, z, res, alpha, chain, seed=seed,
+                                      first=first)
 
 
 def sample(
@@ -43,10 +92,9 @@ def sample(
 ) -> Tensor:
     """n images from z ~ N(0, I) (one seeded stream), pulled toward the mean latent 0 by
     `truncation` (z * psi), then refined by the Langevin `chain` on `energy` when given."""
-    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(seed)) * truncation
-    if chain is None or chain.steps == 0:
-        return generate(generator, z, res, alpha)
-    return refine(generator, energy, z, res, alpha, chain, seed=seed)
+    args = (generator, n, seed, latent, res, alpha, truncation)
+    out = list(sample_batches(*args, energy=energy, chain=chain))
+    return torch.cat(out) if out else torch.zeros(0, 3, res, res)
 
 
 def prepare_real(images: Tensor, alpha: float) -> Tensor:
@@ -55,34 +103,44 @@ def prepare_real(images: Tensor, alpha: float) -> Tensor:
 
 
 @torch.no_grad()
-def encode(inference: torch.nn.Module, images: Tensor, alpha: float, batch: int = 64) -> Tensor:
+def encode(
+    inference: torch.nn.Module, images: Tensor, alpha: float, batch: int | None = None
+) -> Tensor:
     """Posterior means mu(x) of uint8 images: (N, latent), on the CPU."""
     device = next(inference.parameters()).device
-    x = prepare_real(images, alpha)
-    return torch.cat(
-        [inference(x[i : i + batch].to(device), alpha)[0].cpu() for i in range(0, len(x), batch)]
-    )
+    step = _batch("encode", inference, images.shape[-1], alpha, batch)
+    return torch.cat([
+        inference(prepare_real(images[i : i + step], alpha).to(device), alpha)[0].cpu()
+        for i in range(0, len(images), step)
+    ])
 
 
 @torch.no_grad()
-def energies(energy: torch.nn.Module, images: Tensor, alpha: float, batch: int = 64) -> Tensor:
+def energies(
+    energy: torch.nn.Module, images: Tensor, alpha: float, batch: int | None = None
+) -> Tensor:
     """Energy of each uint8 image (N,), on the CPU; low = data-like."""
     device = next(energy.parameters()).device
-    x = prepare_real(images, alpha)
-    return torch.cat(
-        [energy(x[i : i + batch].to(device), alpha).cpu() for i in range(0, len(x), batch)]
-    )
+    step = _batch("energy", energy, images.shape[-1], alpha, batch)
+    parts = [
+        energy(prepare_real(images[i : i + step], alpha).to(device), alpha).cpu()
+        for i in range(0, len(images), step)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 @torch.no_grad()
 def sample_energies(
-    energy: torch.nn.Module, images: Tensor, alpha: float, batch: int = 64
+    energy: torch.nn.Module, images: Tensor, alpha: float, batch: int | None = None
 ) -> Tensor:
     """Energy of each generated float image (N,), on the CPU: scored as the generator's output,
     the way training scores it (no real-image fade)."""
     device = next(energy.parameters()).device
-    parts = [energy(images[i : i + batch].to(device), alpha) for i in range(0, len(images), batch)]
-    return torch.cat(parts).cpu() if parts else torch.zeros(0)
+    step = _batch("energy", energy, images.shape[-1], alpha, batch)
+    parts = [
+        energy(images[i : i + step].to(device), alpha).cpu() for i in range(0, len(images), step)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def reconstruct(

@@ -1,0 +1,1 @@
+"""The progressive-lmdb dataset format, its reader and writer, and image sources."""
