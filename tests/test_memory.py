@@ -43,6 +43,12 @@ def test_estimate_holds_networks_averages_adam_and_the_outliers_pass():
     assert step_peaks(no_outliers, [(8, 8, 1.0)] * 2, "no")[-1]["peak"] < parts["peak"]
 
 
+def test_estimate_replays_langevin_negatives_with_noise_and_r1():
+    plain = step_peaks(_cfg(), [(8, 4, 1.0)] * 2, "no")[-1]["peak"]
+    research = _cfg(energy_langevin=2, energy_langevin_noise=0.01, loss={"energy_r1": 0.1})
+    assert step_peaks(research, [(8, 4, 1.0)] * 2, "no")[-1]["peak"] > plain
+
+
 def test_dry_run_says_what_the_memory_estimate_covers(tmp_path):
     args = ["train", "--preset", "demo", "--max-res", "8", "--dry-run",
             "--calibration-seconds", "0", "--out", str(tmp_path)]

@@ -49,8 +49,13 @@ class _LiveBytes(TorchDispatchMode):
         self.now -= self.sizes.pop(key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten.equal.default:  # torch.cov's warning check reads values
+        # Fake tensors hold no values: where the step reads one (torch.cov's warning check, a
+        # seed drawn for Langevin noise), it gets a zero of its type, which moves no memory.
+        if func is torch.ops.aten.equal.default:
             return False
+        if func is torch.ops.aten._local_scalar_dense.default:
+            dtype = args[0].dtype
+            return False if dtype == torch.bool else 0.0 if dtype.is_floating_point else 0
         out = func(*args, **(kwargs or {}))
         self.track(t for t in tree_leaves(out) if isinstance(t, torch.Tensor))
         return out
