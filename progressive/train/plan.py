@@ -3,9 +3,9 @@
 Per stage: the images shown when it starts and ends, its batch and learning rates, the widths,
 the expected seconds (from a short calibration: a few real training steps at each resolution
 this device can time within the budget, the rest extrapolated by the forward FLOPs per image),
-and the expected peak memory (exact parameter and Adam state sizes plus the activations saved
-for backward, counted on the meta device, so nothing is allocated). Also the built-in data's
-disk and rendering time (one image rendered and encoded, timed), and the mixed precision.
+and the expected peak memory (the training step replayed on fake tensors in the run's
+precision: `progressive.train.memory`). Also the built-in data's disk and rendering time (one
+image rendered and encoded, timed), and the mixed precision.
 """
 
 from __future__ import annotations
@@ -21,39 +21,26 @@ from progressive.config.schedule import NETWORKS, Schedule
 from progressive.config.sections import Config
 from progressive.config.sizing import RULE_TEXT, default_device
 from progressive.model.networks import build_networks, channels, num_parameters
-from progressive.train import precision
+from progressive.train import memory, precision
 
 CALIBRATION_STEPS = 2  # timed steps per resolution, after one warm-up step
 MAX_STEP_SECONDS = 1.0  # a resolution whose step takes longer ends the measured part
 
 
-def _meta_costs(cfg: Config, res: int) -> tuple[float, int]:
-    """(forward FLOPs per image, bytes saved for backward per image) of one training step's
-    forward passes at `res`: the generator on two latents, the inference model on a real and a
-    generated image, the energy model on three images (its own step and the frozen pass)."""
+def _forward_flops(cfg: Config, res: int) -> float:
+    """Forward FLOPs per image of one training step at `res`, counted on the meta device: the
+    generator on two latents, the inference model on a real and a generated image, the energy
+    model on four images (real, generated and outlier in its own step; generated, frozen)."""
     with torch.device("meta"):
         nets = build_networks(cfg.networks, cfg.schedule.max_res, cfg.optim.half_lives())
     g, e, i = nets["generator"], nets["energy"], nets["inference"]
-    saved = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
     z = torch.zeros(2, cfg.networks.latent, device="meta")
     counter = FlopCounterMode(display=False)
-    with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with counter, torch.no_grad():
         x = g(z, res, 1.0)
         i(x, 1.0)
-        e(torch.cat([x, x[:1]]), 1.0)
-    return counter.get_total_flops() / 2, saved // 2
-
-
-def _static_bytes(nets: dict[str, torch.nn.Module]) -> int:
-    """fp32 weights, gradients and two Adam moments of the three networks, plus the average."""
-    trained = sum(num_parameters(nets[n]) for n in NETWORKS)
-    return 4 * (4 * trained + num_parameters(nets["generator_ema"]))
+        e(torch.cat([x, x]), 1.0)
+    return counter.get_total_flops()
 
 
 def _calibrate(cfg: Config, resolutions: list[int], budget_s: float) -> dict[int, dict]:
@@ -140,43 +127,43 @@ def dry_run_summary(cfg: Config, out: Path, calibration_s: float = 20.0) -> dict
     schedule = Schedule.from_config(cfg)
     total = schedule.total(cfg)
     nets = build_networks(cfg.networks, cfg.schedule.max_res, cfg.optim.half_lives())
-    static = _static_bytes(nets)
     widths = {
         r: channels(r, cfg.networks.fmap_base, cfg.networks.fmap_max, cfg.networks.fmap_min)
         for r in schedule.resolutions
     }
     measured = _calibrate(cfg, schedule.resolutions, calibration_s) if calibration_s > 0 else {}
-    costs = {r: _meta_costs(cfg, r) for r in schedule.resolutions}
+    flops = {r: _forward_flops(cfg, r) for r in schedule.resolutions}
+    chosen = precision.resolve(cfg.run.mixed_precision, device)
+    table = schedule.stage_table()
+    peaks = memory.stage_peaks(
+        cfg, [(e["res"], e["batch"], e["fade_kimg"] > 0) for e in table], chosen
+    )
     last = max(measured) if measured else None
     stages, seconds_total = [], 0.0
-    for i, entry in enumerate(schedule.stage_table()):
+    for i, entry in enumerate(table):
         res = entry["res"]
         start = schedule.starts[i]
         end = min(schedule.starts[i + 1] if i + 1 < len(schedule.starts) else total, total)
         images = max(0, end - start)
-        flops, saved = costs[res]
         entry = {
             **entry,
             "width": widths[res],
             "images_shown": [start, end],
             "images": images,
-            "forward_gflop_per_image": round(flops / 1e9, 4),
+            "forward_gflop_per_image": round(flops[res] / 1e9, 4),
         }
         if res in measured:
             per_image, source = measured[res]["seconds_per_image"], "calibration: measured"
         elif last is not None:
-            per_image = measured[last]["seconds_per_image"] * flops / costs[last][0]
+            per_image = measured[last]["seconds_per_image"] * flops[res] / flops[last]
             source = f"calibration: measured at {last}px, scaled by forward FLOPs"
         else:
             per_image, source = None, "not calibrated"
         entry["seconds_expected"] = round(per_image * images, 1) if per_image else None
         entry["seconds_source"] = source
         seconds_total += entry["seconds_expected"] or 0.0
-        entry["peak_memory_bytes_expected"] = static + saved * entry["batch"]
-        entry["memory_source"] = (
-            "estimate: fp32 weights, gradients and Adam moments, plus the activations one "
-            "step saves for backward (fp32, counted on the meta device)"
-        )
+        entry["peak_memory_bytes_expected"] = peaks[i].pop("peak")
+        entry["peak_memory_parts_expected"] = peaks[i]
         if "peak_memory_bytes" in measured.get(res, {}):
             entry["peak_memory_bytes_measured"] = measured[res]["peak_memory_bytes"]
         stages.append(entry)
@@ -188,6 +175,14 @@ def dry_run_summary(cfg: Config, out: Path, calibration_s: float = 20.0) -> dict
         "config": cfg.to_dict(),
         "parameters": {n: num_parameters(nets[n]) for n in NETWORKS},
         "stages": stages,
+        "memory": {
+            "covers": memory.COVERS,
+            "precision": chosen,
+            "note": "every peak_memory_bytes_expected is an estimate, on a GPU too; "
+            "peak_memory_bytes_measured (GPU, calibrated stages) is torch's allocator peak, "
+            "which adds cuDNN's workspaces; bench/bench_plan_memory.py compares estimate and "
+            "measurement on the CPU",
+        },
         "images_shown_total": total,
         "seconds_expected_total": round(seconds_total, 1),
         "calibration": {
