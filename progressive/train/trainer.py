@@ -37,8 +37,8 @@ from progressive.model.networks import (
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
 from progressive.run.lock import RunLock, Watchdog
+from progressive.train import amp, pca_path, precision
 from progressive.train import loss as triangle
-from progressive.train import pca_path, precision
 from progressive.train.outliers import random_scale_noise
 
 
@@ -215,7 +215,7 @@ class Trainer:
             opt_e.zero_grad(set_to_none=True)
             acc.backward(loss_e)
             stats["grad_norm_energy"] = self._clip(opt_e, self.energy)
-            opt_e.step()
+            amp.step(acc, opt_e)
             if w.get("energy_recenter"):
                 self.recenter_energy(stats, w["energy_recenter"])
 
@@ -235,8 +235,9 @@ class Trainer:
         energy_frozen.requires_grad_(True)
         stats["grad_norm_generator"] = self._clip(opt_g, self.generator)
         stats["grad_norm_inference"] = self._clip(opt_i, self.inference)
-        opt_g.step()
-        opt_i.step()
+        amp.step(acc, opt_g)
+        amp.step(acc, opt_i)
+        amp.update_scale(acc)  # once per step, whichever optimizers stepped
         self.update_ema(phase.batch)
         return {k: v.detach().float() for k, v in stats.items()}
 
