@@ -37,7 +37,7 @@ from progressive.model.networks import (
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
 from progressive.run.lock import RunLock, Watchdog
-from progressive.train import amp, pca_path, precision
+from progressive.train import amp, distributed, pca_path, precision
 from progressive.train import loss as triangle
 from progressive.train.outliers import random_scale_noise
 
@@ -224,8 +224,9 @@ class Trainer:
         energy_frozen = acc.unwrap_model(self.energy).requires_grad_(False)
         with acc.autocast():
             e_fake = energy_frozen(x_fake, alpha)
+            everyone = distributed.gather_batch(mu, logvar, z)  # the batch over all ranks
             loss_j, joint = triangle.joint_loss(
-                x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w, observed
+                x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w, observed, everyone
             )
         stats.update(joint)
         opt_g, opt_i = self.optimizers["generator"], self.optimizers["inference"]

@@ -1,0 +1,88 @@
+"""Two gloo ranks optimise what one process does on their concatenated batch."""
+
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from tiny import TINY_NETWORKS
+
+from progressive.config.presets import make_config
+from progressive.model.networks import initial_networks
+from progressive.train import distributed
+from progressive.train import loss as triangle
+from progressive.train.trainer import GeneratorInference
+
+BATCH, RES = 8, 8
+# Every batch statistic weighted, heavily enough that its gradient shows beside the others'.
+WEIGHTS = {"marginal_kl": 100.0, "code_decorrelation": 100.0, "code_center": 100.0,
+           "code_mmd": 100.0}
+
+
+def _config() -> dict:
+    return make_config("demo", **TINY_NETWORKS, max_res=RES, loss=WEIGHTS)
+
+
+def _inputs(cfg: dict) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(BATCH, 3, RES, RES, generator=g) * 2 - 1
+    z = torch.randn(BATCH, cfg["latent"], generator=g)
+    eps = torch.randn(BATCH, cfg["latent"], generator=g)
+    return x, z, eps
+
+
+def joint_step(pair: torch.nn.Module, x, z, eps, cfg: dict) -> tuple[torch.Tensor, dict]:
+    """The joint loss as the trainer forms it, backward included; (loss, stats)."""
+    mu, logvar, x_rec, x_fake, mu_fake, logvar_fake = pair(x, z, eps, RES, 1.0)
+    e_fake = x_fake.square().flatten(1).mean(1)  # a stand-in energy: every term reaches G
+    everyone = distributed.gather_batch(mu, logvar, z)
+    loss, stats = triangle.joint_loss(x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake,
+                                      RES, cfg["loss"], None, everyone)
+    loss.backward()
+    return loss.detach(), stats
+
+
+def _rank(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    torch.set_num_threads(1)
+    try:
+        cfg = _config()
+        nets = initial_networks(cfg)
+        pair = GeneratorInference(nets["generator"], nets["inference"])
+        ddp = torch.nn.parallel.DistributedDataParallel(pair, find_unused_parameters=True)
+        share = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+        x, z, eps = (t[share] for t in _inputs(cfg))
+        loss, stats = joint_step(ddp, x, z, eps, cfg)
+        grads = {k: p.grad.clone() for k, p in pair.named_parameters() if p.grad is not None}
+        torch.save({"loss": loss, "stats": stats, "grads": grads}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
+    mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    cfg = _config()
+    nets = initial_networks(cfg)
+    pair = GeneratorInference(nets["generator"], nets["inference"])
+    loss, stats = joint_step(pair, *_inputs(cfg), cfg)
+    grads = {k: p.grad for k, p in pair.named_parameters() if p.grad is not None}
+
+    for key in ("marginal_kl", "code_decorrelation", "code_center", "code_mmd"):
+        for r in ranks:  # a statistic of the whole batch, the same on every rank
+            torch.testing.assert_close(r["stats"][key], stats[key], rtol=1e-5, atol=1e-6)
+    # DDP averages the ranks' losses' gradients: the mean loss is the one process's loss.
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss, rtol=1e-5,
+                               atol=1e-5)
+    assert grads.keys() == ranks[0]["grads"].keys()
+    for k, g in grads.items():
+        for r in ranks:  # relative to each tensor's norm: some entries are near 0
+            assert (r["grads"][k] - g).norm() <= 1e-5 * g.norm() + 1e-9, k
