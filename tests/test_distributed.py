@@ -5,7 +5,7 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tiny import TINY_NETWORKS
+from tiny import TINY_NETWORKS, write_synthetic
 
 from progressive.config.presets import make_config
 from progressive.model.networks import initial_networks
@@ -86,3 +86,56 @@ def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
     for k, g in grads.items():
         for r in ranks:  # relative to each tensor's norm: some entries are near 0
             assert (r["grads"][k] - g).norm() <= 1e-5 * g.norm() + 1e-9, k
+
+
+def _source_run(root):
+    """A finished single-process run of two stages (4 and 8 px) with a snapshot at each end."""
+    from progressive.train.trainer import train
+
+    data = write_synthetic(root / "data", 24, 8)
+    cfg = make_config("demo", **TINY_NETWORKS, data=str(data), max_res=8, batch=4,
+                      fade_kimg=0.008, stable_kimg=0.008, snapshot_kimg=1, tick_kimg=0.008,
+                      grid_size=2, workers=0)
+    train(cfg, root / "source", progress=False)
+    return root / "source"
+
+
+def test_only_the_main_process_copies_a_branch(tmp_path, monkeypatch):
+    from progressive.run import checkpoint as ckpt
+    from progressive.train.trainer import resolve_run
+
+    source = _source_run(tmp_path)
+    middle = ckpt.list_snapshots(source)[1]
+    cfg = make_config("demo", **TINY_NETWORKS)
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it
+    branched, run_dir, snapshot = resolve_run(cfg, {}, tmp_path, "branch", str(middle))
+    assert not run_dir.exists()  # nothing written: the main process copies
+    assert snapshot == tmp_path / "branch" / middle.name and branched["max_res"] == 8
+    monkeypatch.setenv("RANK", "0")
+    assert resolve_run(cfg, {}, tmp_path, "branch", str(middle))[2] == snapshot
+    ckpt.check_snapshot(snapshot)
+    assert [p.name for p in tmp_path.joinpath("branch").iterdir() if p.name.startswith(".")] == []
+
+
+def test_two_ranks_branch_one_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tiny import cli_args
+
+    from progressive.run import checkpoint as ckpt
+
+    source = _source_run(tmp_path)
+    middle = ckpt.list_snapshots(source)[1]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "progressive", "train",
+           *cli_args(out=tmp_path, name="branch", resume=middle, workers=0)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    snapshots = ckpt.list_snapshots(tmp_path / "branch")
+    assert [p.name for p in snapshots][0] == middle.name and len(snapshots) >= 2
+    assert ckpt.read_state(snapshots[-1])["images_shown"] == 24
+    assert not [p for p in (tmp_path / "branch").iterdir() if p.name.endswith(".partial")]

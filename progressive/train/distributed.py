@@ -1,4 +1,5 @@
-"""What several processes need beyond DDP: batch statistics over the global batch.
+"""What several processes need beyond DDP: batch statistics over the global batch, and
+which process does what before the processes have met.
 
 DDP averages gradients, which makes N processes optimise what one does only for terms that
 are means over images. The terms that are statistics of the batch (the codes' marginal KL,
@@ -20,6 +21,14 @@ from torch import Tensor
 def world_size() -> int:
     """Processes in the default group; 1 when there is none."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def launched_rank() -> int:
+    """This process's global rank as its launcher set it (torchrun, MPI), readable before any
+    process group exists; 0 when it was not launched as one of several."""
+    from accelerate.utils import get_int_from_env
+
+    return get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
 
 
 def gather_batch(*tensors: Tensor) -> tuple[Tensor, ...] | None:

@@ -749,15 +749,14 @@ def resolve_run(
     from progressive.config.presets import make_config
 
     check_data(cfg)
-    snapshot = None
+    snapshot = source = None  # source: the snapshot whose configuration continues
     if resume not in (None, "auto"):
-        snapshot = layout.resolve_snapshot(resume)
+        snapshot = source = layout.resolve_snapshot(resume)
         ckpt.check_snapshot(snapshot)
         run_dir = snapshot.parent
         if name is not None and (out / name).resolve() != run_dir.resolve():
             run_dir = out / name  # a branch: the source run stays as it is
-            shown = ckpt.read_state(snapshot)["images_shown"]
-            snapshot = layout.branch(snapshot, shown, run_dir)
+            snapshot = _branch(source, run_dir)
     else:
         run_dir = out / (name or layout.run_name(cfg))
         existing = layout.list_snapshots(run_dir)
@@ -766,14 +765,14 @@ def resolve_run(
                 f"run {run_dir} already has snapshots; pass --resume auto to continue "
                 "it, or --name to start another run"
             )
-        snapshot = ckpt.newest_usable_snapshot(run_dir, notify) if existing else None
+        snapshot = source = ckpt.newest_usable_snapshot(run_dir, notify) if existing else None
         if existing and snapshot is None:
             raise UserError(
                 f"run {run_dir} has no usable snapshot (each is damaged or non-finite, see "
                 "above); pass --name to start another run"
             )
     if snapshot is not None:
-        saved = ckpt.read_state(snapshot)["config"]
+        saved = ckpt.read_state(source)["config"]
         given = {k: v for k, v in overrides.items() if v is not None}
         if "loss" in given:  # one weight changed; the run's other weights stay as trained
             given["loss"] = {**saved.get("loss", {}), **given["loss"]}
@@ -782,3 +781,14 @@ def resolve_run(
         merged = {k: v for k, v in saved.items() if k != "preset"} | given
         cfg = make_config(saved["preset"], **merged)
     return cfg, run_dir, snapshot
+
+
+def _branch(snapshot: Path, run_dir: Path) -> Path:
+    """The branch's copy of `snapshot` in `run_dir`, made by the main process only (several
+    would race on one folder); the others get its path, which they read only after training's
+    first collective has met the main process."""
+    shown = ckpt.read_state(snapshot)["images_shown"]
+    if distributed.launched_rank() != 0:
+        return layout.snapshot_dir(run_dir, shown)
+    return layout.branch(snapshot, shown, run_dir)
+
