@@ -139,3 +139,55 @@ def test_two_ranks_branch_one_run(tmp_path):
     assert [p.name for p in snapshots][0] == middle.name and len(snapshots) >= 2
     assert ckpt.read_state(snapshots[-1])["images_shown"] == 24
     assert not [p for p in (tmp_path / "branch").iterdir() if p.name.endswith(".partial")]
+
+
+def _timeout_rank(rank: int, port: int, out: str) -> None:
+    import json
+    import os
+    import time
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="1")
+    from progressive.train.trainer import make_accelerator
+
+    acc = make_accelerator(make_config("demo", **TINY_NETWORKS, process_timeout_s=2))
+    assert acc.num_processes == 2
+    if rank == 0:
+        time.sleep(12)  # working alone, longer than the timeout
+    start, error = time.monotonic(), None
+    try:
+        dist.barrier()
+    except Exception as e:  # a timed-out collective: its type differs between backends
+        error = str(e)
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump({"waited": time.monotonic() - start, "error": error}, f)
+
+
+def test_the_configured_timeout_reaches_the_process_group(tmp_path):
+    import json
+
+    assert make_config("demo")["process_timeout_s"] == 3600
+    mp.spawn(_timeout_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    waiting = json.loads((tmp_path / "rank1.json").read_text())
+    # Gloo's own default would have waited for the main process (12 s) and gone through.
+    assert waiting["error"] is not None and waiting["waited"] < 10, waiting
+
+
+def test_the_starting_networks_are_built_once_per_run(tmp_path):
+    from progressive.metrics.stage import StageEvaluator
+    from progressive.model.networks import build_networks
+
+    data = write_synthetic(tmp_path / "data", 40, 32)
+    cfg = make_config("demo", **TINY_NETWORKS, data=str(data), max_res=32, eval_images=4)
+    built = []
+
+    def starting(c: dict) -> dict:
+        built.append(1)
+        return initial_networks(c)
+
+    evaluator = StageEvaluator(cfg, tmp_path / "run", torch.device("cpu"), starting)
+    (tmp_path / "run").mkdir()
+    networks = build_networks(cfg)
+    for stage, res in enumerate((16, 32), start=2):
+        assert evaluator.evaluate(networks, res, 1.0, 100 * stage, stage)["swd_at_init"] > 0
+    assert len(built) == 1

@@ -81,6 +81,10 @@ BASE: dict = {
     "grid_size": 8,  # samples per row/column in grids
     "holdout": 0.1,  # fraction of the dataset held out (its last images by index) for evaluation
     "eval_images": 500,  # held-out images evaluated at each stage end (at most); 0: none
+    # Seconds a collective waits for the slowest process before the run fails: the main
+    # process's work alone at a 1024 px stage end (a snapshot of about 2 GB written, synced
+    # and read back, an 8192 px grid, the evaluation) takes minutes on a slow shared disk.
+    "process_timeout_s": 3600.0,
 }
 
 
@@ -290,6 +294,9 @@ def normalize(cfg: dict) -> dict:
     for key in ("energy_ema_kimg", "inference_ema_kimg"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise UserError(f"{key} {cfg[key]!r} must be a number >= 0")
+    timeout = cfg["process_timeout_s"]
+    if not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise UserError(f"process_timeout_s {timeout!r} must be a number of seconds above 0")
     if not 0 <= cfg["holdout"] <= 0.5:
         raise UserError(f"--holdout {cfg['holdout']} must be from 0 to 0.5")
     for name in ("fade_kimg", "stable_kimg"):

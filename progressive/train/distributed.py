@@ -12,15 +12,26 @@ ranks) and DDP's average divides that by N.
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from accelerate import InitProcessGroupKwargs
 from torch import Tensor
 
 
 def world_size() -> int:
     """Processes in the default group; 1 when there is none."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def process_group_kwargs(timeout_s: float) -> InitProcessGroupKwargs:
+    """The process group's settings: how long a collective waits for the slowest rank before
+    it fails. The main process works alone at stage ends (snapshot, grids, evaluation, the
+    starting networks rebuilt for SWD at initialization, a PCA refit) and the first time it
+    renders the built-in data, while the others wait in a barrier; NCCL's default of 10
+    minutes can end a healthy run there."""
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
 
 
 def launched_rank() -> int:

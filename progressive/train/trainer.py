@@ -72,7 +72,8 @@ def make_accelerator(cfg: dict) -> Accelerator:
     # The device type as accelerate will pick it, without starting accelerate's process state
     # before the Accelerator does (that would leave each rank a process of its own).
     chosen = precision.resolve(cfg["mixed_precision"], default_device())
-    return Accelerator(mixed_precision=chosen, kwargs_handlers=[ddp])
+    group = distributed.process_group_kwargs(cfg["process_timeout_s"])
+    return Accelerator(mixed_precision=chosen, kwargs_handlers=[ddp, group])
 
 
 class GeneratorInference(torch.nn.Module):
