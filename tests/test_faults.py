@@ -59,3 +59,48 @@ def test_other_write_errors_still_leave_nothing_partial(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         ckpt.save_snapshot(tmp_path, 16, cfg, nets, opts)
     assert list(tmp_path.iterdir()) == []
+
+
+def _shown(run_dir) -> list[int]:
+    return [ckpt.read_state(p)["images_shown"] for p in ckpt.list_snapshots(run_dir)]
+
+
+def test_old_snapshots_go_but_the_start_stage_ends_and_the_resumed_one_stay(dataset, tmp_path):
+    from progressive.train.trainer import resolve_run, train
+
+    # Stages: 4 px to 8 images, 8 px to 24; a snapshot after every step of 4 images.
+    over = dict(**TINY_NETWORKS, data=str(dataset), max_res=8, batch=4, fade_kimg=0.008,
+                stable_kimg=0.008, snapshot_kimg=0.004, tick_kimg=0.004, grid_size=2,
+                workers=0, eval_images=0, keep_snapshots=1)
+    train(make_config("demo", **over, total_kimg=0.016), tmp_path / "run", progress=False)
+    assert _shown(tmp_path / "run") == [0, 8, 16]
+    cfg, run_dir, snapshot = resolve_run(make_config("demo", **over), {"total_kimg": 0.024},
+                                         tmp_path, "run", "auto")
+    assert snapshot.name == "snapshot-000000016"
+    train(cfg, run_dir, snapshot, progress=False)
+    assert _shown(run_dir) == [0, 8, 16, 24]  # 20 went; 16, resumed from, stays
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".snapshot")]
+
+
+def test_keep_snapshots_0_keeps_every_one(tmp_path):
+    cfg = make_config("demo", **TINY_NETWORKS, max_res=8, keep_snapshots=0)
+    nets, opts = _networks_and_optimizers(cfg)
+    for shown in (0, 4, 8, 12, 16):
+        ckpt.save_snapshot(tmp_path, shown, cfg, nets, opts)
+    assert ckpt.prune_snapshots(tmp_path, 0, ckpt.stage_boundaries(cfg)) == []
+    assert _shown(tmp_path) == [0, 4, 8, 12, 16]
+    assert ckpt.prune_snapshots(tmp_path, 2, [0]) == ["snapshot-000000004",
+                                                      "snapshot-000000008"]
+
+
+def test_keep_snapshots_is_an_option():
+    from click.testing import CliRunner
+
+    from progressive.cli.main import main
+
+    result = CliRunner().invoke(main, ["train", "--dry-run", "--keep-snapshots", "7",
+                                       "--calibration-seconds", "0"])
+    assert result.exit_code == 0, result.output
+    assert '"keep_snapshots": 7' in result.output
+    with pytest.raises(UserError, match="keep-snapshots"):
+        make_config("demo", keep_snapshots=-1)

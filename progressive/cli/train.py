@@ -119,6 +119,8 @@ RATES = Rates()
 @click.option("--workers", help="DataLoader worker processes per rank.", type=click.IntRange(min=0))
 # Bookkeeping.
 @click.option("--snapshot-kimg", help="Snapshot interval, thousands of images.", type=KIMG)
+@click.option("--keep-snapshots", help="Newest snapshots kept besides the start and each stage "
+              "end (0: all). Default 4.", type=click.IntRange(min=0))
 # Evaluation at every stage end, on the held-out end of the dataset.
 @click.option("--holdout", help="Share held out (the last images). Default 0.1.",
               type=click.FloatRange(0, 0.5))

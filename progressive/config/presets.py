@@ -77,6 +77,7 @@ BASE: dict = {
     "tf32": False,  # TensorFloat-32 for fp32 matmuls and convolutions on NVIDIA GPUs
     "workers": 2,
     "snapshot_kimg": 100.0,
+    "keep_snapshots": 4,  # the newest kept besides the start and every stage end; 0: all
     "tick_kimg": 4.0,  # stats and progress-bar granularity
     "grid_size": 8,  # samples per row/column in grids
     "holdout": 0.1,  # fraction of the dataset held out (its last images by index) for evaluation
@@ -294,6 +295,9 @@ def normalize(cfg: dict) -> dict:
     for key in ("energy_ema_kimg", "inference_ema_kimg"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise UserError(f"{key} {cfg[key]!r} must be a number >= 0")
+    keep = cfg["keep_snapshots"]
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+        raise UserError(f"--keep-snapshots {keep!r} must be a whole number >= 0 (0 keeps all)")
     timeout = cfg["process_timeout_s"]
     if not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
         raise UserError(f"process_timeout_s {timeout!r} must be a number of seconds above 0")

@@ -151,6 +151,38 @@ def _write(tmp: Path, weights: dict, optimizer_states: dict, images_shown: int, 
     fsync_path(tmp)
 
 
+def stage_boundaries(cfg: dict) -> list[int]:
+    """Images shown at the start of the run and at the end of every stage."""
+    schedule = Schedule.from_config(cfg)
+    return [0, *schedule.starts[1:], schedule.end_of_last_stage]
+
+
+def prune_snapshots(
+    run_dir: str | os.PathLike, keep: int, boundaries: Iterable[int],
+    protect: Iterable[str | os.PathLike | None] = (),
+) -> list[str]:
+    """Delete the run's snapshots but the newest `keep` (0 keeps all), the first at or after
+    each of `boundaries` (the stage ends: each one's grids and evaluation point at it) and
+    those in `protect` (the one a run was resumed from). Returns the names deleted."""
+    if keep <= 0:
+        return []
+    snapshots = list_snapshots(run_dir)
+    kept = {p.name for p in snapshots[-keep:]} | {Path(p).name for p in protect if p}
+    shown = {p.name: int(p.name.rsplit("-", 1)[1]) for p in snapshots}
+    for boundary in boundaries:
+        after = [p.name for p in snapshots if shown[p.name] >= boundary]
+        if after:
+            kept.add(after[0])
+    deleted = []
+    for p in snapshots:
+        if p.name not in kept:
+            hidden = temporary_path(p)  # gone from the list at once; clean_run_dir ends it
+            os.replace(p, hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
+            deleted.append(p.name)
+    return deleted
+
+
 def clean_run_dir(run_dir: str | os.PathLike) -> list[str]:
     """Remove what killed writers left in a run folder (temporary snapshot folders), and put
     back a snapshot that was stepping aside for its replacement. Only the holder of the run

@@ -476,15 +476,20 @@ class _Ticks:
         self._reset(images_shown)
 
 
-def _save(trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int) -> Path | None:
+def _save(
+    trainer: Trainer, cfg: dict, run_dir: Path, images_shown: int, resumed: Path | None = None
+) -> Path | None:
     """A snapshot at `images_shown`, written by the main process once all have arrived;
-    None (on every rank) when it was refused for non-finite tensors."""
+    None (on every rank) when it was refused for non-finite tensors. Older snapshots beyond
+    `keep_snapshots` are deleted then, never the one the run was `resumed` from."""
     acc = trainer.accelerator
     acc.wait_for_everyone()
     refused = None
     if acc.is_main_process:
         try:
             ckpt.save_snapshot(run_dir, images_shown, cfg, trainer.unwrapped(), trainer.optimizers)
+            ckpt.prune_snapshots(run_dir, cfg["keep_snapshots"], ckpt.stage_boundaries(cfg),
+                                 [resumed])
         except ckpt.NonFiniteError as e:
             refused = str(e)
     if _agree(acc, refused) is not None:
@@ -728,7 +733,7 @@ def _train_locked(
                 evaluate(phase, images_shown)  # the stage that just ended, not the next one
                 ticks.restart_clock()  # images/s counts training, not the evaluation
             if snap:
-                final = _save(trainer, cfg, run_dir, images_shown)
+                final = _save(trainer, cfg, run_dir, images_shown, snapshot)
                 if final is None:
                     where = f"at {images_shown:,} images"
                     raise _diverged(where, last_good, "non-finite weights, not saved")
