@@ -104,3 +104,35 @@ def test_keep_snapshots_is_an_option():
     assert '"keep_snapshots": 7' in result.output
     with pytest.raises(UserError, match="keep-snapshots"):
         make_config("demo", keep_snapshots=-1)
+
+
+def test_sigterm_takes_a_snapshot_and_says_how_to_resume(dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tiny import cli_args
+
+    cmd = [sys.executable, "-m", "progressive", "train",
+           *cli_args(data=dataset, out=tmp_path, name="run", max_res=8, batch=4, fade_kimg=50,
+                     stable_kimg=50, snapshot_kimg=50, workers=0, **TINY_NETWORKS)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "stats.jsonl").exists():  # some steps taken
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    line = [x for x in err.splitlines() if "SIGTERM" in x]
+    assert len(line) == 1 and "--resume auto" in line[0], err[-2000:]
+    newest = ckpt.list_snapshots(tmp_path / "run")[-1]
+    assert ckpt.read_state(newest)["images_shown"] > 0 and str(newest) in line[0]
+    ckpt.check_snapshot(newest)

@@ -37,7 +37,7 @@ from progressive.model.networks import (
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
 from progressive.run.lock import RunLock, Watchdog
-from progressive.train import amp, distributed, pca_path, precision
+from progressive.train import amp, distributed, pca_path, precision, signals
 from progressive.train import loss as triangle
 from progressive.train.outliers import random_scale_noise
 
@@ -690,8 +690,14 @@ def _train_locked(
     stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else None
     batches = None  # this stage's loader, built anew at each stage (workers prefetch ahead)
     finite = FiniteSteps(acc.device, acc.mixed_precision, images_shown)  # auto resolved
+    stop = signals.StopOnSignal(world)
     try:  # the bar is closed first, so an error is printed on a line of its own
+        stop.install()
         while images_shown < total:
+            if stop.agreed():  # SIGTERM: a snapshot at this step boundary, then stop
+                if final != layout.snapshot_dir(run_dir, images_shown):
+                    final = _save(trainer, cfg, run_dir, images_shown, snapshot) or last_good
+                raise signals.stopped(stop.received, images_shown, final)
             phase = schedule.at(images_shown)
             if batches is None or phase.stage != stage:
                 if stage is not None and phase.stage != stage and cfg["reset_optimizers"]:
@@ -739,6 +745,7 @@ def _train_locked(
                     raise _diverged(where, last_good, "non-finite weights, not saved")
                 last_good = final
     finally:
+        stop.restore()
         bar.close()
     acc.wait_for_everyone()
     return final or layout.snapshot_dir(run_dir, images_shown)
