@@ -136,3 +136,24 @@ def test_sigterm_takes_a_snapshot_and_says_how_to_resume(dataset, tmp_path):
     newest = ckpt.list_snapshots(tmp_path / "run")[-1]
     assert ckpt.read_state(newest)["images_shown"] > 0 and str(newest) in line[0]
     ckpt.check_snapshot(newest)
+
+
+def test_resuming_on_a_dataset_of_higher_max_res_keeps_the_runs_or_names_it(dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from progressive.cli.main import main
+    from progressive.train.trainer import train
+
+    cfg = make_config("demo", **TINY_NETWORKS, data=str(dataset), max_res=8, batch=4,
+                      fade_kimg=0.008, stable_kimg=0.008, total_kimg=0.008, workers=0,
+                      eval_images=0)
+    train(cfg, tmp_path / "run", progress=False)
+    larger = write_synthetic(tmp_path / "larger", 24, 16)
+    base = ["train", "--data", str(larger), "--out", str(tmp_path), "--name", "run",
+            "--resume", "auto"]
+    result = CliRunner().invoke(main, [*base, "--max-res", "16"])
+    assert result.exit_code == 1
+    assert "--max-res 16 differs from 8" in result.output and "another run" not in result.output
+    result = CliRunner().invoke(main, [*base, "--total-kimg", "0.012"])
+    assert result.exit_code == 0, result.output  # the run's 8 px, from the larger dataset
+    assert ckpt.read_state(ckpt.list_snapshots(tmp_path / "run")[-1])["images_shown"] == 12

@@ -309,3 +309,22 @@ def normalize(cfg: dict) -> dict:
     if cfg["stable_kimg"] <= 0 and cfg["fade_kimg"] <= 0:
         raise UserError("--fade-kimg and --stable-kimg cannot both be 0")
     return cfg
+
+
+# Settings that fix the networks' shapes: a snapshot's weights fit only its own.
+SHAPE_KEYS = ("architecture", "max_res", "latent", "fmap_base", "fmap_max", "fmap_min",
+              "energy_width", "inference_width", "inference_hidden", "mbstd_group", "pca_path")
+
+
+def check_same_networks(saved: dict, cfg: dict, snapshot: object) -> None:
+    """A one-line error naming the first setting of `cfg` that would build networks the
+    weights of `snapshot`, trained with `saved`, do not fit."""
+    for key in SHAPE_KEYS:
+        if saved.get(key) != cfg.get(key):
+            option = "--" + key.replace("_", "-")
+            raise UserError(
+                f"{option} {cfg.get(key)} differs from {saved.get(key)}, which the run of "
+                f"{snapshot} was trained with; its networks keep their shape: resume with "
+                f"{option} {saved.get(key)} (a dataset of a higher max_res serves as it is), or "
+                "start a new run"
+            )

@@ -759,17 +759,19 @@ def resolve_run(
     A resumed run keeps its saved configuration, with only the options given explicitly now
     (`overrides` that are not None) applied on top, e.g. a larger `total_kimg`.
     """
-    from progressive.config.presets import make_config
+    from progressive.config.presets import check_same_networks, make_config
 
-    check_data(cfg)
+    if resume is None:
+        check_data(cfg)  # a resumed run's data is checked with its own configuration below
     snapshot = source = None  # source: the snapshot whose configuration continues
+    branching = False
     if resume not in (None, "auto"):
         snapshot = source = layout.resolve_snapshot(resume)
         ckpt.check_snapshot(snapshot)
         run_dir = snapshot.parent
         if name is not None and (out / name).resolve() != run_dir.resolve():
             run_dir = out / name  # a branch: the source run stays as it is
-            snapshot = _branch(source, run_dir)
+            branching = True
     else:
         run_dir = out / (name or layout.run_name(cfg))
         existing = layout.list_snapshots(run_dir)
@@ -793,7 +795,13 @@ def resolve_run(
             given["lr"] = {**saved["lr"], **given["lr"]}
         merged = {k: v for k, v in saved.items() if k != "preset"} | given
         cfg = make_config(saved["preset"], **merged)
+        check_same_networks(saved, cfg, source)
+    if resume is not None:
+        check_data(cfg)
+    if branching:  # once everything is checked
+        snapshot = _branch(source, run_dir)
     return cfg, run_dir, snapshot
+
 
 
 def _branch(snapshot: Path, run_dir: Path) -> Path:
