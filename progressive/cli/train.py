@@ -119,6 +119,8 @@ RATES = Rates()
 @click.option("--workers", help="DataLoader worker processes per rank.", type=click.IntRange(min=0))
 # Bookkeeping.
 @click.option("--snapshot-kimg", help="Snapshot interval, thousands of images.", type=KIMG)
+@click.option("--keep-snapshots", help="Newest snapshots kept besides the start and each stage "
+              "end (0: all). Default 4.", type=click.IntRange(min=0))
 # Evaluation at every stage end, on the held-out end of the dataset.
 @click.option("--holdout", help="Share held out (the last images). Default 0.1.",
               type=click.FloatRange(0, 0.5))
@@ -147,7 +149,8 @@ def train(preset, out, name, resume, rec_scaling, marginal_kl, code_decorrelatio
         # one network's rate over --lr or the preset's; a per-resolution --lr is every network's
         overrides["lr"] = {n: every if v is None else v for n, v in rates.items()
                            if v is not None or every is not None}
-    if preset is None and overrides["max_res"] is None and overrides["data"] is not None:
+    if (preset is None and overrides["max_res"] is None and overrides["data"] is not None
+            and resume is None):  # a resumed run keeps its own max_res
         overrides["max_res"] = training.dataset_max_res(overrides["data"])  # grow to the data's
     cfg = make_config(preset, **overrides)
     if dry_run:

@@ -77,10 +77,15 @@ BASE: dict = {
     "tf32": False,  # TensorFloat-32 for fp32 matmuls and convolutions on NVIDIA GPUs
     "workers": 2,
     "snapshot_kimg": 100.0,
+    "keep_snapshots": 4,  # the newest kept besides the start and every stage end; 0: all
     "tick_kimg": 4.0,  # stats and progress-bar granularity
     "grid_size": 8,  # samples per row/column in grids
     "holdout": 0.1,  # fraction of the dataset held out (its last images by index) for evaluation
     "eval_images": 500,  # held-out images evaluated at each stage end (at most); 0: none
+    # Seconds a collective waits for the slowest process before the run fails: the main
+    # process's work alone at a 1024 px stage end (a snapshot of about 2 GB written, synced
+    # and read back, an 8192 px grid, the evaluation) takes minutes on a slow shared disk.
+    "process_timeout_s": 3600.0,
 }
 
 
@@ -290,6 +295,12 @@ def normalize(cfg: dict) -> dict:
     for key in ("energy_ema_kimg", "inference_ema_kimg"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise UserError(f"{key} {cfg[key]!r} must be a number >= 0")
+    keep = cfg["keep_snapshots"]
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+        raise UserError(f"--keep-snapshots {keep!r} must be a whole number >= 0 (0 keeps all)")
+    timeout = cfg["process_timeout_s"]
+    if not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise UserError(f"process_timeout_s {timeout!r} must be a number of seconds above 0")
     if not 0 <= cfg["holdout"] <= 0.5:
         raise UserError(f"--holdout {cfg['holdout']} must be from 0 to 0.5")
     for name in ("fade_kimg", "stable_kimg"):
@@ -298,3 +309,22 @@ def normalize(cfg: dict) -> dict:
     if cfg["stable_kimg"] <= 0 and cfg["fade_kimg"] <= 0:
         raise UserError("--fade-kimg and --stable-kimg cannot both be 0")
     return cfg
+
+
+# Settings that fix the networks' shapes: a snapshot's weights fit only its own.
+SHAPE_KEYS = ("architecture", "max_res", "latent", "fmap_base", "fmap_max", "fmap_min",
+              "energy_width", "inference_width", "inference_hidden", "mbstd_group", "pca_path")
+
+
+def check_same_networks(saved: dict, cfg: dict, snapshot: object) -> None:
+    """A one-line error naming the first setting of `cfg` that would build networks the
+    weights of `snapshot`, trained with `saved`, do not fit."""
+    for key in SHAPE_KEYS:
+        if saved.get(key) != cfg.get(key):
+            option = "--" + key.replace("_", "-")
+            raise UserError(
+                f"{option} {cfg.get(key)} differs from {saved.get(key)}, which the run of "
+                f"{snapshot} was trained with; its networks keep their shape: resume with "
+                f"{option} {saved.get(key)} (a dataset of a higher max_res serves as it is), or "
+                "start a new run"
+            )
