@@ -28,7 +28,7 @@ def _numbers(text: str) -> list[float]:
 
 def test_every_preset_has_a_row_that_matches_the_code():
     rows = _rows()
-    assert set(rows) == set(PRESETS) - {"recipe32"}  # the recipe: docs/configuration.md
+    assert set(rows) == set(PRESETS)
     for name, (_, res, latent, widths, batch, lr, betas, kimg, _) in rows.items():
         cfg = config(name)
         s = cfg.schedule

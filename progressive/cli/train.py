@@ -142,9 +142,8 @@ def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_ru
                                       "optim.lr_inference")}
     values |= dict(settings)
     preset = preset or file_preset
-    if preset in (None, presets.AUTO) and "schedule.max_res" not in values and values.get(
-        "data.path"
-    ):
+    if (preset in (None, presets.AUTO) and "schedule.max_res" not in values
+            and values.get("data.path") and resume is None):  # a resumed run keeps its max_res
         values["schedule.max_res"] = training.dataset_max_res(values["data.path"])
     cfg = presets.make_config(preset, values)
     if dry_run:

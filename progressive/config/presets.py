@@ -109,3 +109,28 @@ def make_config(
 def names() -> list[str]:
     """Every preset's name, `auto` last."""
     return [*PRESETS, AUTO]
+
+
+# Fields that fix the networks' shapes: a snapshot's weights fit only its own.
+SHAPE_FIELDS = ("networks.architecture", "schedule.max_res", "networks.latent",
+                "networks.fmap_base", "networks.fmap_max", "networks.fmap_min",
+                "networks.energy_width", "networks.mbstd_group", "networks.pca_path")
+_OPTIONS = {"schedule.max_res": "--max-res", "networks.latent": "--latent",
+            "networks.fmap_base": "--fmap-base", "networks.fmap_max": "--fmap-max"}
+
+
+def check_same_networks(saved: Config, cfg: Config, snapshot: object) -> None:
+    """A one-line error naming the first field of `cfg` that would build networks the weights
+    of `snapshot`, trained with `saved`, do not fit."""
+    for key in SHAPE_FIELDS:
+        section, _, name = key.partition(".")
+        old, new = (getattr(getattr(c, section), name) for c in (saved, cfg))
+        if old != new:
+            option = _OPTIONS.get(key)
+            given, keep = ((f"{option} {new}", f"{option} {old}") if option
+                           else (f"{key} {new}", f"--set {key}={str(old).lower()}"))
+            raise UserError(
+                f"{given} differs from {old}, which the run of {snapshot} was trained with; "
+                f"its networks keep their shape: resume with {keep} (a dataset of a higher "
+                "max_res serves as it is), or start a new run"
+            )

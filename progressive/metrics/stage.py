@@ -92,6 +92,7 @@ class StageEvaluator:
         self.z = torch.randn(self.n, cfg.networks.latent, generator=seeded)
         self._noise_seed = cfg.run.seed + 2
         self._swd0_cache: dict[int, dict] = {}
+        self._g0: torch.nn.Module | None = None  # the starting generator average
         self._mean_cache: dict[int, Tensor] = {}
 
     @property
@@ -106,10 +107,13 @@ class StageEvaluator:
     def _swd_at_init(self, res: int, real: Tensor, alpha: float) -> dict:
         """SWD of the generator as initialised, once per resolution (the baseline to beat)."""
         if res not in self._swd0_cache:
-            with torch.random.fork_rng(devices=[]):
-                started = self._starting_networks(self.cfg)
-                g0 = started["generator_ema"].to(self.device).eval()
+            if self._g0 is None:  # built once per run (a PCA refit, full-size networks)
+                with torch.random.fork_rng(devices=[]):
+                    started = self._starting_networks(self.cfg)
+                self._g0 = started["generator_ema"].eval()
+            g0 = self._g0.to(self.device)
             fake0 = self._sample(g0, res, alpha)
+            self._g0 = g0.cpu()  # between stage ends it holds no device memory
             self._swd0_cache[res] = metrics.sliced_wasserstein(real, fake0, seed=0)
         return self._swd0_cache[res]
 

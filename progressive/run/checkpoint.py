@@ -12,6 +12,7 @@ state is stored.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -100,6 +101,39 @@ def save_snapshot(
         raise NonFiniteError(_nonfinite_message(f"the snapshot at {images_shown} images", bad))
     tmp = temporary_path(final)
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, weights, optimizer_states, images_shown, cfg)
+    except OSError as e:  # nothing half-written stays; the snapshots before are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        size = sum(t.nbytes for _, t in _tensors([weights, optimizer_states]))
+        raise UserError(
+            f"no space left in {final.parent} for the snapshot at {images_shown:,} images "
+            f"(it needs about {size / 2**20:,.0f} MiB); free some and continue with "
+            "--resume auto"
+        ) from None
+    # Every file reached the disk before the rename publishes the snapshot, and the rename
+    # itself does before anything relies on it: a power cut leaves a whole snapshot or none.
+    old = None
+    if final.exists():
+        # The same point saved again (a resumed run with other options): the published
+        # snapshot steps aside under a hidden name and is deleted only once the new one is in
+        # place; `clean_run_dir` puts it back if a crash comes between the two renames.
+        old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
+    if old is not None:
+        shutil.rmtree(old)
+    return final
+
+
+def _write(
+    tmp: Path, weights: dict, optimizer_states: dict, images_shown: int, cfg: Config
+) -> None:
+    """A snapshot's files in the folder `tmp`, each synced to the disk."""
     tmp.mkdir(parents=True)
     for name in weights:
         save_file(weights[name], tmp / f"{name}.safetensors")
@@ -115,24 +149,41 @@ def save_snapshot(
         },
     }
     (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
-    # Every file reaches the disk before the rename publishes the snapshot, and the rename
-    # itself before anything relies on it: a power cut leaves a whole snapshot or none.
     for f in tmp.iterdir():
         fsync_path(f)
     fsync_path(tmp)
-    old = None
-    if final.exists():
-        # The same point saved again (a resumed run with other options): the published
-        # snapshot steps aside under a hidden name and is deleted only once the new one is in
-        # place; `clean_run_dir` puts it back if a crash comes between the two renames.
-        old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_path(final.parent)
-    if old is not None:
-        shutil.rmtree(old)
-    return final
+
+
+def stage_boundaries(cfg: Config) -> list[int]:
+    """Images shown at the start of the run and at the end of every stage."""
+    schedule = Schedule.from_config(cfg)
+    return [0, *schedule.starts[1:], schedule.end_of_last_stage]
+
+
+def prune_snapshots(
+    run_dir: str | os.PathLike, keep: int, boundaries: Iterable[int],
+    protect: Iterable[str | os.PathLike | None] = (),
+) -> list[str]:
+    """Delete the run's snapshots but the newest `keep` (0 keeps all), the first at or after
+    each of `boundaries` (the stage ends: each one's grids and evaluation point at it) and
+    those in `protect` (the one a run was resumed from). Returns the names deleted."""
+    if keep <= 0:
+        return []
+    snapshots = list_snapshots(run_dir)
+    kept = {p.name for p in snapshots[-keep:]} | {Path(p).name for p in protect if p}
+    shown = {p.name: int(p.name.rsplit("-", 1)[1]) for p in snapshots}
+    for boundary in boundaries:
+        after = [p.name for p in snapshots if shown[p.name] >= boundary]
+        if after:
+            kept.add(after[0])
+    deleted = []
+    for p in snapshots:
+        if p.name not in kept:
+            hidden = temporary_path(p)  # gone from the list at once; clean_run_dir ends it
+            os.replace(p, hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
+            deleted.append(p.name)
+    return deleted
 
 
 def clean_run_dir(run_dir: str | os.PathLike) -> list[str]:

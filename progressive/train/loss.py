@@ -159,12 +159,16 @@ def joint_loss(
     res: int,
     weights: LossConfig,
     mask: Tensor | None = None,
+    batch: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict]:
     """The generator's and inference model's loss, every term reported unweighted; `mask`
-    restricts the reconstruction term to observed pixels."""
+    restricts the reconstruction term to observed pixels. `batch` is (mu, logvar, z) of the
+    whole batch over every process, for the terms that are statistics of the batch (default:
+    this process's own)."""
     rec = reconstruction(x, x_rec, mask)
     kl = kl_to_prior(mu, logvar, weights.kl_reduction)
     nll = latent_nll(z, mu_fake, logvar_fake)
+    mu, logvar, z = batch or (mu, logvar, z)  # from here on, only batch statistics
     marginal = marginal_kl(mu, logvar)
     e_fake = energy_fake.float().mean()
     loss = (

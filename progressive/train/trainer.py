@@ -17,6 +17,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from progressive.config.presets import check_same_networks
 from progressive.config.schedule import NETWORKS, Phase, Schedule
 from progressive.config.sections import Config, replace
 from progressive.core.errors import UserError, one_line
@@ -38,8 +39,8 @@ from progressive.model.networks import (
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
 from progressive.run.lock import RunLock, Watchdog
+from progressive.train import amp, distributed, pca_path, precision, signals
 from progressive.train import loss as triangle
-from progressive.train import pca_path, precision
 from progressive.train.outliers import random_scale_noise
 
 
@@ -73,7 +74,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # The device type as accelerate will pick it, without starting accelerate's process state
     # before the Accelerator does (that would leave each rank a process of its own).
     chosen = precision.resolve(cfg.run.mixed_precision, default_device())
-    return Accelerator(mixed_precision=chosen, kwargs_handlers=[ddp])
+    group = distributed.process_group_kwargs(cfg.run.process_timeout_s)
+    return Accelerator(mixed_precision=chosen, kwargs_handlers=[ddp, group])
 
 
 class GeneratorInference(torch.nn.Module):
@@ -211,15 +213,16 @@ class Trainer:
         opt_e.zero_grad(set_to_none=True)
         acc.backward(loss_e)
         stats["grad_norm_energy"] = self._clip(opt_e, self.energy)
-        opt_e.step()
+        amp.step(acc, opt_e)
 
         # Generator and inference: one backward through the joint loss; the energy model is
         # evaluated unwrapped with frozen weights so only its input receives gradients.
         energy_frozen = acc.unwrap_model(self.energy).requires_grad_(False)
         with acc.autocast():
             e_fake = energy_frozen(x_fake, alpha)
+            everyone = distributed.gather_batch(mu, logvar, z)  # the batch over all ranks
             loss_j, joint = triangle.joint_loss(
-                x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w, observed
+                x, x_rec, mu, logvar, z, mu_fake, logvar_fake, e_fake, res, w, observed, everyone
             )
         stats.update(joint)
         opt_g, opt_i = self.optimizers["generator"], self.optimizers["inference"]
@@ -229,8 +232,9 @@ class Trainer:
         energy_frozen.requires_grad_(True)
         stats["grad_norm_generator"] = self._clip(opt_g, self.generator)
         stats["grad_norm_inference"] = self._clip(opt_i, self.inference)
-        opt_g.step()
-        opt_i.step()
+        amp.step(acc, opt_g)
+        amp.step(acc, opt_i)
+        amp.update_scale(acc)  # once per step, whichever optimizers stepped
         self.update_ema(phase.batch)
         return {k: v.detach().float() for k, v in stats.items()}
 
@@ -455,15 +459,20 @@ class _Ticks:
         self._reset(images_shown)
 
 
-def _save(trainer: Trainer, cfg: Config, run_dir: Path, images_shown: int) -> Path | None:
+def _save(
+    trainer: Trainer, cfg: Config, run_dir: Path, images_shown: int, resumed: Path | None = None
+) -> Path | None:
     """A snapshot at `images_shown`, written by the main process once all have arrived;
-    None (on every rank) when it was refused for non-finite tensors."""
+    None (on every rank) when it was refused for non-finite tensors. Older snapshots beyond
+    `keep_snapshots` are deleted then, never the one the run was `resumed` from."""
     acc = trainer.accelerator
     acc.wait_for_everyone()
     refused = None
     if acc.is_main_process:
         try:
             ckpt.save_snapshot(run_dir, images_shown, cfg, trainer.unwrapped(), trainer.optimizers)
+            ckpt.prune_snapshots(run_dir, cfg.run.keep_snapshots, ckpt.stage_boundaries(cfg),
+                                 [resumed])
         except ckpt.NonFiniteError as e:
             refused = str(e)
     if _agree(acc, refused) is not None:
@@ -668,8 +677,14 @@ def _train_locked(
     stage = schedule.stage_of(images_shown - 1) if images_shown > 0 else None
     batches = None  # this stage's loader, built anew at each stage (workers prefetch ahead)
     finite = FiniteSteps(acc.device, acc.mixed_precision, images_shown)  # auto resolved
+    stop = signals.StopOnSignal(world)
     try:  # the bar is closed first, so an error is printed on a line of its own
+        stop.install()
         while images_shown < total:
+            if stop.agreed():  # SIGTERM: a snapshot at this step boundary, then stop
+                if final != layout.snapshot_dir(run_dir, images_shown):
+                    final = _save(trainer, cfg, run_dir, images_shown, snapshot) or last_good
+                raise signals.stopped(stop.received, images_shown, final)
             phase = schedule.at(images_shown)
             if batches is None or phase.stage != stage:
                 if stage is not None and phase.stage != stage and cfg.optim.reset_optimizers:
@@ -711,12 +726,13 @@ def _train_locked(
                 evaluate(phase, images_shown)  # the stage that just ended, not the next one
                 ticks.restart_clock()  # images/s counts training, not the evaluation
             if snap:
-                final = _save(trainer, cfg, run_dir, images_shown)
+                final = _save(trainer, cfg, run_dir, images_shown, snapshot)
                 if final is None:
                     where = f"at {images_shown:,} images"
                     raise _diverged(where, last_good, "non-finite weights, not saved")
                 last_good = final
     finally:
+        stop.restore()
         bar.close()
     acc.wait_for_everyone()
     return final or layout.snapshot_dir(run_dir, images_shown)
@@ -730,16 +746,17 @@ def resolve_run(
     A resumed run keeps its saved configuration, with only the `section.field` values given
     explicitly now set over it, e.g. a larger `schedule.total_kimg`.
     """
-    check_data(cfg)
-    snapshot = None
+    if resume is None:
+        check_data(cfg)  # a resumed run's data is checked with its own configuration below
+    snapshot = source = None  # source: the snapshot whose configuration continues
+    branching = False
     if resume not in (None, "auto"):
-        snapshot = layout.resolve_snapshot(resume)
+        snapshot = source = layout.resolve_snapshot(resume)
         ckpt.check_snapshot(snapshot)
         run_dir = snapshot.parent
         if name is not None and (out / name).resolve() != run_dir.resolve():
             run_dir = out / name  # a branch: the source run stays as it is
-            shown = ckpt.read_state(snapshot)["images_shown"]
-            snapshot = layout.branch(snapshot, shown, run_dir)
+            branching = True
     else:
         run_dir = out / (name or layout.run_name(cfg))
         existing = layout.list_snapshots(run_dir)
@@ -748,12 +765,29 @@ def resolve_run(
                 f"run {run_dir} already has snapshots; pass --resume auto to continue "
                 "it, or --name to start another run"
             )
-        snapshot = ckpt.newest_usable_snapshot(run_dir, notify) if existing else None
+        snapshot = source = ckpt.newest_usable_snapshot(run_dir, notify) if existing else None
         if existing and snapshot is None:
             raise UserError(
                 f"run {run_dir} has no usable snapshot (each is damaged or non-finite, see "
                 "above); pass --name to start another run"
             )
     if snapshot is not None:
-        cfg = replace(ckpt.read_state(snapshot)["config"], values)
+        saved = ckpt.read_state(source)["config"]
+        cfg = replace(saved, values)
+        check_same_networks(saved, cfg, source)
+    if resume is not None:
+        check_data(cfg)
+    if branching:  # once everything is checked
+        snapshot = _branch(source, run_dir)
     return cfg, run_dir, snapshot
+
+
+def _branch(snapshot: Path, run_dir: Path) -> Path:
+    """The branch's copy of `snapshot` in `run_dir`, made by the main process only (several
+    would race on one folder); the others get its path, which they read only after training's
+    first collective has met the main process."""
+    shown = ckpt.read_state(snapshot)["images_shown"]
+    if distributed.launched_rank() != 0:
+        return layout.snapshot_dir(run_dir, shown)
+    return layout.branch(snapshot, shown, run_dir)
+
