@@ -20,6 +20,7 @@ from tqdm import tqdm
 from progressive.config.schedule import NETWORKS, Phase, Schedule
 from progressive.core.errors import UserError, one_line
 from progressive.core.files import append_jsonl, write_json_atomic
+from progressive.core.float32 import set_float32_math
 from progressive.core.grids import pairs, save_grid
 from progressive.core.images import to_float
 from progressive.data.format import META_NAME, read_meta
@@ -49,18 +50,6 @@ def step_generator(
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + rank * 10_007 + images_shown) % (2**63))
     return g
-
-
-def set_float32_math(tf32: bool) -> None:
-    """Float32 matmuls and convolutions on NVIDIA GPUs: exact IEEE fp32, or TensorFloat-32
-    (about 1e-3 relative error, several times faster on Ampere and later)."""
-    mode = "tf32" if tf32 else "ieee"
-    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9 refuses mixing old and new
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def make_accelerator(cfg: dict) -> Accelerator:

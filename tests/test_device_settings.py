@@ -1,0 +1,31 @@
+"""Settings a GPU run depends on, checked on the CPU: float32 math in the use commands,
+determinism, the energy's precision under autocast, what DDP broadcasts, mask copies."""
+
+import pytest
+import torch
+from tiny import TINY_NETWORKS
+
+from progressive.config.presets import make_config
+from progressive.core.float32 import float32_modes, set_float32_math
+from progressive.model.networks import build_networks
+from progressive.run import checkpoint as ckpt
+
+TINY = dict(**TINY_NETWORKS, max_res=8, batch=4, workers=0)
+
+
+@pytest.fixture
+def float32_restored():
+    yield
+    set_float32_math(False)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_loading_a_run_applies_its_tf32_setting(tmp_path, float32_restored, tf32):
+    cfg = make_config("demo", **TINY, tf32=tf32)
+    nets = build_networks(cfg)
+    optimizers = {n: torch.optim.Adam(nets[n].parameters()) for n in ckpt.WEIGHTS}
+    ckpt.save_snapshot(tmp_path / "run", 0, cfg, nets, optimizers)
+    set_float32_math(not tf32)  # what a use command found before: the other setting
+    ckpt.load_run(tmp_path / "run", device="cpu")
+    mode = "tf32" if tf32 else "ieee"
+    assert float32_modes() == (mode, mode)
