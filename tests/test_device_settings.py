@@ -29,3 +29,18 @@ def test_loading_a_run_applies_its_tf32_setting(tmp_path, float32_restored, tf32
     ckpt.load_run(tmp_path / "run", device="cpu")
     mode = "tf32" if tf32 else "ieee"
     assert float32_modes() == (mode, mode)
+
+
+def test_training_uses_deterministic_convolutions():
+    from accelerate import Accelerator
+
+    from progressive.train.trainer import Trainer
+
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+        Trainer.create(make_config("demo", **TINY), Accelerator(cpu=True))
+        assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.deterministic is True
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before

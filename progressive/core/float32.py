@@ -1,5 +1,6 @@
 """How float32 matmuls and convolutions run on NVIDIA GPUs, set from a run's `tf32` setting
-by training and by every command that loads a run, so their figures agree."""
+by training and by every command that loads a run, so their figures agree; and the
+deterministic convolutions that training uses, so a resumed run repeats an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -27,3 +28,10 @@ def float32_modes() -> tuple[str, str]:
         )
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     return tuple("tf32" if f else "ieee" for f in flags)  # type: ignore[return-value]
+
+
+def set_deterministic_convolutions() -> None:
+    """cuDNN's deterministic convolution algorithms and no per-shape search (benchmark mode may
+    pick another algorithm after a resume, and some of its picks are not deterministic)."""
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True

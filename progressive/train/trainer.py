@@ -20,7 +20,7 @@ from tqdm import tqdm
 from progressive.config.schedule import NETWORKS, Phase, Schedule
 from progressive.core.errors import UserError, one_line
 from progressive.core.files import append_jsonl, write_json_atomic
-from progressive.core.float32 import set_float32_math
+from progressive.core.float32 import set_deterministic_convolutions, set_float32_math
 from progressive.core.grids import pairs, save_grid
 from progressive.core.images import to_float
 from progressive.data.format import META_NAME, read_meta
@@ -100,8 +100,7 @@ class Trainer:
         """Build networks and Adam optimizers at full size and hand them to accelerate."""
         accelerator = accelerator or make_accelerator(cfg)
         set_float32_math(cfg["tf32"])
-        # Shapes change only at stage boundaries, so cuDNN's per-shape search pays off.
-        torch.backends.cudnn.benchmark = True
+        set_deterministic_convolutions()  # bit-exact resume on GPUs too
         nets = initial_networks(cfg)
         fused = accelerator.device.type == "cuda"  # one kernel per Adam update on GPUs
         opts = {}
