@@ -44,3 +44,23 @@ def test_training_uses_deterministic_convolutions():
         assert torch.backends.cudnn.deterministic is True
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+
+
+def test_energies_keep_fp32_resolution_under_bf16_autocast():
+    from progressive.model.networks import Energy
+
+    torch.manual_seed(0)
+    energy = Energy(8, fmap_base=64, fmap_max=16).eval()
+    last = energy.trunk.blocks["4"].dense1
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        last.bias.zero_()
+        e = energy(x)
+        last.weight.mul_(0.01 / (e[0] - e[1]).abs())  # the two energies 0.01 apart ...
+        last.bias.fill_(50.0)  # ... near 50, where bf16's steps are 0.25
+        exact = energy(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = energy(x)
+    assert abs(abs(exact[0] - exact[1]) - 0.01) < 1e-4 and (exact - 50).abs().max() < 0.1
+    assert mixed.dtype == torch.float32
+    assert abs(abs(mixed[0] - mixed[1]) - 0.01) < 2e-3  # bf16 earlier layers, fp32 output
