@@ -64,3 +64,48 @@ def test_energies_keep_fp32_resolution_under_bf16_autocast():
     assert abs(abs(exact[0] - exact[1]) - 0.01) < 1e-4 and (exact - 50).abs().max() < 0.1
     assert mixed.dtype == torch.float32
     assert abs(abs(mixed[0] - mixed[1]) - 0.01) < 2e-3  # bf16 earlier layers, fp32 output
+
+
+def _pca_rank(rank: int, port: int, out: str) -> None:
+    import json
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_CPU="1")
+    torch.set_num_threads(1)
+    from progressive.train import distributed
+    from progressive.train.trainer import Trainer, make_accelerator
+
+    cfg = make_config("demo", **TINY, pca_path=True)
+    try:
+        trainer = Trainer.create(cfg, make_accelerator(cfg))
+        ddp = trainer.pair
+        mean = trainer.generator.pca.mean
+        with torch.no_grad():
+            mean.fill_(rank)  # ranks that disagree: DDP's per-step broadcast would overwrite it
+            n, latent = 4, cfg["latent"]
+            ddp(torch.zeros(n, 3, 4, 4), torch.zeros(n, latent), torch.zeros(n, latent), 4, 1.0)
+        after_step = mean[0].item()
+        distributed.broadcast_fixed_buffers(trainer.unwrapped())
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump({"wrapped": type(ddp).__name__, "synced": list(ddp.named_module_buffers),
+                       "after_step": after_step, "after_broadcast": mean[0].item()}, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_does_not_broadcast_the_principal_components_at_every_step(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_pca_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    second = json.loads((tmp_path / "rank1.json").read_text())
+    assert second["wrapped"] == "DistributedDataParallel"
+    assert second["synced"] == []  # no buffer left for DDP to send at each step
+    assert second["after_step"] == 1.0  # a step kept the rank's own value ...
+    assert second["after_broadcast"] == 0.0  # ... set once from the main process

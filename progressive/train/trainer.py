@@ -116,6 +116,7 @@ class Trainer:
                 fused=fused or None,
             )
         pair = GeneratorInference(nets["generator"], nets["inference"])
+        distributed.skip_fixed_buffers(pair)  # the PCA path's: set once, never broadcast
         pair, energy, og, oe, oi = accelerator.prepare(
             pair, nets["energy"], opts["generator"], opts["energy"], opts["inference"]
         )
@@ -663,6 +664,7 @@ def _train_locked(
     )
     if images_shown == 0 and cfg.get("pca_path"):  # on every rank: the same fit
         pca_path.install(trainer.unwrapped(), pca_path.training_fit(cfg))
+        distributed.broadcast_fixed_buffers(trainer.unwrapped())
     if images_shown == 0:  # the starting point, for metrics against initialization
         final = last_good = _save(trainer, cfg, run_dir, 0)
         if acc.is_main_process:
