@@ -109,3 +109,35 @@ def test_ddp_does_not_broadcast_the_principal_components_at_every_step(tmp_path)
     assert second["synced"] == []  # no buffer left for DDP to send at each step
     assert second["after_step"] == 1.0  # a step kept the rank's own value ...
     assert second["after_broadcast"] == 0.0  # ... set once from the main process
+
+
+class _RecordedCopies(torch.Tensor):
+    """A tensor that records the keyword arguments of every `.to` called on it."""
+
+    copies: list[dict] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to:
+            cls.copies.append(dict(kwargs))
+        plain = [a.as_subclass(torch.Tensor) if isinstance(a, cls) else a for a in args]
+        return func(*plain, **kwargs)
+
+
+def test_a_step_copies_the_masks_without_blocking():
+    from accelerate import Accelerator
+
+    from progressive.config.schedule import Schedule
+    from progressive.train.trainer import Trainer
+
+    cfg = make_config("demo", **TINY)
+    trainer = Trainer.create(cfg, Accelerator(cpu=True))
+    phase = Schedule.from_config(cfg).at(0)
+    real = torch.randint(0, 256, (4, 3, phase.res, phase.res), dtype=torch.uint8)
+    mask = torch.ones(4, 1, phase.res, phase.res, dtype=torch.uint8)
+    mask[:, :, :2] = 0
+    _RecordedCopies.copies = []
+    stats = trainer.step(real, phase, 0, mask.as_subclass(_RecordedCopies))
+    assert all(torch.isfinite(v) for v in stats.values())
+    assert _RecordedCopies.copies and all(c.get("non_blocking") for c in _RecordedCopies.copies)

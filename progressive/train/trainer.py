@@ -167,7 +167,7 @@ class Trainer:
         eps = torch.randn(n, cfg["latent"], device=acc.device, generator=gen)
         observed = None
         if mask is not None:
-            observed = fade_mask(mask.to(acc.device), alpha)
+            observed = fade_mask(mask.to(acc.device, non_blocking=True), alpha)  # pinned
             x = self.fill_missing(x, observed, res, alpha)
 
         with acc.autocast():
