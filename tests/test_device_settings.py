@@ -141,3 +141,15 @@ def test_a_step_copies_the_masks_without_blocking():
     stats = trainer.step(real, phase, 0, mask.as_subclass(_RecordedCopies))
     assert all(torch.isfinite(v) for v in stats.values())
     assert _RecordedCopies.copies and all(c.get("non_blocking") for c in _RecordedCopies.copies)
+
+
+def test_a_presets_built_in_data_stays_small_at_every_size():
+    from progressive.config.sizing import BUILTIN_MIN_COUNT
+
+    for preset, max_res in [("celebahq1024", None), ("demo", 1024), ("cifar10", 512), (None, 1024)]:
+        count = make_config(preset, max_res=max_res)["synthetic_count"]
+        res = max_res or 1024
+        assert BUILTIN_MIN_COUNT <= count and count * 3 * res * res <= 2**30, (preset, count)
+    assert make_config("celebahq1024")["synthetic_count"] == 341
+    assert make_config("cifar10")["synthetic_count"] == 20000  # 32 px: 61 MB, as it was
+    assert make_config("celebahq1024", synthetic_count=5000)["synthetic_count"] == 5000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 
 from progressive.config.schedule import NETWORKS
-from progressive.config.sizing import FMAP_MIN, default_device, rule
+from progressive.config.sizing import FMAP_MIN, builtin_cap, default_device, rule
 from progressive.core.errors import UserError
 from progressive.core.resolutions import ALL_RES, PCA_PATH_MAX_RES, check_resolution
 
@@ -220,7 +220,10 @@ def make_config(preset: str | None = "demo", device: str | None = None, **overri
             value = {n: v if isinstance(v, dict) else {r: float(v) for r in ALL_RES}
                      for n, v in rates.items()}
         cfg = _merge(cfg, {key: value})
-    return normalize(cfg)
+    cfg = normalize(cfg)
+    if overrides.get("synthetic_count") is None:  # a preset's default, within 1 GiB of pixels
+        cfg["synthetic_count"] = builtin_cap(cfg["synthetic_count"], cfg["max_res"])
+    return cfg
 
 
 def normalize(cfg: dict) -> dict:
