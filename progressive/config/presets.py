@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from progressive.config.sections import Config, every_res, replace
-from progressive.config.sizing import PGGAN_BATCH, PGGAN_LR, default_device, every_lr, rule
+from progressive.config.sizing import (
+    PGGAN_BATCH,
+    PGGAN_LR,
+    builtin_cap,
+    default_device,
+    every_lr,
+    rule,
+)
 from progressive.core.errors import UserError
 from progressive.core.resolutions import check_resolution
 
@@ -103,7 +110,11 @@ def make_config(
         base = PRESETS[name]
     else:
         raise UserError(f"preset {name!r} is unknown; choose one of {', '.join(names())}")
-    return replace(Config(preset=name), base | values)
+    cfg = replace(Config(preset=name), base | values)
+    if "data.synthetic_count" not in values:  # a preset's default, within 1 GiB of pixels
+        count = builtin_cap(cfg.data.synthetic_count, cfg.schedule.max_res)
+        cfg = replace(cfg, {"data.synthetic_count": count})
+    return cfg
 
 
 def names() -> list[str]:

@@ -27,6 +27,7 @@ from progressive.core.resolutions import ALL_RES
 FMAP_MIN = 16  # no layer of any network is narrower than this (progressive GAN's 1024 width)
 BUILTIN_MAX_COUNT = 6000
 BUILTIN_MIN_COUNT = 200
+BUILTIN_MAX_BYTES = 2**30  # pixels at max_res: 20,000 images at 1024 px took 11 GB, 15 minutes
 
 RULE_TEXT = (
     "no preset named: widths clamp(fmap_base/res, 16, fmap_max); "
@@ -53,6 +54,12 @@ def builtin_count(max_res: int) -> int:
     """Images in the built-in synthetic dataset rendered for `max_res`."""
     scaled = BUILTIN_MAX_COUNT * (64 / max_res) ** 2
     return int(min(BUILTIN_MAX_COUNT, max(BUILTIN_MIN_COUNT, scaled)))
+
+
+def builtin_cap(count: int, max_res: int) -> int:
+    """`count` built-in images, fewer where they would hold more than BUILTIN_MAX_BYTES of
+    pixels at `max_res` (341 at 1024 px), never under BUILTIN_MIN_COUNT."""
+    return min(count, max(BUILTIN_MIN_COUNT, BUILTIN_MAX_BYTES // (3 * max_res * max_res)))
 
 
 def builtin_encoding(max_res: int) -> str:

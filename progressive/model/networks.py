@@ -102,8 +102,6 @@ def _fp32(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, enabled=False)
 
 
-
-
 class PrincipalPath(nn.Module):
     """A fixed linear Gaussian model under a network: the training images' top principal
     components at `res` (buffers, set by `progressive.train.pca_path.install`, never trained).
@@ -274,8 +272,9 @@ class _EncoderLast(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         if self.mbstd_group:
             h = minibatch_stddev(h, self.mbstd_group)
-        h = lrelu(self.conv(h)).flatten(1)
-        return self.dense1(lrelu(self.dense0(h)))
+        h = lrelu(self.dense0(lrelu(self.conv(h)).flatten(1)))
+        with _fp32(h.device):  # energies near |E| = 50 need more than bf16's steps of 0.25
+            return self.dense1(h.float())
 
 
 class _Encoder(nn.Module):

@@ -33,6 +33,7 @@ from progressive.config.schedule import Schedule
 from progressive.config.sections import Config
 from progressive.core.errors import UserError
 from progressive.core.files import first_line, fsync_path, temporary_path
+from progressive.core.float32 import set_float32_math
 from progressive.model.networks import (
     AVERAGE_OF,
     NETWORK_NAMES,
@@ -410,11 +411,13 @@ def load_run(
     raw_energy: bool = False,
 ) -> LoadedRun:
     """Load a run folder's newest snapshot, or one snapshot, for use at `res` (default: the
-    snapshot's own resolution and alpha) on `device` (default: cuda when available)."""
+    snapshot's own resolution and alpha) on `device` (default: cuda when available), with
+    float32 math as the run trained (its `tf32` setting)."""
     dev = pick_device(device)
     snapshot = resolve_snapshot(path)
     state = read_state(snapshot)
     cfg = state["config"]
+    set_float32_math(cfg.run.tf32)  # the run's own fp32 math, so figures match training
     networks = build_networks(cfg.networks, cfg.schedule.max_res, cfg.optim.half_lives())
     load_weights(snapshot, networks)
     for net in networks.values():

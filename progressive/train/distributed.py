@@ -52,3 +52,26 @@ def gather_batch(*tensors: Tensor) -> tuple[Tensor, ...] | None:
     with warnings.catch_warnings():  # its successor is private; this one works on gloo too
         warnings.simplefilter("ignore", FutureWarning)
         return tuple(torch.cat(all_gather(t.contiguous())) for t in tensors)
+
+
+def fixed_buffers(module: torch.nn.Module) -> list[str]:
+    """Names of the buffers of `module` that never change once set: the principal-component
+    path's (fitted, or loaded, before the first step)."""
+    return [name for name, _ in module.named_buffers() if "pca" in name.split(".")]
+
+
+def skip_fixed_buffers(module: torch.nn.Module) -> None:
+    """Tell DDP (before it wraps `module`) not to broadcast the fixed buffers at every step:
+    tens of MB at 64 px for values that `broadcast_fixed_buffers` sends once."""
+    module._ddp_params_and_buffers_to_ignore = fixed_buffers(module)
+
+
+def broadcast_fixed_buffers(networks: dict[str, torch.nn.Module]) -> None:
+    """The fixed buffers of every network copied from the main process to the others, once
+    after they are set (every rank fits the same components, up to floating-point order)."""
+    if world_size() == 1:
+        return
+    for net in networks.values():
+        buffers = dict(net.named_buffers())
+        for name in fixed_buffers(net):
+            dist.broadcast(buffers[name], src=0)

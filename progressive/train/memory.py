@@ -109,6 +109,8 @@ class _Accelerator:
     the run's precision, and prepared modules whose forward runs under autocast and returns
     fp32 (as accelerate prepares them)."""
 
+    scaler = None  # no loss scaler: fp16's scaling changes no tensor's size
+
     def __init__(self, mixed_precision: str):
         self.device = torch.device("cpu")
         self.mixed_precision = mixed_precision

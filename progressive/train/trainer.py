@@ -22,6 +22,7 @@ from progressive.config.schedule import NETWORKS, Phase, Schedule
 from progressive.config.sections import Config, replace
 from progressive.core.errors import UserError, one_line
 from progressive.core.files import append_jsonl, write_json_atomic
+from progressive.core.float32 import set_deterministic_convolutions, set_float32_math
 from progressive.core.grids import pairs, save_grid
 from progressive.core.images import to_float
 from progressive.data.format import META_NAME, read_meta
@@ -51,18 +52,6 @@ def step_generator(
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + rank * 10_007 + images_shown) % (2**63))
     return g
-
-
-def set_float32_math(tf32: bool) -> None:
-    """Float32 matmuls and convolutions on NVIDIA GPUs: exact IEEE fp32, or TensorFloat-32
-    (about 1e-3 relative error, several times faster on Ampere and later)."""
-    mode = "tf32" if tf32 else "ieee"
-    if hasattr(torch.backends, "fp32_precision"):  # torch >= 2.9 refuses mixing old and new
-        torch.backends.cuda.matmul.fp32_precision = mode
-        torch.backends.cudnn.conv.fp32_precision = mode
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -113,8 +102,7 @@ class Trainer:
         """Build networks and Adam optimizers at full size and hand them to accelerate."""
         accelerator = accelerator or make_accelerator(cfg)
         set_float32_math(cfg.run.tf32)
-        # Shapes change only at stage boundaries, so cuDNN's per-shape search pays off.
-        torch.backends.cudnn.benchmark = True
+        set_deterministic_convolutions()  # bit-exact resume on GPUs too
         nets = initial_networks(cfg)
         fused = accelerator.device.type == "cuda"  # one kernel per Adam update on GPUs
         opts = {}
@@ -129,6 +117,7 @@ class Trainer:
                 fused=fused or None,
             )
         pair = GeneratorInference(nets["generator"], nets["inference"])
+        distributed.skip_fixed_buffers(pair)  # the PCA path's: set once, never broadcast
         pair, energy, og, oe, oi = accelerator.prepare(
             pair, nets["energy"], opts["generator"], opts["energy"], opts["inference"]
         )
@@ -179,7 +168,7 @@ class Trainer:
         eps = torch.randn(n, cfg.networks.latent, device=acc.device, generator=gen)
         observed = None
         if mask is not None:
-            observed = fade_mask(mask.to(acc.device), alpha)
+            observed = fade_mask(mask.to(acc.device, non_blocking=True), alpha)  # pinned
             x = self.fill_missing(x, observed, res, alpha)
 
         with acc.autocast():
@@ -662,6 +651,7 @@ def _train_locked(
     )
     if images_shown == 0 and cfg.networks.pca_path:  # on every rank: the same fit
         pca_path.install(trainer.unwrapped(), pca_path.training_fit(cfg))
+        distributed.broadcast_fixed_buffers(trainer.unwrapped())
     if images_shown == 0:  # the starting point, for metrics against initialization
         final = last_good = _save(trainer, cfg, run_dir, 0)
         if acc.is_main_process:
