@@ -37,7 +37,7 @@ from datasets_prep import make_source, write_dataset  # noqa: E402
 from progressive.core.files import write_json_atomic  # noqa: E402
 from progressive.data.format import unseal  # noqa: E402
 from progressive.data.reader import ImageDataset  # noqa: E402
-from progressive.train.trainer import FiniteSteps  # noqa: E402
+from progressive.train.monitor import FiniteSteps  # noqa: E402
 
 
 def bench_step_check(res: int, widths: str, device: str, steps: int, repeats: int) -> dict:

@@ -36,7 +36,8 @@ from progressive.config.presets import PRESETS, make_config  # noqa: E402
 from progressive.config.schedule import Schedule  # noqa: E402
 from progressive.run import checkpoint as ckpt  # noqa: E402
 from progressive.run.folder import list_snapshots  # noqa: E402
-from progressive.train.trainer import Trainer, train  # noqa: E402
+from progressive.train.loop import train  # noqa: E402
+from progressive.train.trainer import Trainer  # noqa: E402
 from progressive.use.evaluate import evaluate  # noqa: E402
 
 PAPER_OPT = {"lr": {"generator": 3e-4, "energy": 1e-4, "inference": 3e-4}, "betas": [0.5, 0.999]}

@@ -140,7 +140,7 @@ def _dry_run(tmp_path, *args):
 
 def test_a_runs_config_json_reproduces_its_configuration(tmp_path, monkeypatch):
     """The 0.1.0 run's config.json, and the new form of it, as --config."""
-    from progressive.train.trainer import render_builtin_dataset
+    from progressive.train.data import render_builtin_dataset
 
     monkeypatch.chdir(tmp_path)  # where the run's relative data path leads
     render_builtin_dataset(tmp_path / "runs" / "_builtin" / "synthetic-8px-100", 8, 100)
@@ -211,7 +211,7 @@ def test_every_field_and_preset_is_documented():
 
 
 def test_a_tracker_is_refused_in_one_line_not_ignored(tmp_path):
-    from progressive.train.trainer import train
+    from progressive.train.loop import train
 
     cfg = make_config("demo", {"run.log_with": "tensorboard"})
     with pytest.raises(UserError, match="run.log_with tensorboard: trackers are not supported"):

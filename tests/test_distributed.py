@@ -90,7 +90,7 @@ def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
 
 def _source_run(root):
     """A finished single-process run of two stages (4 and 8 px) with a snapshot at each end."""
-    from progressive.train.trainer import train
+    from progressive.train.loop import train
 
     data = write_synthetic(root / "data", 24, 8)
     cfg = config("demo", **TINY_NETWORKS, data=str(data), max_res=8, batch=4, fade_kimg=0.008,
@@ -101,7 +101,7 @@ def _source_run(root):
 
 def test_only_the_main_process_copies_a_branch(tmp_path, monkeypatch):
     from progressive.run import checkpoint as ckpt
-    from progressive.train.trainer import resolve_run
+    from progressive.train.loop import resolve_run
 
     source = _source_run(tmp_path)
     middle = ckpt.list_snapshots(source)[1]

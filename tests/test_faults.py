@@ -65,7 +65,7 @@ def _shown(run_dir) -> list[int]:
 
 
 def test_old_snapshots_go_but_the_start_stage_ends_and_the_resumed_one_stay(dataset, tmp_path):
-    from progressive.train.trainer import resolve_run, train
+    from progressive.train.loop import resolve_run, train
 
     # Stages: 4 px to 8 images, 8 px to 24; a snapshot after every step of 4 images.
     over = dict(**TINY_NETWORKS, data=str(dataset), max_res=8, batch=4, fade_kimg=0.008,
@@ -141,7 +141,7 @@ def test_resuming_on_a_dataset_of_higher_max_res_keeps_the_runs_or_names_it(data
     from click.testing import CliRunner
 
     from progressive.cli.main import main
-    from progressive.train.trainer import train
+    from progressive.train.loop import train
 
     cfg = config("demo", **TINY_NETWORKS, data=str(dataset), max_res=8, batch=4,
                  fade_kimg=0.008, stable_kimg=0.008, total_kimg=0.008, workers=0,

@@ -14,7 +14,7 @@ from progressive.config.sizing import FMAP_MIN
 from progressive.metrics.stage import EVALUATIONS, read_evaluations, split_counts
 from progressive.model.networks import EqualizedConv2d, EqualizedLinear
 from progressive.train import precision
-from progressive.train.trainer import train
+from progressive.train.loop import train
 
 ALL_RES = [4 << i for i in range(9)]
 
@@ -265,7 +265,7 @@ def test_mixed_precision_auto_follows_the_cpu_flags(monkeypatch):
 def test_stage_ends_append_evaluations_and_never_train_on_held_out_images(
     dataset, tmp_path, monkeypatch
 ):
-    from progressive.train import trainer as training
+    from progressive.train import loop as training
 
     read = []
 

@@ -182,7 +182,7 @@ def test_missing_pixel_values_change_neither_loss_nor_gradients(images_shown):
 def test_training_on_occluded_data_through_fade_in_and_resume(tmp_path):
     from test_training import TINY, assert_same_weights
 
-    from progressive.train.trainer import resolve_run, train
+    from progressive.train.loop import resolve_run, train
 
     data = tmp_path / "occluded"
     write_dataset(make_source("synthetic", "24"), data, 8, workers=0, progress=False,
@@ -207,7 +207,7 @@ def test_training_on_occluded_data_through_fade_in_and_resume(tmp_path):
 def tiny_run(tmp_path_factory):
     from test_training import TINY
 
-    from progressive.train.trainer import train
+    from progressive.train.loop import train
 
     root = tmp_path_factory.mktemp("run")
     data = root / "data"
@@ -280,7 +280,7 @@ def test_recovery_metric_scores_model_and_mean_colour_fill(tiny_run):
 def test_grids_of_incomplete_data_never_show_missing_pixels(tmp_path):
     """The reals and reconstruction grids of a masked dataset show and encode only what
     training sees: changing missing pixels' values changes neither grid."""
-    from progressive.train.trainer import _save_grids, _save_reals
+    from progressive.train.loop import _save_grids, _save_reals
 
     cfg, trainer = _trainer()
     phase = Schedule.from_config(cfg).at(9000)  # 8x8 mid fade-in

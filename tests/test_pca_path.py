@@ -18,7 +18,7 @@ from progressive.core.errors import UserError
 from progressive.core.images import to_float
 from progressive.model.networks import LOGVAR_MAX, LOGVAR_MIN, soft_clamp
 from progressive.train import pca_path
-from progressive.train.trainer import resolve_run, train
+from progressive.train.loop import resolve_run, train
 
 
 def structured_images(n: int, res: int, seed: int = 0) -> torch.Tensor:

@@ -18,7 +18,7 @@ DATA = "runs/_builtin/synthetic-8px-100"  # the fixture's dataset, relative to w
 def old_run(tmp_path, monkeypatch):
     """The fixture copied to tmp_path/runs/run-0.1 without its snapshots after 200 images,
     with its built-in dataset rendered where its configuration names it."""
-    from progressive.train.trainer import render_builtin_dataset
+    from progressive.train.data import render_builtin_dataset
 
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "run-0.1"

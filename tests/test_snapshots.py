@@ -14,7 +14,7 @@ from progressive.config.sections import every_res
 from progressive.core.errors import UserError
 from progressive.run import checkpoint as ckpt
 from progressive.run.lock import RunLock
-from progressive.train.trainer import resolve_run, train
+from progressive.train.loop import resolve_run, train
 
 TINY = dict(**TINY_NETWORKS, max_res=8, batch=4, fade_kimg=0.016, stable_kimg=0.016, workers=0,
             snapshot_kimg=1.0, tick_kimg=0.016)
@@ -263,7 +263,7 @@ def test_a_flipped_bit_in_a_weight_file_is_caught_by_its_checksum(run_dir, tmp_p
 
 
 def test_every_step_is_checked_at_once_on_cpu_and_by_the_next_tick_on_gpus():
-    from progressive.train.trainer import FiniteSteps
+    from progressive.train.monitor import FiniteSteps
 
     good = {"loss_energy": torch.tensor(1.0), "grad_norm_generator": torch.tensor(3.0)}
     bad_grad = {"loss_energy": torch.tensor(1.0), "grad_norm_generator": torch.tensor(math.inf)}
@@ -286,7 +286,7 @@ def test_a_loader_process_killed_by_a_signal_is_one_line(tmp_path):
 
     from torch.utils.data import DataLoader, Dataset
 
-    from progressive.train.trainer import _next_batch
+    from progressive.train.loop import _next_batch
 
     class Crashing(Dataset):  # what a decoder crashing on a damaged image does to a worker
         def __len__(self):

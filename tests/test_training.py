@@ -18,8 +18,9 @@ from progressive.model.networks import fade_real, network_names
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
 from progressive.train import loss
+from progressive.train.loop import resolve_run, train
 from progressive.train.outliers import random_scale_noise
-from progressive.train.trainer import Trainer, resolve_run, step_generator, train
+from progressive.train.trainer import Trainer, step_generator
 
 TINY = dict(
     **TINY_NETWORKS,

@@ -46,7 +46,7 @@ def cli_args(**options: object) -> list[str]:
 
 def train_tiny_run(root, max_res: int = 16):
     """A run trained for 56 images: stages 4 and 8 done, 16 half faded in (alpha 0.5)."""
-    from progressive.train.trainer import train
+    from progressive.train.loop import train
 
     cfg = config(
         "demo", max_res=max_res, synthetic_count=32, fade_kimg=0.016, stable_kimg=0.016,

@@ -130,7 +130,8 @@ def _option(*names: str, **kw: Any):
 def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_run,
           calibration_seconds, **options) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
-    from progressive.train import trainer as training
+    from progressive.train import data as datasets
+    from progressive.train import loop as training
 
     file_preset, values = read_config_file(config_file) if config_file else (None, {})
     values |= {_FIELDS[k]: v for k, v in options.items() if v is not None}
@@ -144,7 +145,7 @@ def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_ru
     preset = preset or file_preset
     if (preset in (None, presets.AUTO) and "schedule.max_res" not in values
             and values.get("data.path") and resume is None):  # a resumed run keeps its max_res
-        values["schedule.max_res"] = training.dataset_max_res(values["data.path"])
+        values["schedule.max_res"] = datasets.dataset_max_res(values["data.path"])
     cfg = presets.make_config(preset, values)
     if dry_run:
         from progressive.train.plan import dry_run_summary

@@ -120,7 +120,7 @@ def builtin_data_cost(cfg: Config, out: Path) -> dict:
 
 def dry_run_summary(cfg: Config, out: Path, calibration_s: float = 20.0) -> dict:
     """The resolved configuration and the plan of the run (see the module doc) as a dict."""
-    from progressive.train.trainer import check_data
+    from progressive.train.data import check_data
 
     check_data(cfg)
     device = default_device()
