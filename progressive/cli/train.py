@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from progressive.config import presets
-from progressive.config.sections import PRECISIONS, every_res, parse_value
+from progressive.config.sections import PRECISIONS, TRACKERS, every_res, parse_value
 from progressive.core.errors import UserError
 
 KIMG = click.FloatRange(min=0)
@@ -75,7 +75,7 @@ _FIELDS = {
     "fmap_max": "networks.fmap_max", "seed": "run.seed", "mixed_precision": "run.mixed_precision",
     "workers": "data.workers", "snapshot_kimg": "run.snapshot_kimg",
     "keep_snapshots": "run.keep_snapshots", "holdout": "data.holdout",
-    "eval_images": "run.eval_images",
+    "eval_images": "run.eval_images", "log_with": "run.log_with",
 }
 
 
@@ -123,6 +123,9 @@ def _option(*names: str, **kw: Any):
          type=click.FloatRange(0, 0.5))
 @_option("--eval-images", help="Held-out images per evaluation (0: none).",
          type=click.IntRange(min=0))
+@_option("--log-with", help="Tracker for losses, evaluations and grids, beside stats.jsonl "
+         "(pip install the package of the same name). Default: none.",
+         type=click.Choice(TRACKERS))
 @_option("--dry-run", help="Print the plan (JSON: stages, time, memory, data) and stop.",
          is_flag=True)
 @_option("--calibration-seconds", help="With --dry-run: time spent measuring steps.",
@@ -132,6 +135,7 @@ def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_ru
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
     from progressive.train import data as datasets
     from progressive.train import loop as training
+    from progressive.train.tracking import check_tracker
 
     file_preset, values = read_config_file(config_file) if config_file else (None, {})
     values |= {_FIELDS[k]: v for k, v in options.items() if v is not None}
@@ -147,6 +151,7 @@ def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_ru
             and values.get("data.path") and resume is None):  # a resumed run keeps its max_res
         values["schedule.max_res"] = datasets.dataset_max_res(values["data.path"])
     cfg = presets.make_config(preset, values)
+    check_tracker(cfg.run.log_with)  # before anything is written
     if dry_run:
         from progressive.train.plan import dry_run_summary
 

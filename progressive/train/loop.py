@@ -28,15 +28,17 @@ from progressive.model.networks import (
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
 from progressive.run.lock import RunLock, Watchdog
-from progressive.train import distributed, pca_path, precision, signals
+from progressive.train import distributed, pca_path, precision, signals, tracking
 from progressive.train.data import check_data, check_dataset, render_builtin_dataset
 from progressive.train.monitor import FiniteSteps, Ticks, agree, diverged
-from progressive.train.trainer import Trainer
+from progressive.train.tracking import Tracking
+from progressive.train.trainer import Trainer, make_accelerator
 
 
 def _save_grids(
     trainer: Trainer, run_dir: Path, fixed: dict, phase: Phase, images_shown: int
-) -> None:
+) -> dict[str, torch.Tensor]:
+    """The sample and reconstruction grids of this point, saved; returned by name."""
     g = trainer.generator_ema
     inference = in_use(trainer.unwrapped(), "inference")  # the pair evaluation uses
     res, alpha = phase.res, phase.alpha
@@ -52,10 +54,11 @@ def _save_grids(
             real = fill(real, observed, torch.zeros_like(real))
         recon = g(inference(encoded, alpha)[0], res, alpha)
     n = trainer.cfg.run.grid_size
-    save_grid(samples, layout.grid_file(run_dir, "samples", res, images_shown), nrow=n)
     # Real images in even columns, their reconstructions beside them.
-    save_grid(pairs(real, recon), layout.grid_file(run_dir, "reconstructions", res, images_shown),
-              nrow=n)
+    grids = {"samples": samples, "reconstructions": pairs(real, recon)}
+    for kind, images in grids.items():
+        save_grid(images, layout.grid_file(run_dir, kind, res, images_shown), nrow=n)
+    return grids
 
 
 def _resolve_data(cfg: Config, run_dir: Path, acc: Accelerator) -> Config:
@@ -142,12 +145,10 @@ def train(
 ) -> Path:
     """Train (or continue from `snapshot`) until `total_kimg`; returns the final snapshot."""
     run_dir = Path(run_dir)
-    if cfg.run.log_with is not None:
-        raise UserError(f"run.log_with {cfg.run.log_with}: trackers are not supported yet; "
-                        "every tick is in the run's stats.jsonl")
+    tracking.check_tracker(cfg.run.log_with)
     schedule = Schedule.from_config(cfg)
     total = schedule.total(cfg)
-    trainer = Trainer.create(cfg, accelerator)
+    trainer = Trainer.create(cfg, accelerator or make_accelerator(cfg, run_dir))
     acc = trainer.accelerator
     world, rank = acc.num_processes, acc.process_index
     for res in schedule.resolutions:
@@ -220,11 +221,19 @@ def _train_locked(
         if acc.is_main_process else None
     )
 
+    tracker = Tracking(acc, cfg, run_dir)  # after config.json: the run folder exists
+
     def evaluate(phase: Phase, shown: int) -> None:
         if evaluator is not None and evaluator.enabled:
             record = evaluator.evaluate(trainer.unwrapped(), phase.res, phase.alpha, shown,
                                         phase.stage)
             tqdm.write(evaluation.summary_line(record))
+            tracker.evaluation(record)
+
+    def grids(phase: Phase, shown: int) -> None:
+        if acc.is_main_process:
+            tracker.grids(_save_grids(trainer, run_dir, fixed, phase, shown),
+                          cfg.run.grid_size, shown)
 
     final = None
     # Threads beyond the cores (several runs side by side) slow every run many times over.
@@ -239,8 +248,7 @@ def _train_locked(
         distributed.broadcast_fixed_buffers(trainer.unwrapped())
     if images_shown == 0:  # the starting point, for metrics against initialization
         final = last_good = _save(trainer, cfg, run_dir, 0)
-        if acc.is_main_process:
-            _save_grids(trainer, run_dir, fixed, schedule.at(0), 0)
+        grids(schedule.at(0), 0)
         evaluate(schedule.at(0), 0)
     bar = tqdm(total=total, initial=images_shown, unit="img", unit_scale=True,
                dynamic_ncols=True, disable=not (progress and acc.is_local_main_process))
@@ -294,10 +302,9 @@ def _train_locked(
             if (tick or snap) and (where := finite.confirm(images_shown)) is not None:
                 raise diverged(where, last_good, "non-finite loss or gradient")
             if tick:
-                ticks.log(images_shown, phase)
-            if acc.is_main_process and (stage_done or done):
-                _save_grids(trainer, run_dir, fixed, phase, images_shown)
+                tracker.tick(ticks.log(images_shown, phase), phase.lr)
             if stage_done or done:
+                grids(phase, images_shown)
                 evaluate(phase, images_shown)  # the stage that just ended, not the next one
                 ticks.restart_clock()  # images/s counts training, not the evaluation
             if snap:
@@ -309,6 +316,7 @@ def _train_locked(
     finally:
         stop.restore()
         bar.close()
+        tracker.end()
     acc.wait_for_everyone()
     return final or layout.snapshot_dir(run_dir, images_shown)
 

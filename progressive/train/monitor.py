@@ -34,7 +34,8 @@ class Ticks:
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.steps += 1
 
-    def log(self, images_shown: int, phase: Phase) -> None:
+    def log(self, images_shown: int, phase: Phase) -> dict:
+        """The tick's record, as stats.jsonl gets it."""
         means = {k: (self.acc.reduce(v, "mean") / self.steps).item() for k, v in self.sums.items()}
         elapsed = time.perf_counter() - self.start
         shown = images_shown - self.start_images
@@ -60,6 +61,7 @@ class Ticks:
             f"{record['images_per_s']:.0f} img/s"
         )
         self._reset(images_shown)
+        return record
 
 
 def agree(acc: Accelerator, value: str | None) -> str | None:

@@ -4,6 +4,7 @@ inference model; their averages."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -35,9 +36,10 @@ def step_generator(
     return g
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
-    """The accelerator for a run: its mixed precision; DDP told that blocks above the current
-    resolution (and the faded-out RGB adapter) are legitimately unused."""
+def make_accelerator(cfg: Config, project_dir: str | os.PathLike | None = None) -> Accelerator:
+    """The accelerator for a run: its mixed precision and tracker (writing under
+    `project_dir`, the run folder); DDP told that blocks above the current resolution (and the
+    faded-out RGB adapter) are legitimately unused."""
     from progressive.config.sizing import default_device
 
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -45,7 +47,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # before the Accelerator does (that would leave each rank a process of its own).
     chosen = precision.resolve(cfg.run.mixed_precision, default_device())
     group = distributed.process_group_kwargs(cfg.run.process_timeout_s)
-    return Accelerator(mixed_precision=chosen, kwargs_handlers=[ddp, group])
+    return Accelerator(mixed_precision=chosen, kwargs_handlers=[ddp, group],
+                       log_with=cfg.run.log_with, project_dir=project_dir)
 
 
 class GeneratorInference(torch.nn.Module):
