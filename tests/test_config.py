@@ -208,12 +208,3 @@ def test_every_field_and_preset_is_documented():
             assert f"`{name}.{f.name}`" in doc, f"{name}.{f.name}"
     for preset in PRESETS:
         assert f"`{preset}`" in doc, preset
-
-
-def test_a_tracker_is_refused_in_one_line_not_ignored(tmp_path):
-    from progressive.train.loop import train
-
-    cfg = make_config("demo", {"run.log_with": "tensorboard"})
-    with pytest.raises(UserError, match="run.log_with tensorboard: trackers are not supported"):
-        train(cfg, tmp_path / "run", progress=False)
-    assert not (tmp_path / "run").exists()
