@@ -65,9 +65,10 @@ def train(workdir: Path, kimg: float) -> Path:
               show_default=True, help="Where the trained run and the outputs go.")
 @click.option("--kimg", type=float, default=0.004, show_default=True,
               help="Thousands of images per phase when training.")
+@click.option("--only", help="Only the commands whose name starts with this (e.g. inpaint).")
 @click.option("--out", type=click.Path(dir_okay=False), default="bench/results/memory.json",
               show_default=True)
-def main(run_dir: str | None, workdir: str, kimg: float, out: str) -> None:
+def main(run_dir: str | None, workdir: str, kimg: float, only: str | None, out: str) -> None:
     machine = describe()
     print(headline(machine))
     work = Path(workdir)
@@ -87,6 +88,8 @@ def main(run_dir: str | None, workdir: str, kimg: float, out: str) -> None:
     }
     rows = {}
     for name, args in commands.items():
+        if only and not name.startswith(only):
+            continue
         rows[name] = measure([*PROGRESSIVE, *args])
         r = rows[name]
         print(f"  {name}: rc {r['rc']}, {r['peak_bytes'] / 1e9:.2f} GB, {r['seconds']:.0f} s")

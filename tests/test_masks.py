@@ -355,6 +355,22 @@ def test_blend_carries_the_models_error_on_visible_pixels_into_the_holes():
     mask[:, :, 2:6, 1:5] = 0
     hole = (mask == 0).expand_as(face)
     for blend, expected in ((True, face + c), (False, face)):
-        how = inpaint.Completion(em_rounds=1, z_steps=0, blend=blend)
+        how = inpaint.Completion(em_rounds=1, z_steps=0, blend=blend, batch=2)
         done = to_float(inpaint.complete(run, images, mask, how))
         assert (done - expected)[hole].abs().max() < 2 / 255
+
+
+def test_inpaint_batches_from_the_memory_budget_fill_alike(tiny_run, monkeypatch):
+    from progressive.model import budget
+    from progressive.run.checkpoint import load_run
+    from progressive.use import inpaint
+
+    run = load_run(tiny_run[0], device="cpu")
+    images = torch.randint(0, 256, (3, 3, run.res, run.res), dtype=torch.uint8)
+    masks = inpaint.occlusion_masks("block20", 0, 3, run.res, run.res)
+    how = inpaint.Completion(z_steps=2, energy_steps=1)
+    assert how.batch is None  # sized from the budget, not a fixed count
+    whole = inpaint.complete(run, images, masks, inpaint.Completion(z_steps=2, energy_steps=1,
+                                                                    batch=3))
+    monkeypatch.setattr(budget, "MEMORY", 1)  # one image per pass
+    assert torch.equal(inpaint.complete(run, images, masks, how), whole)

@@ -73,12 +73,14 @@ def per_image(
     return costs[key]
 
 
-def batch_for(cost: int, budget: int = MEMORY, cap: int = MAX_BATCH) -> int:
-    """Images per batch when each costs `cost` bytes: as many as `budget` holds, 1 to `cap`."""
+def batch_for(cost: int, budget: int | None = None, cap: int = MAX_BATCH) -> int:
+    """Images per batch when each costs `cost` bytes: as many as `budget` (default MEMORY)
+    holds, 1 to `cap`."""
+    budget = MEMORY if budget is None else budget
     return max(1, min(cap, budget // max(1, cost)))
 
 
-def image_batch(res: int, copies: int = 8, budget: int = MEMORY, cap: int = 256) -> int:
+def image_batch(res: int, copies: int = 8, budget: int | None = None, cap: int = 256) -> int:
     """Images per chunk for work on the images alone (no network): `copies` float32 copies of
-    each (pyramids, differences) within `budget`."""
+    each (pyramids, differences) within `budget` (default MEMORY)."""
     return batch_for(copies * 4 * 3 * res * res, budget, cap)

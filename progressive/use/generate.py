@@ -230,7 +230,9 @@ def inpaint(
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:  # the uint8 pixels as they are: visible ones exact
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-    rows = torch.stack([fill.occluded_view(real, masks), completed.float() / 127.5 - 1,
-                        real.float() / 127.5 - 1], 1).flatten(0, 1)
-    save_grid(rows[: 3 * 16], out / "grid.png", nrow=3 * min(4, len(real)))
+    shown = slice(0, 16)  # the grid shows the first 16: only they are converted
+    rows = torch.stack([fill.occluded_view(real[shown], masks[shown]),
+                        completed[shown].float() / 127.5 - 1,
+                        real[shown].float() / 127.5 - 1], 1).flatten(0, 1)
+    save_grid(rows, out / "grid.png", nrow=3 * min(4, len(real)))
     return len(real)

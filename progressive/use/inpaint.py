@@ -26,6 +26,7 @@ from torch import Tensor
 from progressive.core.errors import UserError
 from progressive.core.images import to_float, to_uint8
 from progressive.data import masks as mk
+from progressive.model import budget
 from progressive.model.networks import fade_real
 from progressive.run.checkpoint import LoadedRun
 
@@ -41,7 +42,7 @@ class Completion:
     energy_steps: int = 0
     energy_lr: float = 0.01
     blend: bool = True
-    batch: int = 64
+    batch: int | None = None  # images per pass; default from the memory budget
 
 
 def complete(
@@ -50,9 +51,13 @@ def complete(
     """uint8 images (N, 3, R, R) with masks (N, 1, R, R), 1 = observed, at the run's
     resolution: uint8 completions whose observed pixels are the input's, bit for bit."""
     how = how or Completion()
+    step = how.batch or budget.batch_for(budget.per_image(
+        "inpaint", run.res, run.alpha, generator=run.generator, energy=run.energy,
+        inference=run.inference, latent=run.latent,
+    ))
     out = []
-    for i in range(0, len(images), how.batch):
-        model = _model_fill(run, images[i : i + how.batch], masks[i : i + how.batch], how)
+    for i in range(0, len(images), step):
+        model = _model_fill(run, images[i : i + step], masks[i : i + step], how)
         out.append(to_uint8(model.cpu()))
     filled = torch.cat(out) if out else images.clone()
     return torch.where(masks.bool(), images, filled)
