@@ -51,7 +51,7 @@ def start_run(name: str, args: argparse.Namespace, extra: list[str]) -> subproce
     cmd = [sys.executable, "-m", "progressive", "train", "--data", args.data,
            "--max-res", str(args.res), "--outdir", args.runs, "--name", name,
            "--total-kimg", "100000", "--snapshot-kimg", str(args.snapshot_kimg),
-           "--eval-images", "0", *extra]
+           "--set", "run.eval_images=0", *extra]
     log = open(run_dir.parent / f"{name}.log", "w")
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -48,8 +48,8 @@ def train(workdir: Path, kimg: float) -> Path:
                                text=True).stdout
     where = "--outdir" if "--outdir" in help_text else "--out"
     args = [*PROGRESSIVE, "train", "--max-res", "1024", "--fade-kimg", str(kimg),
-            "--stable-kimg", str(kimg), "--batch", "4", "--eval-images", "0", where, str(runs),
-            "--name", "r1024", "--workers", "0"]
+            "--stable-kimg", str(kimg), "--batch", "4", "--set", "run.eval_images=0",
+            where, str(runs), "--name", "r1024", "--workers", "0"]
     result = measure(args)
     if result["rc"] != 0:
         raise SystemExit(f"training failed: {result['tail']}")

@@ -22,12 +22,12 @@ GPU_HQ_256_TO_1024=(--preset celebahq1024 --fade-kimg 0.016 --stable-kimg 0.016
                     --total-kimg 0.08)
 GPU_SHORT_RUN=(--max-res 32 --fade-kimg 1 --stable-kimg 1 --total-kimg 4)
 CPU_DEFAULT_TO_128=(--max-res 1024 --fade-kimg 0.016 --stable-kimg 0.016 --total-kimg 0.152
-                    --eval-images 8)
+                    --set run.eval_images=8)
 CPU_HQ_256_TO_1024=(--preset celebahq1024 --fade-kimg 0.002 --stable-kimg 0.002
                     --total-kimg 0.008 --batch 2 --fmap-base 2048 --fmap-max 64 --latent 64
-                    --eval-images 0 --workers 0)
+                    --set run.eval_images=0 --workers 0)
 CPU_SHORT_RUN=(--max-res 16 --fade-kimg 0.016 --stable-kimg 0.016 --total-kimg 0.08
-               --latent 16 --eval-images 8)
+               --latent 16 --set run.eval_images=8)
 # ---------------------------------------------------------------------------------------------
 
 cpu=0

@@ -68,7 +68,7 @@ def _free_port() -> int:
 
 def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     cfg = _config()
     nets = initial_networks(cfg)

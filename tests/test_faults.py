@@ -97,7 +97,7 @@ def test_keep_snapshots_is_an_option():
 
     from progressive.cli.main import main
 
-    result = CliRunner().invoke(main, ["train", "--dry-run", "--keep-snapshots", "7",
+    result = CliRunner().invoke(main, ["train", "--dry-run", "--set", "run.keep_snapshots=7",
                                        "--calibration-seconds", "0"])
     assert result.exit_code == 0, result.output
     assert '"keep_snapshots": 7' in result.output

@@ -163,8 +163,8 @@ def test_dry_run_calibration_measures_the_first_stages(dataset, tmp_path):
         (["--max-res", "2048"], "--max-res 2048: a power of two from 4 to 1024"),
         (["--max-res", "2"], "--max-res 2: a power of two from 4 to 1024"),
         (["--max-res", "32"], "above the dataset's max_res 16"),
-        (["--holdout", "0.02"], "too few to hold out 2%"),
-        (["--max-res", "16", "--holdout", "0.7"], "'--holdout': 0.7 is not in the range"),
+        (["--set", "data.holdout=0.02"], "too few to hold out 2%"),
+        (["--max-res", "16", "--set", "data.holdout=0.7"], "data.holdout 0.7: must be 0.5 or less"),
     ],
 )
 @pytest.mark.parametrize("dry", [False, True])
@@ -187,10 +187,11 @@ def test_too_small_dataset_for_a_holdout_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(small), "--outdir",
                                        str(tmp_path / "runs"), "--max-res", "8"])
     assert result.exit_code == 1 and "too few to hold out 10%" in result.output
-    assert "--holdout 0" in result.output and not (tmp_path / "runs").exists()
+    assert "--set data.holdout=0" in result.output and not (tmp_path / "runs").exists()
     assert split_counts(12, 0.1) == (11, 1) and split_counts(40, 0.1) == (36, 4)
     # With no preset and no --max-res, the run grows to the dataset's max_res.
-    dry = CliRunner().invoke(main, ["train", "--data", str(small), "--dry-run", "--holdout", "0",
+    dry = CliRunner().invoke(main, ["train", "--data", str(small), "--dry-run",
+                                    "--set", "data.holdout=0",
                                     "--calibration-seconds", "0"])
     assert dry.exit_code == 0, dry.output
     assert json.loads(dry.output)["config"]["schedule"]["max_res"] == 8

@@ -74,8 +74,7 @@ _FIELDS = {
     "latent": "networks.latent", "fmap_base": "networks.fmap_base",
     "fmap_max": "networks.fmap_max", "seed": "run.seed", "mixed_precision": "run.mixed_precision",
     "workers": "data.workers", "snapshot_kimg": "run.snapshot_kimg",
-    "keep_snapshots": "run.keep_snapshots", "holdout": "data.holdout",
-    "eval_images": "run.eval_images", "log_with": "run.log_with",
+    "log_with": "run.log_with",
 }
 
 
@@ -117,12 +116,6 @@ def _option(*names: str, **kw: Any):
 @_option("--workers", help="Data loader processes per rank.", type=click.IntRange(min=0))
 # Bookkeeping and evaluation at every stage end, on the held-out end of the dataset.
 @_option("--snapshot-kimg", help="Snapshot interval, thousands of images.", type=KIMG)
-@_option("--keep-snapshots", help="Newest snapshots kept besides stage ends (0: all).",
-         type=click.IntRange(min=0))
-@_option("--holdout", help="Share of the dataset held out (its last images).",
-         type=click.FloatRange(0, 0.5))
-@_option("--eval-images", help="Held-out images per evaluation (0: none).",
-         type=click.IntRange(min=0))
 @_option("--log-with", help="Tracker for losses, evaluations and grids, beside stats.jsonl "
          "(pip install the package of the same name). Default: none.",
          type=click.Choice(TRACKERS))

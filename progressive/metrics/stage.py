@@ -52,10 +52,11 @@ def check_holdout(count: int, holdout: float, where: str) -> tuple[int, int]:
         need = math.ceil(HOLDOUT_MIN / holdout)
         raise UserError(
             f"{where} has {count} images, too few to hold out {holdout:.0%} for evaluation "
-            f"(at least {HOLDOUT_MIN} images, so {need} in all); add images or pass --holdout 0"
+            f"(at least {HOLDOUT_MIN} images, so {need} in all); add images or pass "
+            "--set data.holdout=0"
         )
     if train < 1:
-        raise UserError(f"{where}: --holdout {holdout} leaves no images to train on")
+        raise UserError(f"{where}: data.holdout {holdout} leaves no images to train on")
     return train, held
 
 
