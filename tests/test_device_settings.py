@@ -75,8 +75,9 @@ def _pca_rank(rank: int, port: int, out: str) -> None:
     from progressive.train.trainer import Trainer, make_accelerator
 
     cfg = config("demo", **TINY, pca_path=True)
+    accelerator = make_accelerator(cfg)
     try:
-        trainer = Trainer.create(cfg, make_accelerator(cfg))
+        trainer = Trainer.create(cfg, accelerator)
         ddp = trainer.pair
         mean = trainer.generator.pca.mean
         with torch.no_grad():
@@ -88,8 +89,12 @@ def _pca_rank(rank: int, port: int, out: str) -> None:
         with open(f"{out}/rank{rank}.json", "w") as f:
             json.dump({"wrapped": type(ddp).__name__, "synced": list(ddp.named_module_buffers),
                        "after_step": after_step, "after_broadcast": mean[0].item()}, f)
+        accelerator.wait_for_everyone()
     finally:
-        torch.distributed.destroy_process_group()
+        accelerator.end_training()
+    # The results are written: leave without the interpreter's teardown, where gloo's threads
+    # at times abort a spawned child (SIGABRT) after its work is done.
+    os._exit(0)
 
 
 def test_ddp_does_not_broadcast_the_principal_components_at_every_step(tmp_path):
