@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -106,16 +107,33 @@ def _model_fill(run: LoadedRun, images: Tensor, masks: Tensor, how: Completion) 
 def laplace_fill(values: Tensor, observed: Tensor, tol: float = 1e-5) -> Tensor:
     """`values` (N, C, H, W) kept where `observed` (N, 1, H, W) is 1 and harmonic where it is
     0: each missing pixel the mean of its neighbours inside the image (the discrete Laplace
-    equation with the visible pixels as boundary), solved by conjugate gradients. An image
-    with nothing observed gets zeros."""
+    equation with the visible pixels as boundary). An image with nothing observed gets zeros.
+
+    Each image is solved alone on the box around its holes (one pixel of margin holds every
+    neighbour a missing pixel has), so a hole in a large image costs what the hole's box does."""
     known = observed.float().expand_as(values)
-    hole = 1 - known
     values = mk.fill(values.float(), observed, torch.zeros_like(known))  # no missing value enters
+    out = values.clone()
+    h, w = values.shape[2:]
+    for i in range(len(values)):
+        holes = (observed[i, 0] == 0).nonzero()
+        if len(holes) in (0, h * w):  # nothing missing, or nothing to interpolate from
+            continue
+        (top, left), (bottom, right) = holes.min(0).values.tolist(), holes.max(0).values.tolist()
+        box = (slice(i, i + 1), slice(None), slice(max(top - 1, 0), min(bottom + 2, h)),
+               slice(max(left - 1, 0), min(right + 2, w)))
+        out[box] = solve_harmonic(values[box], 1 - known[box], tol)
+    return out
+
+
+def solve_harmonic(values: Tensor, hole: Tensor, tol: float = 1e-5) -> Tensor:
+    """`values` (zero where `hole` is 1) with the hole pixels harmonic, by conjugate gradients
+    over the whole frame; a missing pixel on the frame's edge is an edge of the image."""
     cross = torch.tensor([[0.0, 1, 0], [1, 0, 1], [0, 1, 0]], device=values.device)
     cross = cross.view(1, 1, 3, 3).expand(values.shape[1], 1, 3, 3)
 
     def neighbours(v: Tensor) -> Tensor:
-        return torch.nn.functional.conv2d(v, cross, padding=1, groups=v.shape[1])
+        return F.conv2d(v, cross, padding=1, groups=v.shape[1])
 
     degree = neighbours(torch.ones_like(values))
     b = hole * neighbours(values)
@@ -132,7 +150,7 @@ def laplace_fill(values: Tensor, observed: Tensor, tol: float = 1e-5) -> Tensor:
         rr_next = r.square().sum((2, 3), keepdim=True)
         p = r + torch.where(rr > 0, rr_next / rr.clamp(min=1e-30), torch.zeros_like(rr)) * p
         rr = rr_next
-    return mk.fill(values, observed, v)
+    return torch.where(hole.bool(), v, values)
 
 
 # ---- masks for given images ---------------------------------------------------------------
