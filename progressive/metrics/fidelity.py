@@ -26,6 +26,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.metric_fid import (
+    KEY_METRIC_FID,
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
+from torch_fidelity.metric_kid import (
+    KEY_METRIC_KID_MEAN,
+    KEY_METRIC_KID_STD,
+    kid_features_to_metric,
+)
 
 from progressive.core.errors import UserError
 from progressive.core.files import atomic_write, first_line
@@ -295,7 +306,6 @@ def load_inception(weights: str | os.PathLike | None, device: str | torch.device
     path = Path(weights)
     if not path.is_file():
         raise InceptionUnavailable(f"FID/KID skipped: --inception-weights {path} does not exist")
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     try:
         with _weights_only_loads():
@@ -336,16 +346,12 @@ def inception_features(
 
 def _fid_statistics(features: np.ndarray) -> dict:
     """torch-fidelity's FID statistics (mean and covariance) of a feature matrix."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
     return fid_features_to_statistics(torch.from_numpy(np.asarray(features, np.float64)))
 
 
 def fid(real_features: np.ndarray, fake_features: np.ndarray) -> float:
     """Fréchet Inception Distance between two feature matrices (rows are images), computed by
     torch-fidelity from the features of the extractor `load_inception` built."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
     stats = [_fid_statistics(f) for f in (real_features, fake_features)]
     return fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID]
 
@@ -359,12 +365,6 @@ def kid(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Kernel Inception Distance (mean, std over subsets) via torch-fidelity's estimator."""
-    from torch_fidelity.metric_kid import (
-        KEY_METRIC_KID_MEAN,
-        KEY_METRIC_KID_STD,
-        kid_features_to_metric,
-    )
-
     size = min(subset_size, len(real_features), len(fake_features))
     out = kid_features_to_metric(
         torch.from_numpy(real_features),

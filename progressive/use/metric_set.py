@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from progressive.core.images import to_uint8
@@ -21,8 +22,6 @@ __all__ = ["record"]
 
 def _chunked_mse(ctx: Context, images) -> Tensor:
     """Per-image MSE of the held-out images (as faded) against an iterable of float batches."""
-    import torch
-
     out, i = [], 0
     for x in images:
         out.append(metrics.reconstruction_error(ctx.real_in[i : i + len(x)], x))
@@ -60,8 +59,6 @@ def swd(ctx: Context) -> dict | None:
 
 
 def sample_latents(ctx: Context) -> Tensor:
-    import torch
-
     gen = torch.Generator().manual_seed(ctx.options.seed)
     return torch.randn(ctx.n, ctx.run.latent, generator=gen)
 
