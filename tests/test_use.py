@@ -18,10 +18,10 @@ from tiny import networks_of, train_tiny_run
 from progressive.cli.main import main
 from progressive.core.grids import GRID_PADDING
 from progressive.core.images import load_image_file, to_uint8
-from progressive.metrics import fidelity as metrics
+from progressive.metrics import inception
 from progressive.model import latents, sampling
-from progressive.model.networks import num_parameters
-from progressive.run.checkpoint import load_run
+from progressive.model.layers import num_parameters
+from progressive.run.loading import load_run
 from progressive.use import generate as use
 
 RES = 16
@@ -312,7 +312,7 @@ def test_evaluate_fid_kid_with_stand_in_weights(run_dir, model, tmp_path, monkey
 
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"stand-in")
-    monkeypatch.setattr(metrics, "load_inception", lambda path, device: StandIn())
+    monkeypatch.setattr(inception, "load_inception", lambda path, device: StandIn())
     data = model.config.data.path
     r = invoke(
         "evaluate",

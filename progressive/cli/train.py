@@ -14,8 +14,9 @@ import click
 import yaml
 
 from progressive.config import presets
+from progressive.config.keys import parse_value
 from progressive.config.migrate import migrate
-from progressive.config.sections import PRECISIONS, TRACKERS, every_res, parse_value
+from progressive.config.sections import PRECISIONS, TRACKERS, every_res
 from progressive.core.errors import UserError
 from progressive.train import data as datasets
 from progressive.train import loop as training

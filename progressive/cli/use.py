@@ -15,8 +15,8 @@ from progressive.model.langevin import SPACES, Langevin
 from progressive.model.latents import parse_seeds
 from progressive.model.sampling import energies, prepare_real, sample_batches, sample_energies
 from progressive.model.sampling import reconstruct as reconstruct_images
-from progressive.run.checkpoint import load_run
 from progressive.run.folder import metric_file
+from progressive.run.loading import load_run
 from progressive.use import generate as use
 from progressive.use import inpaint as fill
 from progressive.use.evaluate import METRICS, Options, run_metrics, summary

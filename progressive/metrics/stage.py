@@ -32,7 +32,8 @@ from progressive.core.files import append_jsonl, read_jsonl
 from progressive.core.images import to_float, to_uint8
 from progressive.data.reader import ImageDataset
 from progressive.metrics import fidelity as metrics
-from progressive.model.networks import fade_real, in_use, initial_networks
+from progressive.model.layers import fade_real
+from progressive.model.networks import in_use, initial_networks
 from progressive.run.folder import EVALUATIONS_NAME
 
 EVALUATIONS = EVALUATIONS_NAME

@@ -16,7 +16,7 @@ from torch import Tensor
 from progressive.core.images import to_float
 from progressive.model import budget
 from progressive.model.langevin import Langevin, refine_batches
-from progressive.model.networks import fade_real
+from progressive.model.layers import fade_real
 
 
 def generate_batches(

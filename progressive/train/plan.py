@@ -24,7 +24,8 @@ from progressive.core import images as im
 from progressive.core.files import tree_size
 from progressive.data.synthetic import render
 from progressive.data.writer import encodings_for
-from progressive.model.networks import build_networks, channels, num_parameters
+from progressive.model.layers import channels, num_parameters
+from progressive.model.networks import build_networks
 from progressive.run.folder import builtin_dataset_path
 from progressive.train import memory, precision
 from progressive.train.data import check_data

@@ -17,12 +17,8 @@ from progressive.core.float32 import set_deterministic_convolutions, set_float32
 from progressive.core.images import to_float
 from progressive.data.masks import fade_mask, fill
 from progressive.model.langevin import langevin
-from progressive.model.networks import (
-    AVERAGE_OF,
-    OPTIONAL_AVERAGES,
-    fade_real,
-    initial_networks,
-)
+from progressive.model.layers import fade_real
+from progressive.model.networks import AVERAGE_OF, OPTIONAL_AVERAGES, initial_networks
 from progressive.train import amp, distributed, precision
 from progressive.train import loss as triangle
 from progressive.train.outliers import random_scale_noise

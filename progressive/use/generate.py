@@ -1,7 +1,7 @@
 """The work of the commands that use a trained run: image inputs, latent walks and videos
 written to files, energy scores written to CSV.
 
-Built from `checkpoint.load_run` (the networks and where to use them), `latents`, `sampling`
+Built from `loading.load_run` (the networks and where to use them), `latents`, `sampling`
 and `grids`; evaluation is in `evaluation`.
 """
 
@@ -24,7 +24,7 @@ from progressive.data.format import META_NAME
 from progressive.data.reader import ImageDataset
 from progressive.model.latents import seed_latents, smooth_latents, walk_latents
 from progressive.model.sampling import encode, generate_batches, sample_energies
-from progressive.run.checkpoint import LoadedRun
+from progressive.run.loading import LoadedRun
 from progressive.use import inpaint as fill
 from progressive.use import walk_energy
 

@@ -13,8 +13,8 @@ from progressive.core.files import tree_size
 from progressive.data.format import FORMAT, REJECTED_NAME, check_shard, read_meta
 from progressive.metrics.stage import read_evaluations, summary_line
 from progressive.model.networks import network_names
-from progressive.run.checkpoint import read_state
 from progressive.run.folder import list_snapshots, metric_files, resolve_snapshot
+from progressive.run.loading import read_state
 
 
 def dataset_summary(path: Path) -> str:

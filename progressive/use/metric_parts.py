@@ -15,8 +15,8 @@ from progressive.data.reader import ImageDataset
 from progressive.model import budget
 from progressive.model.networks import build_networks, in_use
 from progressive.model.sampling import energies, prepare_real, sample
-from progressive.run.checkpoint import LoadedRun, load_weights, read_state
 from progressive.run.folder import list_snapshots, snapshot_dir
+from progressive.run.loading import LoadedRun, load_weights, read_state
 from progressive.train import outliers
 from progressive.train.pca_path import starting_networks
 from progressive.use import inpaint

@@ -18,8 +18,8 @@ from progressive.config.schedule import Schedule
 from progressive.core.errors import UserError
 from progressive.core.files import read_jsonl
 from progressive.metrics.stage import read_evaluations
-from progressive.run.checkpoint import read_state
 from progressive.run.folder import STATS_NAME, resolve_snapshot
+from progressive.run.loading import read_state
 
 LOSSES = ("rec_per_pixel", "kl", "latent_nll", "energy_real", "energy_fake")
 

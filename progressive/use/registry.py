@@ -22,8 +22,8 @@ from progressive.metrics import pca, quality
 from progressive.model import budget
 from progressive.model.langevin import Langevin, refine_batches
 from progressive.model.sampling import energies, generate_batches, prepare_real, sample_energies
-from progressive.run.checkpoint import LoadedRun
 from progressive.run.folder import metric_file
+from progressive.run.loading import LoadedRun
 
 PCA_TRAINING_IMAGES = 10000  # training images the PCA baselines are fitted on, at most
 
