@@ -37,7 +37,7 @@ from progressive.data.reader import ImageDataset  # noqa: E402
 from progressive.metrics.quality import auroc  # noqa: E402
 from progressive.metrics.stage import split_counts  # noqa: E402
 from progressive.model.networks import in_use  # noqa: E402
-from progressive.run import checkpoint as ckpt  # noqa: E402
+from progressive.run import loading  # noqa: E402
 from progressive.run.folder import list_snapshots  # noqa: E402
 from progressive.train.trainer import Trainer  # noqa: E402
 from progressive.use.generate import load_images  # noqa: E402
@@ -46,11 +46,11 @@ from progressive.use.generate import load_images  # noqa: E402
 def continue_run(run: Path, heldout: str, ood: dict[str, str], steps: int, n: int) -> dict:
     """Score the energy (and its average, if kept) after each of `steps` further steps."""
     snapshot = list_snapshots(run)[-1]
-    state = ckpt.read_state(snapshot)
+    state = loading.read_state(snapshot)
     cfg = state["config"]
     trainer = Trainer.create(cfg)
-    ckpt.load_weights(snapshot, trainer.unwrapped())
-    ckpt.load_optimizers(snapshot, trainer.optimizers)
+    loading.load_weights(snapshot, trainer.unwrapped())
+    loading.load_optimizers(snapshot, trainer.optimizers)
     shown = state["images_shown"]
     phase = Schedule.from_config(cfg).at(shown)
     res = phase.res

@@ -39,8 +39,8 @@ from machine import describe, headline, load_line, write_report  # noqa: E402
 from progressive.data.reader import ImageDataset  # noqa: E402
 from progressive.metrics import fidelity as metrics  # noqa: E402
 from progressive.metrics.stage import split_counts  # noqa: E402
-from progressive.run import checkpoint as ckpt  # noqa: E402
 from progressive.run import folder as run_folder  # noqa: E402
+from progressive.run import loading  # noqa: E402
 
 
 def start_run(name: str, args: argparse.Namespace, extra: list[str]) -> subprocess.Popen:
@@ -83,7 +83,7 @@ def measure(run_dir: Path, real: torch.Tensor, res: int, n: int, budget_s: float
         wall = (snap / run_folder.STATE_NAME).stat().st_mtime - start
         if wall > budget_s:
             continue  # written while the run was being stopped
-        run = ckpt.load_run(snap, device="cpu")
+        run = loading.load_run(snap, device="cpu")
         g = run.generator  # the generator average
         if z is None:  # the same latents for every snapshot of both runs
             z = torch.randn(n, g.latent, generator=torch.Generator().manual_seed(123))

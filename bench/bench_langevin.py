@@ -28,7 +28,7 @@ from progressive.data.reader import ImageDataset
 from progressive.metrics import fidelity as metrics
 from progressive.model import sampling
 from progressive.model.langevin import Langevin
-from progressive.run.checkpoint import load_run
+from progressive.run.loading import load_run
 
 DEFAULT_CHAINS = [
     "image:10:1e-4:0",

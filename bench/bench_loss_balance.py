@@ -24,7 +24,7 @@ from machine import describe
 # This checkout's package, not an installed one.
 from progressive.config.presets import make_config
 from progressive.model.networks import build_networks
-from progressive.run.checkpoint import load_run
+from progressive.run.loading import load_run
 from progressive.train import loss
 
 

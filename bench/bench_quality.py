@@ -34,7 +34,7 @@ from machine import describe  # noqa: E402
 from progressive.config.migrate import values_0_1  # noqa: E402
 from progressive.config.presets import PRESETS, make_config  # noqa: E402
 from progressive.config.schedule import Schedule  # noqa: E402
-from progressive.run import checkpoint as ckpt  # noqa: E402
+from progressive.run import loading  # noqa: E402
 from progressive.run.folder import list_snapshots  # noqa: E402
 from progressive.train.loop import train  # noqa: E402
 from progressive.train.trainer import Trainer  # noqa: E402
@@ -388,7 +388,7 @@ def images_per_second(cfg: dict, steps: int = 12, repeats: int = 3) -> float:
 def evaluate_run(run_dir: Path, heldout: str, ood: list[str], n: int, seed: int) -> dict:
     """Every figure of one run's final snapshot, via `progressive evaluate` (which also appends
     them to the run's metric JSONL files), flattened into one row."""
-    run = ckpt.load_run(run_dir, device="cpu")
+    run = loading.load_run(run_dir, device="cpu")
     names = ["recon", "recon-synth", "latent-recovery", "diversity", "swd"]
     if ood:
         names.append("energy-auroc")
@@ -517,7 +517,7 @@ def main() -> None:
         run_dir = out / name
         existing = list_snapshots(run_dir)
         final = round(kimg * 1000)
-        done = [s for s in existing if ckpt.read_state(s)["images_shown"] >= final]
+        done = [s for s in existing if loading.read_state(s)["images_shown"] >= final]
         start = time.perf_counter()
         if not done and args.eval_only:
             continue

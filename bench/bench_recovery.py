@@ -26,7 +26,7 @@ from machine import describe
 # This checkout's package, not an installed one.
 from progressive.data import masks as mk
 from progressive.data.reader import ImageDataset
-from progressive.run.checkpoint import load_run
+from progressive.run.loading import load_run
 from progressive.use import inpaint
 
 

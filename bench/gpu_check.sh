@@ -53,25 +53,26 @@ runs=$out/runs
 export PYTHONUNBUFFERED=1
 start=$SECONDS
 
+# The runs of one kind of machine: its settings' prefix above (CPU or GPU), then the dataset's
+# images, the images each evaluation uses and the seconds a step may take.
+machine_settings() {
+  local default="$1_DEFAULT_TO_128[@]" hq="$1_HQ_256_TO_1024[@]" short="$1_SHORT_RUN[@]"
+  default_to_128=("${!default}")
+  hq_256_to_1024=("${!hq}")
+  short_run=("${!short}")
+  data_count=$2 eval_n=$3 step_limit=$4
+}
+
 if [[ $cpu == 1 ]]; then
   export ACCELERATE_USE_CPU=1 CUDA_VISIBLE_DEVICES=""
   device=cpu
-  default_to_128=("${CPU_DEFAULT_TO_128[@]}")
-  hq_256_to_1024=("${CPU_HQ_256_TO_1024[@]}")
-  short_run=("${CPU_SHORT_RUN[@]}")
-  data_count=40
-  eval_n=4
+  # 420 s a step: the 1024 px grids of the celebahq1024 step take minutes on a loaded CPU.
+  machine_settings CPU 40 4 420
   speed_args=(--device cpu --res 4 8 16 --widths rule --batch 4 --steps 2 --warmup 1)
-  step_limit=420  # the 1024 px grids of the celebahq1024 step take minutes on a loaded CPU
 else
   device=cuda
-  default_to_128=("${GPU_DEFAULT_TO_128[@]}")
-  hq_256_to_1024=("${GPU_HQ_256_TO_1024[@]}")
-  short_run=("${GPU_SHORT_RUN[@]}")
-  data_count=64
-  eval_n=16
+  machine_settings GPU 64 16 240
   speed_args=(--device cuda --res 4 8 16 32 64 128 256 512 1024 --batch 4 --steps 5 --warmup 2)
-  step_limit=240
 fi
 
 echo "== environment: $venv"

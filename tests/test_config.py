@@ -8,9 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from progressive.cli.main import main
+from progressive.config.keys import parse_value, replace
 from progressive.config.migrate import migrate
 from progressive.config.presets import PRESETS, make_config
-from progressive.config.sections import Config, parse_value, replace
+from progressive.config.sections import Config
 from progressive.config.sizing import builtin_cap
 from progressive.core.errors import UserError
 

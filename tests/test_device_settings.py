@@ -7,6 +7,7 @@ from tiny import TINY_NETWORKS, config, networks_of
 
 from progressive.core.float32 import float32_modes, set_float32_math
 from progressive.run import checkpoint as ckpt
+from progressive.run import loading
 
 TINY = dict(**TINY_NETWORKS, max_res=8, batch=4, workers=0)
 
@@ -24,7 +25,7 @@ def test_loading_a_run_applies_its_tf32_setting(tmp_path, float32_restored, tf32
     optimizers = {n: torch.optim.Adam(nets[n].parameters()) for n in ckpt.WEIGHTS}
     ckpt.save_snapshot(tmp_path / "run", 0, cfg, nets, optimizers)
     set_float32_math(not tf32)  # what a use command found before: the other setting
-    ckpt.load_run(tmp_path / "run", device="cpu")
+    loading.load_run(tmp_path / "run", device="cpu")
     mode = "tf32" if tf32 else "ieee"
     assert float32_modes() == (mode, mode)
 

@@ -101,6 +101,7 @@ def _source_run(root):
 
 def test_only_the_main_process_copies_a_branch(tmp_path, monkeypatch):
     from progressive.run import checkpoint as ckpt
+    from progressive.run import loading
     from progressive.train.loop import resolve_run
 
     source = _source_run(tmp_path)
@@ -112,7 +113,7 @@ def test_only_the_main_process_copies_a_branch(tmp_path, monkeypatch):
     assert snapshot == tmp_path / "branch" / middle.name and branched.schedule.max_res == 8
     monkeypatch.setenv("RANK", "0")
     assert resolve_run(cfg, {}, tmp_path, "branch", str(middle))[2] == snapshot
-    ckpt.check_snapshot(snapshot)
+    loading.check_snapshot(snapshot)
     assert [p.name for p in tmp_path.joinpath("branch").iterdir() if p.name.startswith(".")] == []
 
 
@@ -124,6 +125,7 @@ def test_two_ranks_branch_one_run(tmp_path):
     from tiny import cli_args
 
     from progressive.run import checkpoint as ckpt
+    from progressive.run import loading
 
     source = _source_run(tmp_path)
     middle = ckpt.list_snapshots(source)[1]
@@ -136,7 +138,7 @@ def test_two_ranks_branch_one_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     snapshots = ckpt.list_snapshots(tmp_path / "branch")
     assert [p.name for p in snapshots][0] == middle.name and len(snapshots) >= 2
-    assert ckpt.read_state(snapshots[-1])["images_shown"] == 24
+    assert loading.read_state(snapshots[-1])["images_shown"] == 24
     assert not [p for p in (tmp_path / "branch").iterdir() if p.name.endswith(".partial")]
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from progressive.config.sections import field_of, parse_value
+from progressive.config.keys import field_of, parse_value
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -10,6 +10,7 @@ from tiny import TINY_NETWORKS, config, networks_of, write_synthetic
 from progressive.config.sections import Config
 from progressive.core.errors import UserError
 from progressive.run import checkpoint as ckpt
+from progressive.run import loading
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_a_full_disk_during_a_snapshot_is_one_line_and_leaves_the_last_one(tmp_p
     assert str(tmp_path) in message and "MiB" in message and "\n" not in message
     assert "--resume auto" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]  # nothing partial
-    ckpt.check_snapshot(first)
+    loading.check_snapshot(first)
 
 
 def test_other_write_errors_still_leave_nothing_partial(tmp_path, monkeypatch):
@@ -61,7 +62,7 @@ def test_other_write_errors_still_leave_nothing_partial(tmp_path, monkeypatch):
 
 
 def _shown(run_dir) -> list[int]:
-    return [ckpt.read_state(p)["images_shown"] for p in ckpt.list_snapshots(run_dir)]
+    return [loading.read_state(p)["images_shown"] for p in ckpt.list_snapshots(run_dir)]
 
 
 def test_old_snapshots_go_but_the_start_stage_ends_and_the_resumed_one_stay(dataset, tmp_path):
@@ -133,8 +134,8 @@ def test_sigterm_takes_a_snapshot_and_says_how_to_resume(dataset, tmp_path):
     line = [x for x in err.splitlines() if "SIGTERM" in x]
     assert len(line) == 1 and "--resume auto" in line[0], err[-2000:]
     newest = ckpt.list_snapshots(tmp_path / "run")[-1]
-    assert ckpt.read_state(newest)["images_shown"] > 0 and str(newest) in line[0]
-    ckpt.check_snapshot(newest)
+    assert loading.read_state(newest)["images_shown"] > 0 and str(newest) in line[0]
+    loading.check_snapshot(newest)
 
 
 def test_resuming_on_a_dataset_of_higher_max_res_keeps_the_runs_or_names_it(dataset, tmp_path):
@@ -155,7 +156,7 @@ def test_resuming_on_a_dataset_of_higher_max_res_keeps_the_runs_or_names_it(data
     assert "--max-res 16 differs from 8" in result.output and "another run" not in result.output
     result = CliRunner().invoke(main, [*base, "--total-kimg", "0.012"])
     assert result.exit_code == 0, result.output  # the run's 8 px, from the larger dataset
-    assert ckpt.read_state(ckpt.list_snapshots(tmp_path / "run")[-1])["images_shown"] == 12
+    assert loading.read_state(ckpt.list_snapshots(tmp_path / "run")[-1])["images_shown"] == 12
 
 
 def test_a_changed_shape_field_without_an_option_is_named_with_its_set_form():

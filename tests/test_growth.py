@@ -12,7 +12,7 @@ from tiny import TINY_NETWORKS, cli_args, config, networks_of
 from progressive.cli.main import main
 from progressive.config.sizing import FMAP_MIN
 from progressive.metrics.stage import EVALUATIONS, read_evaluations, split_counts
-from progressive.model.networks import EqualizedConv2d, EqualizedLinear
+from progressive.model.layers import EqualizedConv2d, EqualizedLinear
 from progressive.train import precision
 from progressive.train.loop import train
 

@@ -18,7 +18,7 @@ from progressive.core.errors import UserError
 from progressive.metrics import fidelity as metrics
 from progressive.model import latents, sampling
 from progressive.model.langevin import Langevin, langevin, latent_potential, refine
-from progressive.run.checkpoint import load_run
+from progressive.run.loading import load_run
 from progressive.use import generate as use
 
 RES = 16

@@ -381,7 +381,7 @@ def test_blend_carries_the_models_error_on_visible_pixels_into_the_holes():
 
 def test_inpaint_batches_from_the_memory_budget_fill_alike(tiny_run, monkeypatch):
     from progressive.model import budget
-    from progressive.run.checkpoint import load_run
+    from progressive.run.loading import load_run
     from progressive.use import inpaint
 
     run = load_run(tiny_run[0], device="cpu")

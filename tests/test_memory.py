@@ -7,7 +7,7 @@ from tiny import config, networks_of
 
 from progressive.cli.main import main
 from progressive.config.schedule import NETWORKS
-from progressive.model.networks import num_parameters
+from progressive.model.layers import num_parameters
 from progressive.train.memory import step_peaks
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from progressive.core.errors import UserError
 from progressive.metrics import fidelity as metrics
+from progressive.metrics import inception
 
 
 def _smooth_images(n: int, res: int, seed: int) -> torch.Tensor:
@@ -120,17 +121,17 @@ def test_reconstruction_error_and_mean_image_baseline():
 def test_fid_of_a_shifted_set_is_the_squared_shift():
     # Equal covariances cancel in the trace term, leaving ||mu1 - mu2||^2.
     real = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [1.0, 3.0]])
-    assert metrics.fid(real, real + [-3.0, 4.0]) == pytest.approx(25.0, abs=1e-6)
-    assert metrics.fid(real, real) == pytest.approx(0.0, abs=1e-6)
+    assert inception.fid(real, real + [-3.0, 4.0]) == pytest.approx(25.0, abs=1e-6)
+    assert inception.fid(real, real) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_inception_weights_missing_or_bad(tmp_path):
-    with pytest.raises(metrics.InceptionUnavailable, match="--inception-weights"):
-        metrics.load_inception(None)
-    with pytest.raises(metrics.InceptionUnavailable, match="does not exist"):
-        metrics.load_inception(tmp_path / "nope.pth")
-    assert issubclass(metrics.InceptionUnavailable, UserError)
+    with pytest.raises(inception.InceptionUnavailable, match="--inception-weights"):
+        inception.load_inception(None)
+    with pytest.raises(inception.InceptionUnavailable, match="does not exist"):
+        inception.load_inception(tmp_path / "nope.pth")
+    assert issubclass(inception.InceptionUnavailable, UserError)
     # A pickle that would run code must not run: torch-fidelity's loader is forced weights-only.
     marker = tmp_path / "ran"
 
@@ -140,13 +141,13 @@ def test_inception_weights_missing_or_bad(tmp_path):
 
     bad = tmp_path / "evil.pth"
     bad.write_bytes(pickle.dumps({"x": Evil()}))
-    with pytest.raises(metrics.InceptionUnavailable, match="not a usable"):
-        metrics.load_inception(bad)
+    with pytest.raises(inception.InceptionUnavailable, match="not a usable"):
+        inception.load_inception(bad)
     assert not marker.exists()
     wrong = tmp_path / "wrong.pth"
     torch.save({"weight": torch.zeros(2)}, wrong)
-    with pytest.raises(metrics.InceptionUnavailable, match="not a usable"):
-        metrics.load_inception(wrong)
+    with pytest.raises(inception.InceptionUnavailable, match="not a usable"):
+        inception.load_inception(wrong)
 
 
 class _StandIn(torch.nn.Module):
@@ -167,21 +168,22 @@ def test_fid_kid_with_stand_in_extractor():
     real = _smooth_images(120, 16, seed=0)
     other = _smooth_images(120, 16, seed=1)
     shifted = (real.float() * 0.5).byte()
-    f_real = metrics.inception_features(extractor, real, batch=50)
+    f_real = inception.inception_features(extractor, real, batch=50)
     assert f_real.shape == (120, 32) and f_real.dtype == np.float64
-    f_other = metrics.inception_features(extractor, [other[:70], other[70:]])
-    f_shift = metrics.inception_features(extractor, shifted)
-    near = metrics.fid_kid(f_real, f_other, kid_subset_size=50)
-    far = metrics.fid_kid(f_real, f_shift, kid_subset_size=50)
+    f_other = inception.inception_features(extractor, [other[:70], other[70:]])
+    f_shift = inception.inception_features(extractor, shifted)
+    near = inception.fid_kid(f_real, f_other, kid_subset_size=50)
+    far = inception.fid_kid(f_real, f_shift, kid_subset_size=50)
     assert near["fid"] < far["fid"] and near["kid"] < far["kid"]
-    assert metrics.fid_kid(f_real, f_real, kid_subset_size=50)["fid"] == pytest.approx(0, abs=1e-6)
+    same = inception.fid_kid(f_real, f_real, kid_subset_size=50)
+    assert same["fid"] == pytest.approx(0, abs=1e-6)
 
 
 def test_real_feature_cache_computes_once(tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"0")
-    cache = metrics.real_feature_cache(tmp_path / "cache", tmp_path / "data", 32, 100, weights)
-    assert cache != metrics.real_feature_cache(
+    cache = inception.real_feature_cache(tmp_path / "cache", tmp_path / "data", 32, 100, weights)
+    assert cache != inception.real_feature_cache(
         tmp_path / "cache", tmp_path / "data", 16, 100, weights
     )
     calls = []
@@ -190,8 +192,8 @@ def test_real_feature_cache_computes_once(tmp_path):
         calls.append(1)
         return np.arange(12, dtype=np.float64).reshape(4, 3)
 
-    first = metrics.cached_real_features(cache, compute)
-    second = metrics.cached_real_features(cache, compute)
+    first = inception.cached_real_features(cache, compute)
+    second = inception.cached_real_features(cache, compute)
     assert len(calls) == 1 and np.array_equal(first, second)
     with np.load(cache) as data:
         assert np.allclose(data["mu"], first.mean(axis=0))

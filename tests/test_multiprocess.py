@@ -8,6 +8,7 @@ import sys
 from tiny import TINY_NETWORKS, cli_args
 
 from progressive.run import checkpoint as ckpt
+from progressive.run import loading
 
 
 def test_two_processes_train_one_run(tmp_path):
@@ -40,7 +41,7 @@ def test_two_processes_train_one_run(tmp_path):
     # One rank prints; 24 images, the last 2 (10%) held out for evaluation.
     assert (done.stderr + done.stdout).count("training on 22 of 24 images") == 1
     assert "2 process(es)" in done.stdout + done.stderr
-    run = ckpt.load_run(tmp_path / "ddp")
+    run = loading.load_run(tmp_path / "ddp")
     assert (run.res, run.alpha, run.images_shown) == (8, 1.0, 48)
     stats = [
         json.loads(line) for line in (tmp_path / "ddp" / "stats.jsonl").read_text().splitlines()
@@ -125,4 +126,4 @@ def test_ranks_stop_within_seconds_when_the_launcher_is_killed(tmp_path):
             assert time.monotonic() < freed
             time.sleep(0.1)
     for snapshot in ckpt.list_snapshots(tmp_path / "long"):
-        ckpt.check_snapshot(snapshot)
+        loading.check_snapshot(snapshot)

@@ -8,16 +8,14 @@ import torch.nn.functional as F
 from tiny import networks_of
 
 from progressive.core.errors import UserError
-from progressive.model.networks import (
-    Energy,
+from progressive.model.layers import (
     EqualizedConv2d,
     EqualizedLinear,
-    Generator,
-    Inference,
     channels,
     num_parameters,
     pixel_norm,
 )
+from progressive.model.networks import Energy, Generator, Inference
 
 MAX_RES, LATENT = 64, 16
 WIDTHS = dict(fmap_base=256, fmap_max=32)

@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 from tiny import TINY_NETWORKS, config, networks_of, write_synthetic
 
 from progressive.cli.main import main
+from progressive.config.keys import replace
 from progressive.config.migrate import migrate
-from progressive.config.sections import replace
 from progressive.core.errors import UserError
 from progressive.core.images import to_float
-from progressive.model.networks import LOGVAR_MAX, LOGVAR_MIN, soft_clamp
+from progressive.model.layers import soft_clamp
+from progressive.model.networks import LOGVAR_MAX, LOGVAR_MIN
 from progressive.train import pca_path
 from progressive.train.loop import resolve_run, train
 
@@ -138,7 +139,7 @@ def test_training_starts_from_the_fit_saves_it_and_resumes_exactly(dataset, tmp_
     # `evaluate` finds the start in the run's first snapshot, even with the data gone.
     import dataclasses
 
-    from progressive.run.checkpoint import load_run
+    from progressive.run.loading import load_run
     from progressive.use.evaluate import _initial_generator
 
     run = load_run(tmp_path / "full")

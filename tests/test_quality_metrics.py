@@ -247,7 +247,7 @@ def test_energy_drift_on_generated_images():
 
 
 def test_paper_presets_cost_about_the_reference_networks():
-    from progressive.model.networks import num_parameters
+    from progressive.model.layers import num_parameters
 
     for preset in ("cifar10", "celeba64", "imagenet32"):
         cfg = config(preset)

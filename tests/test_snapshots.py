@@ -13,6 +13,7 @@ from progressive.cli.main import main
 from progressive.config.sections import every_res
 from progressive.core.errors import UserError
 from progressive.run import checkpoint as ckpt
+from progressive.run import loading
 from progressive.run.lock import RunLock
 from progressive.train.loop import resolve_run, train
 
@@ -79,7 +80,7 @@ def test_divergence_stops_naming_the_last_good_snapshot(dataset, tmp_path):
     line = _one_line_error(result, "diverged", "snapshot-000000000", "--resume")
     assert "lower --lr" in line
     for snapshot in ckpt.list_snapshots(tmp_path / "lr"):  # whatever was saved is finite
-        ckpt.check_snapshot(snapshot)
+        loading.check_snapshot(snapshot)
 
 
 def test_resume_auto_skips_a_nonfinite_snapshot_and_use_commands_refuse_it(run_dir, tmp_path):
@@ -152,12 +153,12 @@ def test_damaged_snapshot_parts_name_the_file_and_the_cause(run_dir, tmp_path):
     shutil.copytree(ckpt.list_snapshots(run_dir)[-1], snap)
     (snap / "optimizers.pt").write_bytes(b"PK\x03\x04 not a zip at all")
     with pytest.raises(UserError, match="optimizers.pt is damaged"):  # its recorded checksum
-        ckpt.check_snapshot(snap)
+        loading.check_snapshot(snap)
     state = json.loads((snap / "state.json").read_text())
     del state["files"]  # as snapshots of earlier releases: the file's own parser must catch it
     (snap / "state.json").write_text(json.dumps(state))
     with pytest.raises(UserError) as e:
-        ckpt.check_snapshot(snap)
+        loading.check_snapshot(snap)
     msg = str(e.value)
     assert "optimizers.pt" in msg and "Error: " in msg and "\n" not in msg
     assert msg.split("(", 1)[1].split(":", 1)[1].strip()  # the cause's first line, not just a type
@@ -167,9 +168,9 @@ def test_damaged_snapshot_parts_name_the_file_and_the_cause(run_dir, tmp_path):
     key = sorted(k for k in tensors if tensors[k].dim() == 4)[0]
     tensors[key] = torch.zeros(*[d + 1 for d in tensors[key].shape])
     save_file(tensors, snap / "generator.safetensors")
-    cfg = ckpt.read_state(snap)["config"]
+    cfg = loading.read_state(snap)["config"]
     with pytest.raises(UserError) as e:
-        ckpt.load_weights(snap, networks_of(cfg))
+        loading.load_weights(snap, networks_of(cfg))
     msg = str(e.value)
     assert "generator.safetensors" in msg and key in msg and "shape" in msg and "\n" not in msg
 
@@ -208,7 +209,7 @@ def test_leftovers_of_killed_writers_are_cleaned(run_dir, tmp_path):
                             f"restored {snaps[-1].name}"]
     assert ckpt.list_snapshots(run) == snaps
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
-    ckpt.check_snapshot(snaps[-1])
+    loading.check_snapshot(snaps[-1])
 
 
 def test_republishing_a_point_never_leaves_it_half_deleted(tmp_path, monkeypatch):
@@ -243,7 +244,7 @@ def test_state_records_a_finite_snapshot(run_dir):
     state = json.loads((ckpt.list_snapshots(run_dir)[-1] / "state.json").read_text())
     assert state["images_shown"] == 48
     for snapshot in ckpt.list_snapshots(run_dir):
-        ckpt.check_snapshot(snapshot)
+        loading.check_snapshot(snapshot)
 
 
 def test_a_flipped_bit_in_a_weight_file_is_caught_by_its_checksum(run_dir, tmp_path):
@@ -255,7 +256,7 @@ def test_a_flipped_bit_in_a_weight_file_is_caught_by_its_checksum(run_dir, tmp_p
     data[-3] ^= 0x04  # inside the last tensor: still a valid file, silently wrong weights
     (snap / "energy.safetensors").write_bytes(bytes(data))
     with pytest.raises(UserError) as e:
-        ckpt.check_snapshot(snap)
+        loading.check_snapshot(snap)
     assert "energy.safetensors is damaged" in str(e.value) and "\n" not in str(e.value)
     result = CliRunner().invoke(main, ["energy", "--ckpt", str(snap), "--data",
                                        str(run_dir), "--out", str(tmp_path / "e.csv")])

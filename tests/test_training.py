@@ -14,9 +14,11 @@ from tiny import TINY_NETWORKS, cli_args, config, networks_of, write_synthetic
 from progressive.cli.main import main
 from progressive.config.schedule import Schedule
 from progressive.core.images import to_float
-from progressive.model.networks import fade_real, network_names
+from progressive.model.layers import fade_real
+from progressive.model.networks import network_names
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
+from progressive.run import loading
 from progressive.train import loss
 from progressive.train.loop import resolve_run, train
 from progressive.train.outliers import random_scale_noise
@@ -77,7 +79,7 @@ def test_two_stages_end_to_end(dataset, tmp_path):
     assert "config.json" in files
     # The starting point and both stage ends are snapshots.
     assert len(layout.list_snapshots(tmp_path / "run")) == 3
-    run = ckpt.load_run(tmp_path / "run")
+    run = loading.load_run(tmp_path / "run")
     assert (run.res, run.alpha, run.images_shown) == (8, 1.0, total)
 
 
@@ -94,7 +96,7 @@ def test_resume_mid_fade_matches_uninterrupted_run(dataset, tmp_path, stop_kimg,
         tiny(dataset, total_kimg=stop_kimg, reset_optimizers=reset), tmp_path / "parts",
         progress=False,
     )
-    state = ckpt.read_state(half)
+    state = loading.read_state(half)
     phase = Schedule.from_config(state["config"]).at(state["images_shown"])
     assert phase.stage == 1 and phase.alpha == pytest.approx(alpha)
     cfg, run_dir, snapshot = resolve_run(
@@ -423,17 +425,17 @@ def test_average_is_kept_saved_resumed_and_used(dataset, tmp_path, network):
     a, b = load_file(full / f"{avg}.safetensors"), load_file(resumed / f"{avg}.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
-    run = ckpt.load_run(full, device="cpu")
+    run = loading.load_run(full, device="cpu")
     for key, value in getattr(run, network).state_dict().items():
         assert torch.equal(value, w[key])
-    plain = getattr(ckpt.load_run(full, device="cpu", **{f"raw_{network}": True}), network)
+    plain = getattr(loading.load_run(full, device="cpu", **{f"raw_{network}": True}), network)
     for key, value in plain.state_dict().items():  # the raw model on request
             assert torch.equal(value, raw[key])
     (full / f"{avg}.safetensors").unlink()  # a snapshot that keeps one must hold it
     from progressive.core.errors import UserError
 
     with pytest.raises(UserError, match=avg):
-        ckpt.check_snapshot(full)
+        loading.check_snapshot(full)
 
 
 def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tmp_path):
@@ -443,7 +445,7 @@ def test_energy_average_started_on_resume_begins_at_the_energy_model(dataset, tm
     cfg = tiny(dataset, energy_ema_kimg=0.008)
     torch.manual_seed(0)
     trainer = Trainer.create(cfg)
-    ckpt.load_weights(first, trainer.unwrapped())
+    loading.load_weights(first, trainer.unwrapped())
     raw = load_file(first / "energy.safetensors")
     for key, value in trainer.averages["energy_ema"].state_dict().items():
         assert torch.equal(value, raw[key])

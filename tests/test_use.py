@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import shutil
 
@@ -18,10 +19,11 @@ from tiny import networks_of, train_tiny_run
 from progressive.cli.main import main
 from progressive.core.grids import GRID_PADDING
 from progressive.core.images import load_image_file, to_uint8
-from progressive.metrics import fidelity as metrics
+from progressive.metrics import inception
 from progressive.model import latents, sampling
-from progressive.model.networks import num_parameters
-from progressive.run.checkpoint import load_run
+from progressive.model.langevin import Langevin, refine, refine_batches
+from progressive.model.layers import num_parameters
+from progressive.run.loading import load_run
 from progressive.use import generate as use
 
 RES = 16
@@ -42,6 +44,12 @@ def model(run_dir):
 def invoke(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result
+
+
+def invoke_evaluate(run_dir, data, metrics, n, *more):
+    """`progressive evaluate` of `run_dir` against `data` with --metrics, --n and `more`."""
+    return invoke("evaluate", "--ckpt", run_dir, "--data", data, "--metrics", metrics, "--n", n,
+                  *more)
 
 
 def cells(path, res=RES):
@@ -273,21 +281,10 @@ def test_evaluate_help_names_every_metric():
 
 def test_evaluate_appends_metrics_and_skips_fid_without_weights(run_dir, model, tmp_path):
     data = model.config.data.path
-    args = [
-        "evaluate",
-        "--ckpt",
-        run_dir,
-        "--data",
-        data,
-        "--metrics",
-        "swd,recon,fid,kid",
-        "--n",
-        16,
-    ]
-    r = invoke(*args)
+    r = invoke_evaluate(run_dir, data, "swd,recon,fid,kid", 16)
     assert r.exit_code == 0, r.output
     assert "FID/KID skipped" in r.output
-    r = invoke(*args[:5], "--metrics", "swd", "--n", 16)
+    r = invoke_evaluate(run_dir, data, "swd", 16)
     assert r.exit_code == 0, r.output
     swd = [json.loads(line) for line in (run_dir / "metric-swd.jsonl").read_text().splitlines()]
     recon = [json.loads(line) for line in (run_dir / "metric-recon.jsonl").read_text().splitlines()]
@@ -312,21 +309,9 @@ def test_evaluate_fid_kid_with_stand_in_weights(run_dir, model, tmp_path, monkey
 
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"stand-in")
-    monkeypatch.setattr(metrics, "load_inception", lambda path, device: StandIn())
+    monkeypatch.setattr(inception, "load_inception", lambda path, device: StandIn())
     data = model.config.data.path
-    r = invoke(
-        "evaluate",
-        "--ckpt",
-        run_dir,
-        "--data",
-        data,
-        "--metrics",
-        "fid,kid",
-        "--n",
-        12,
-        "--inception-weights",
-        weights,
-    )
+    r = invoke_evaluate(run_dir, data, "fid,kid", 12, "--inception-weights", weights)
     assert r.exit_code == 0, r.output
     fid = json.loads((run_dir / "metric-fid.jsonl").read_text().splitlines()[-1])
     kid = json.loads((run_dir / "metric-kid.jsonl").read_text().splitlines()[-1])
@@ -445,17 +430,7 @@ def test_swd_baseline_generator_is_the_one_training_started_from(run_dir, model)
     assert start.keys() == rebuilt.keys()
     for key, value in start.items():
         assert torch.equal(value, rebuilt[key]), key
-    r = invoke(
-        "evaluate",
-        "--ckpt",
-        run_dir,
-        "--data",
-        model.config.data.path,
-        "--metrics",
-        "swd",
-        "--n",
-        16,
-    )
+    r = invoke_evaluate(run_dir, model.config.data.path, "swd", 16)
     assert r.exit_code == 0 and "at initialization" in r.output, r.output
     last = json.loads((run_dir / "metric-swd.jsonl").read_text().splitlines()[-1])
     assert last["at_init"] > 0 and last["at_init"] != last["value"]
@@ -506,3 +481,21 @@ def test_sample_outdir_streams_the_same_images_as_one_call(run_dir, model, tmp_p
     monkeypatch.setattr(smp, "LATENT_CHUNK", 3)  # several chunks, every image written
     r = invoke("sample", "--ckpt", run_dir, "--n", 7, "--outdir", tmp_path / "e")
     assert r.exit_code == 0 and len(list((tmp_path / "e").glob("*.png"))) == 7
+
+
+def test_whole_set_functions_take_their_batched_forms_arguments(model):
+    batched = {sampling.sample: sampling.sample_batches, refine: refine_batches,
+               sampling.generate: sampling.generate_batches}
+    for whole, batches in batched.items():
+        assert whole.__name__ + "_batches" == batches.__name__ and whole.__doc__
+        params = inspect.signature(whole).parameters
+        assert params.keys() == inspect.signature(batches).parameters.keys()
+    empty = sampling.sample(model.generator, 0, 3, model.latent, RES, model.alpha)
+    assert empty.shape == (0, 3, RES, RES)
+    z = torch.zeros(0, model.latent)
+    assert sampling.generate(model.generator, z, RES, model.alpha).shape == (0, 3, RES, RES)
+    refined = refine(model.generator, model.energy, z, RES, model.alpha, Langevin(steps=1))
+    assert refined.shape == (0, 3, RES, RES)
+    two = sampling.sample(model.generator, 2, 3, model.latent, RES, model.alpha)
+    assert torch.equal(two, torch.cat(list(sampling.sample_batches(
+        model.generator, 2, 3, model.latent, RES, model.alpha))))

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from progressive import __version__
+from progressive.cli import train as cli_train
+from progressive.cli import use as cli_use
 from progressive.core.errors import UserError, one_line
+from progressive.data.format import META_NAME
+from progressive.data.reader import verify_dataset
+from progressive.use.info import checkpoint_summary, dataset_summary, shard_problems
+from progressive.use.plot import plot_run
 
 
 class _Group(click.Group):
@@ -46,14 +53,8 @@ def main() -> None:
               type=click.Path(dir_okay=False, path_type=str))
 def info(path: str, verify: bool, plot: str | None) -> None:
     """Summarise a dataset directory or a checkpoint (run folder or snapshot)."""
-    from pathlib import Path
-
-    from progressive.data.format import META_NAME
-
     p = Path(path)
     if p.is_dir() and (p / META_NAME).exists() or (p.is_dir() and any(p.glob("shard-*.lmdb"))):
-        from progressive.use.info import dataset_summary, shard_problems
-
         if plot:
             raise UserError(f"--plot draws a run's progress; {p} is a dataset")
         click.echo(dataset_summary(p))
@@ -61,8 +62,6 @@ def info(path: str, verify: bool, plot: str | None) -> None:
         if not verify and not problems:
             click.echo("  checked      shard sizes and headers (--verify reads every record)")
         if verify and not problems:
-            from progressive.data.reader import verify_dataset
-
             result = verify_dataset(p)
             problems = result["problems"]
             if not problems:
@@ -79,19 +78,12 @@ def info(path: str, verify: bool, plot: str | None) -> None:
     elif verify:
         raise UserError(f"--verify checks datasets; {p} is not one (no {META_NAME})")
     else:
-        from progressive.use.info import checkpoint_summary
-
         click.echo(checkpoint_summary(p))
         if plot:
-            from progressive.use.plot import plot_run
-
             click.echo(f"plot: {plot_run(p, plot)}")
 
 
 def _register() -> None:
-    from progressive.cli import train as cli_train
-    from progressive.cli import use as cli_use
-
     for command in (*cli_train.COMMANDS, *cli_use.COMMANDS):
         main.add_command(command)
 

@@ -11,10 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from progressive.config import presets
-from progressive.config.sections import PRECISIONS, TRACKERS, every_res, parse_value
+from progressive.config.keys import parse_value
+from progressive.config.migrate import migrate
+from progressive.config.sections import PRECISIONS, TRACKERS, every_res
 from progressive.core.errors import UserError
+from progressive.train import data as datasets
+from progressive.train import loop as training
+from progressive.train.plan import dry_run_summary
+from progressive.train.tracking import check_tracker
 
 KIMG = click.FloatRange(min=0)
 COUNT = click.IntRange(min=1)
@@ -126,10 +133,6 @@ def _option(*names: str, **kw: Any):
 def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_run,
           calibration_seconds, **options) -> None:
     """Train generator, energy and inference models, growing them from 4x4 to --max-res."""
-    from progressive.train import data as datasets
-    from progressive.train import loop as training
-    from progressive.train.tracking import check_tracker
-
     file_preset, values = read_config_file(config_file) if config_file else (None, {})
     values |= {_FIELDS[k]: v for k, v in options.items() if v is not None}
     if batch is not None:
@@ -146,8 +149,6 @@ def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_ru
     cfg = presets.make_config(preset, values)
     check_tracker(cfg.run.log_with)  # before anything is written
     if dry_run:
-        from progressive.train.plan import dry_run_summary
-
         click.echo(json.dumps(dry_run_summary(cfg, Path(outdir), calibration_seconds), indent=2))
         return
     cfg, run_dir, snapshot = training.resolve_run(
@@ -160,10 +161,6 @@ def train(preset, config_file, settings, outdir, name, resume, batch, lr, dry_ru
 def read_config_file(path: str) -> tuple[str | None, dict[str, Any]]:
     """The preset a JSON or YAML configuration file names and its `section.field` values; a
     flat config.json of release 0.1.0 is read through `migrate`."""
-    import yaml
-
-    from progressive.config.migrate import migrate
-
     try:
         text = Path(path).read_text()
         d = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)

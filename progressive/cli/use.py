@@ -5,8 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
 from progressive.core.errors import UserError
+from progressive.core.files import check_suffix
+from progressive.core.grids import grid_capacity, pairs, save_grid
+from progressive.metrics import fidelity as metrics
+from progressive.model.langevin import SPACES, Langevin
+from progressive.model.latents import parse_seeds
+from progressive.model.sampling import energies, prepare_real, sample_batches, sample_energies
+from progressive.model.sampling import reconstruct as reconstruct_images
+from progressive.run.folder import metric_file
+from progressive.run.loading import load_run
+from progressive.use import generate as use
+from progressive.use import inpaint as fill
+from progressive.use.evaluate import METRICS, Options, run_metrics, summary
+from progressive.use.walk_energy import energy_csv_path
 
 # Option types shared by the commands below.
 FILE = click.Path(dir_okay=False)
@@ -46,8 +60,6 @@ ALL_NETWORKS = ("generator", "inference", "energy")
 def _langevin_options(fn):
     """--langevin-steps, --langevin-step-size, --langevin-noise, --langevin-space: refinement
     by Langevin on the energy."""
-    from progressive.model.langevin import SPACES, Langevin
-
     d, space = Langevin(), click.Choice(SPACES)
     options = [
         click.option("--langevin-steps", help="Langevin steps on E.", type=COUNT0, default=0),
@@ -64,16 +76,12 @@ def _langevin_options(fn):
 
 def _chain(options: dict):
     """Take the Langevin options out of `options`: the chain they describe."""
-    from progressive.model.langevin import Langevin
-
     names = ("langevin_steps", "langevin_step_size", "langevin_noise", "langevin_space")
     return Langevin(*(options.pop(name) for name in names))
 
 
 def _load(options: dict):
     """Take the run options out of `options` and load the run they name."""
-    from progressive.run.checkpoint import load_run
-
     return load_run(
         options.pop("ckpt"), options.pop("device"), options.pop("res"),
         options.pop("raw_generator", False), options.pop("raw_inference", False),
@@ -82,8 +90,6 @@ def _load(options: dict):
 
 
 def _metric_names() -> tuple[str, ...]:
-    from progressive.use.evaluate import METRICS
-
     return METRICS
 
 
@@ -111,9 +117,6 @@ def _fmt(values) -> str:
 @click.option("--energy", help="Also each frame's energy: OUT-energy.csv, curve.", is_flag=True)
 def interpolate(**options):
     """Latent walks (1 - a) z0 + a z1 between seeds or between two real images."""
-    from progressive.model.latents import parse_seeds
-    from progressive.use import generate as use
-
     seeds, from_image, to_image = options["seeds"], options["from_image"], options["to_image"]
     images_given = from_image is not None or to_image is not None
     if sum([seeds is not None, images_given, options["smooth_video"] is not None]) != 1:
@@ -122,7 +125,6 @@ def interpolate(**options):
         raise UserError("--from and --to go together: give both images")
     if options["energy"] and options["smooth_video"] is not None:
         raise UserError("--energy goes with --seeds or --from/--to, not --smooth-video")
-    from progressive.use.walk_energy import energy_csv_path
 
     run = _load(options)
     out, steps, fps = options["out"], options["steps"], options["fps"]
@@ -135,8 +137,6 @@ def interpolate(**options):
         click.echo(f"wrote {out}: {frames} frames at {run.res}px, {fps:g} fps")
         return
     if images_given:
-        import torch
-
         max_res = run.config.schedule.max_res
         ends = [use.read_image_file(p, run.res, max_res) for p in (from_image, to_image)]
         names = [Path(p).name for p in (from_image, to_image)]
@@ -164,12 +164,6 @@ def interpolate(**options):
 @_langevin_options
 def sample(**options):
     """Random samples from the generator, optionally refined by Langevin on the energy."""
-    import torch
-
-    from progressive.core.files import check_suffix
-    from progressive.core.grids import grid_capacity, save_grid
-    from progressive.model.sampling import sample_batches, sample_energies
-
     out, outdir, n, seed = options["out"], options["outdir"], options["n"], options["seed"]
     if (out is None) == (outdir is None):
         raise UserError("give exactly one of --out (a grid) or --outdir (one PNG per image)")
@@ -212,13 +206,6 @@ def sample(**options):
 @click.option("--n", help="Number of images.", type=COUNT, default=32)
 def reconstruct(**options):
     """Encode real images (inference mean) and decode them again."""
-    from progressive.core.files import check_suffix
-    from progressive.core.grids import pairs, save_grid
-    from progressive.metrics import fidelity as metrics
-    from progressive.model.sampling import prepare_real
-    from progressive.model.sampling import reconstruct as reconstruct_images
-    from progressive.use import generate as use
-
     run, out = _load(options), options["out"]
     _, real = use.load_images(options["data"], run.res, run.config.schedule.max_res, options["n"])
     recon = reconstruct_images(run.generator, run.inference, real, run.res, run.alpha)
@@ -237,9 +224,6 @@ def reconstruct(**options):
 @click.option("--n", help="Only the first N images.", type=COUNT)
 def energy(**options):
     """Score images by energy (low = data-like)."""
-    from progressive.model.sampling import energies
-    from progressive.use import generate as use
-
     run, out = _load(options), options["out"]
     skipped: list[tuple[str, str]] = []
     max_res = run.config.schedule.max_res
@@ -269,9 +253,6 @@ def energy(**options):
               type=click.Choice(["pepper50", "pepper70", "block20", "block30", "blocks10"]))
 def evaluate(**options):
     """Compute metrics and append them to metric-<name>.jsonl in the run folder."""
-    from progressive.run.folder import metric_file
-    from progressive.use.evaluate import METRICS, Options, run_metrics, summary
-
     names = [m.strip() for m in options.pop("metric_names").split(",") if m.strip()]
     if not names:
         raise UserError(f"--metrics is empty; choose from {', '.join(METRICS)}")
@@ -314,9 +295,6 @@ def evaluate(**options):
 @click.option("--energy-lr", help="Their step size.", type=POSITIVE, default=0.01)
 def inpaint(**options):
     """Fill the missing pixels of images with the model; visible pixels are kept exactly."""
-    from progressive.use import generate as use
-    from progressive.use import inpaint as fill
-
     masks_dir, occlude = options["masks_dir"], options["occlude"]
     if (masks_dir is None) == (occlude is None):
         raise UserError("give exactly one of --masks DIR or --occlude KIND")

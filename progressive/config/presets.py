@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from progressive.config.sections import Config, every_res, replace
+from progressive.config.keys import replace
+from progressive.config.sections import Config, every_res
 from progressive.config.sizing import (
     PGGAN_BATCH,
     PGGAN_LR,
@@ -98,7 +99,7 @@ def make_config(
     """A preset with `section.field` values set over it.
 
     `preset` None or "auto": the sizing rule for `schedule.max_res` (default 32) on `device`
-    (default: the GPU if there is one). Values are typed (`sections.parse_value` reads text).
+    (default: the GPU if there is one). Values are typed (`keys.parse_value` reads text).
     """
     values = dict(values or {})
     name = preset or AUTO

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from progressive.core.resolutions import ALL_RES
 
 FMAP_MIN = 16  # no layer of any network is narrower than this (progressive GAN's 1024 width)
@@ -44,8 +46,6 @@ PGGAN_LR = {4: 1e-3, 8: 1e-3, 16: 1e-3, 32: 1e-3, 64: 1e-3, 128: 1.5e-3, 256: 2e
 
 def default_device() -> str:
     """'cuda' when training would run on a GPU, else 'cpu' (accelerate's choice)."""
-    import torch
-
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 from torch import Tensor
@@ -48,8 +49,6 @@ def save_animation(
 ) -> None:
     """Frames (N, H, W, 3) uint8, or an iterable of such batches, as a .gif (looping) or .mp4
     (H.264 via imageio-ffmpeg), written frame by frame as they come."""
-    import imageio.v2 as imageio
-
     batches = [frames] if isinstance(frames, np.ndarray) else frames
     with atomic_write(path) as tmp:
         if tmp.suffix.lower() == ".gif":

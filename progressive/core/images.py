@@ -7,15 +7,20 @@ the same ones, so a photo is prepared exactly as a dataset image would be.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import ParamSpec
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
+
+P = ParamSpec("P")
 
 RESIZE_FILTER = "PIL.Image.LANCZOS"
 ALPHA_POLICY = "composited over white"
@@ -207,3 +212,22 @@ def to_float(images: Tensor) -> Tensor:
     if images.dtype == torch.uint8:
         return images.float() / 127.5 - 1
     return images.float()
+
+
+def all_at_once(batches: Callable[P, Iterable[Tensor]], name: str, doc: str) -> Callable[P, Tensor]:
+    """The function `name` (documented by `doc`) that takes the arguments of `batches`, a
+    function yielding image batches (B, 3, res, res) at its argument `res`, and returns them
+    all in one tensor: (0, 3, res, res) when there are none."""
+    signature = inspect.signature(batches)
+
+    def whole(*args: P.args, **kwargs: P.kwargs) -> Tensor:
+        out = list(batches(*args, **kwargs))
+        if out:
+            return torch.cat(out)
+        res = signature.bind(*args, **kwargs).arguments["res"]
+        return torch.zeros(0, 3, res, res)
+
+    whole.__name__ = whole.__qualname__ = name
+    whole.__module__, whole.__doc__ = batches.__module__, doc
+    whole.__signature__ = signature.replace(return_annotation=Tensor)  # type: ignore[attr-defined]
+    return whole

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from torchvision.io import decode_jpeg, decode_png
+from tqdm import tqdm
 
 from progressive.core.errors import UserError
 from progressive.core.files import first_line
@@ -325,8 +326,6 @@ def verify_dataset(root: str | os.PathLike, progress: bool = True, chunk: int = 
     sizes and headers, then each record's checksum (version 2) and decoding. Returns
     {"records": records checked, "problems": one line per damaged shard or record, saying what
     is wrong (not what to do)}."""
-    from tqdm import tqdm
-
     meta = read_meta(root)
     resolutions = meta["resolutions"]
     problems: list[str] = []

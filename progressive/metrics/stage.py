@@ -30,8 +30,10 @@ from progressive.config.sections import Config
 from progressive.core.errors import UserError
 from progressive.core.files import append_jsonl, read_jsonl
 from progressive.core.images import to_float, to_uint8
+from progressive.data.reader import ImageDataset
 from progressive.metrics import fidelity as metrics
-from progressive.model.networks import fade_real, in_use, initial_networks
+from progressive.model.layers import fade_real
+from progressive.model.networks import in_use, initial_networks
 from progressive.run.folder import EVALUATIONS_NAME
 
 EVALUATIONS = EVALUATIONS_NAME
@@ -81,8 +83,6 @@ class StageEvaluator:
     ):
         """`starting_networks(cfg)`: the networks as the run started them, for SWD at
         initialization; default `networks.initial_networks`."""
-        from progressive.data.reader import ImageDataset
-
         self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
         self._starting_networks = starting_networks or initial_networks
         count = len(ImageDataset(cfg.data.path, 4))
@@ -101,8 +101,6 @@ class StageEvaluator:
         return self.n >= HOLDOUT_MIN
 
     def _reals(self, res: int, indices: list[int]) -> Tensor:
-        from progressive.data.reader import ImageDataset
-
         return ImageDataset(self.cfg.data.path, res).batch(indices)
 
     def _swd_at_init(self, res: int, real: Tensor, alpha: float) -> dict:

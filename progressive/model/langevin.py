@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from progressive.core.errors import UserError
+from progressive.core.images import all_at_once
 from progressive.model import budget
 
 SPACES = ("image", "latent")
@@ -123,25 +124,6 @@ def _clamp_image(x: Tensor) -> Tensor:
     return x.clamp(-1.0, 1.0)
 
 
-def refine(
-    generator: torch.nn.Module,
-    energy: torch.nn.Module,
-    z: Tensor,
-    res: int,
-    alpha: float,
-    settings: Langevin,
-    *,
-    seed: int = 0,
-    batch: int | None = None,
-) -> Tensor:
-    """Images g(z) refined by `settings`: float (N, 3, res, res) in [-1, 1], on the CPU.
-
-    With zero steps the result is exactly the generator's clamped output for `z`.
-    """
-    out = list(refine_batches(generator, energy, z, res, alpha, settings, seed=seed, batch=batch))
-    return torch.cat(out) if out else torch.zeros(0, 3, res, res)
-
-
 def refine_batches(
     generator: torch.nn.Module,
     energy: torch.nn.Module,
@@ -181,3 +163,12 @@ def refine_batches(
                 image_potential(energy, alpha), x, generator=noise, project=_clamp_image, **chain
             )
         yield x.cpu()
+
+
+refine = all_at_once(
+    refine_batches, "refine",
+    """Images g(z) refined by `settings`: float (N, 3, res, res) in [-1, 1], on the CPU.
+
+    With zero steps the result is exactly the generator's clamped output for `z`.
+    """,
+)

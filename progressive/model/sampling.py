@@ -8,15 +8,15 @@ models see what they were trained on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from progressive.core.images import to_float
+from progressive.core.images import all_at_once, to_float
 from progressive.model import budget
 from progressive.model.langevin import Langevin, refine_batches
-from progressive.model.networks import fade_real
+from progressive.model.layers import fade_real
 
 
 def generate_batches(
@@ -33,12 +33,9 @@ def generate_batches(
             yield generator(z[i : i + batch].to(device), res, alpha).float().clamp(-1, 1).cpu()
 
 
-def generate(
-    generator: torch.nn.Module, z: Tensor, res: int, alpha: float, batch: int | None = None
-) -> Tensor:
-    """Images (N, 3, res, res), float in [-1, 1] (clamped), on the CPU."""
-    out = list(generate_batches(generator, z, res, alpha, batch))
-    return torch.cat(out) if out else torch.zeros(0, 3, res, res)
+generate = all_at_once(
+    generate_batches, "generate", "Images (N, 3, res, res), float in [-1, 1] (clamped), on the CPU."
+)
 
 
 def _batch(kind: str, net: torch.nn.Module, res: int, alpha: float, batch: int | None) -> int:
@@ -78,23 +75,11 @@ def sample_batches(
                                       first=first)
 
 
-def sample(
-    generator: torch.nn.Module,
-    n: int,
-    seed: int,
-    latent: int,
-    res: int,
-    alpha: float,
-    truncation: float = 1.0,
-    *,
-    energy: torch.nn.Module | None = None,
-    chain: Langevin | None = None,
-) -> Tensor:
+sample = all_at_once(
+    sample_batches, "sample",
     """n images from z ~ N(0, I) (one seeded stream), pulled toward the mean latent 0 by
-    `truncation` (z * psi), then refined by the Langevin `chain` on `energy` when given."""
-    args = (generator, n, seed, latent, res, alpha, truncation)
-    out = list(sample_batches(*args, energy=energy, chain=chain))
-    return torch.cat(out) if out else torch.zeros(0, 3, res, res)
+    `truncation` (z * psi), then refined by the Langevin `chain` on `energy` when given.""",
+)
 
 
 def prepare_real(images: Tensor, alpha: float) -> Tensor:
@@ -115,30 +100,32 @@ def encode(
     ])
 
 
-@torch.no_grad()
 def energies(
     energy: torch.nn.Module, images: Tensor, alpha: float, batch: int | None = None
 ) -> Tensor:
     """Energy of each uint8 image (N,), on the CPU; low = data-like."""
-    device = next(energy.parameters()).device
-    step = _batch("energy", energy, images.shape[-1], alpha, batch)
-    parts = [
-        energy(prepare_real(images[i : i + step], alpha).to(device), alpha).cpu()
-        for i in range(0, len(images), step)
-    ]
-    return torch.cat(parts) if parts else torch.zeros(0)
+    return _scores(energy, images, alpha, batch, lambda x: prepare_real(x, alpha))
 
 
-@torch.no_grad()
 def sample_energies(
     energy: torch.nn.Module, images: Tensor, alpha: float, batch: int | None = None
 ) -> Tensor:
     """Energy of each generated float image (N,), on the CPU: scored as the generator's output,
     the way training scores it (no real-image fade)."""
+    return _scores(energy, images, alpha, batch, lambda x: x)
+
+
+@torch.no_grad()
+def _scores(
+    energy: torch.nn.Module, images: Tensor, alpha: float, batch: int | None,
+    prepare: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """Energy (N,) of `prepare`d images, in budget-sized batches unless `batch` is given."""
     device = next(energy.parameters()).device
     step = _batch("energy", energy, images.shape[-1], alpha, batch)
     parts = [
-        energy(images[i : i + step].to(device), alpha).cpu() for i in range(0, len(images), step)
+        energy(prepare(images[i : i + step]).to(device), alpha).cpu()
+        for i in range(0, len(images), step)
     ]
     return torch.cat(parts) if parts else torch.zeros(0)
 

@@ -22,6 +22,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import torch.distributed as dist
+
 from progressive.core.errors import UserError
 
 LOCK_NAME = "lock"
@@ -124,7 +126,6 @@ class Watchdog:
     def _connect(self):
         if self.world_size < 2:
             return None
-        import torch.distributed as dist
 
         host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
         if not host or not port:

@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 from progressive.config.sections import Config
+from progressive.config.sizing import builtin_encoding
 from progressive.core.errors import UserError
 from progressive.data.format import META_NAME, read_meta
+from progressive.data.synthetic import SyntheticSource
+from progressive.data.writer import write_dataset
 from progressive.metrics import stage as evaluation
 from progressive.train import pca_path
 
@@ -15,10 +18,6 @@ from progressive.train import pca_path
 def render_builtin_dataset(path: Path, max_res: int, count: int) -> None:
     """Render the built-in synthetic dataset once; later runs reuse it. Raw pixels up to
     256 px, JPEG above (`sizing.builtin_encoding`), so 1024 px stays small and quick."""
-    from progressive.config.sizing import builtin_encoding
-    from progressive.data.synthetic import SyntheticSource
-    from progressive.data.writer import write_dataset
-
     if not (path / META_NAME).exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_dataset(

@@ -17,7 +17,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from accelerate import InitProcessGroupKwargs
+from accelerate.utils import get_int_from_env
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
 
 
 def world_size() -> int:
@@ -37,8 +39,6 @@ def process_group_kwargs(timeout_s: float) -> InitProcessGroupKwargs:
 def launched_rank() -> int:
     """This process's global rank as its launcher set it (torchrun, MPI), readable before any
     process group exists; 0 when it was not launched as one of several."""
-    from accelerate.utils import get_int_from_env
-
     return get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
 
 
@@ -47,7 +47,6 @@ def gather_batch(*tensors: Tensor) -> tuple[Tensor, ...] | None:
     with respect to this rank's share; None in a single process (use the tensors as they are)."""
     if world_size() == 1:
         return None
-    from torch.distributed.nn.functional import all_gather
 
     with warnings.catch_warnings():  # its successor is private; this one works on gloo too
         warnings.simplefilter("ignore", FutureWarning)

@@ -11,9 +11,10 @@ from accelerate import Accelerator
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from progressive.config.keys import replace
 from progressive.config.presets import check_same_networks
 from progressive.config.schedule import Phase, Schedule
-from progressive.config.sections import Config, replace
+from progressive.config.sections import Config
 from progressive.core.errors import UserError, one_line
 from progressive.core.files import write_json_atomic
 from progressive.core.grids import pairs, save_grid
@@ -21,12 +22,11 @@ from progressive.core.images import to_float
 from progressive.data.masks import fade_mask, fill
 from progressive.data.reader import ImageDataset, make_loader
 from progressive.metrics import stage as evaluation
-from progressive.model.networks import (
-    fade_real,
-    in_use,
-)
+from progressive.model.layers import fade_real
+from progressive.model.networks import in_use
 from progressive.run import checkpoint as ckpt
 from progressive.run import folder as layout
+from progressive.run import loading
 from progressive.run.lock import RunLock, Watchdog
 from progressive.train import distributed, pca_path, precision, signals, tracking
 from progressive.train.data import check_data, check_dataset, render_builtin_dataset
@@ -208,9 +208,9 @@ def _train_locked(
     last_good = None
     if snapshot is not None:
         snapshot = layout.resolve_snapshot(snapshot)
-        images_shown = ckpt.read_state(snapshot)["images_shown"]
-        ckpt.load_weights(snapshot, trainer.unwrapped())
-        ckpt.load_optimizers(snapshot, trainer.optimizers)
+        images_shown = loading.read_state(snapshot)["images_shown"]
+        loading.load_weights(snapshot, trainer.unwrapped())
+        loading.load_optimizers(snapshot, trainer.optimizers)
         last_good = snapshot
     cfg = _resolve_data(cfg, run_dir, acc)
     dataset_meta = check_dataset(cfg.data.path, cfg.schedule.max_res, cfg.data.holdout)
@@ -335,7 +335,7 @@ def resolve_run(
     branching = False
     if resume not in (None, "auto"):
         snapshot = source = layout.resolve_snapshot(resume)
-        ckpt.check_snapshot(snapshot)
+        loading.check_snapshot(snapshot)
         run_dir = snapshot.parent
         if name is not None and (out / name).resolve() != run_dir.resolve():
             run_dir = out / name  # a branch: the source run stays as it is
@@ -348,14 +348,14 @@ def resolve_run(
                 f"run {run_dir} already has snapshots; pass --resume auto to continue "
                 "it, or --name to start another run"
             )
-        snapshot = source = ckpt.newest_usable_snapshot(run_dir, notify) if existing else None
+        snapshot = source = loading.newest_usable_snapshot(run_dir, notify) if existing else None
         if existing and snapshot is None:
             raise UserError(
                 f"run {run_dir} has no usable snapshot (each is damaged or non-finite, see "
                 "above); pass --name to start another run"
             )
     if snapshot is not None:
-        saved = ckpt.read_state(source)["config"]
+        saved = loading.read_state(source)["config"]
         cfg = replace(saved, values)
         check_same_networks(saved, cfg, source)
     if resume is not None:
@@ -369,7 +369,7 @@ def _branch(snapshot: Path, run_dir: Path) -> Path:
     """The branch's copy of `snapshot` in `run_dir`, made by the main process only (several
     would race on one folder); the others get its path, which they read only after training's
     first collective has met the main process."""
-    shown = ckpt.read_state(snapshot)["images_shown"]
+    shown = loading.read_state(snapshot)["images_shown"]
     if distributed.launched_rank() != 0:
         return layout.snapshot_dir(run_dir, shown)
     return layout.branch(snapshot, shown, run_dir)

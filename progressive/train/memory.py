@@ -19,12 +19,15 @@ import weakref
 from collections.abc import Iterable
 
 import torch
+from accelerate.utils import convert_outputs_to_fp32
 from torch._subclasses.fake_tensor import FakeCopyMode, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from progressive.config.schedule import NETWORKS, Phase
 from progressive.config.sections import Config
+from progressive.model.networks import OPTIONAL_AVERAGES, initial_networks
+from progressive.train.trainer import GeneratorInference, Trainer
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,8 +126,6 @@ class _Accelerator:
         return torch.autocast("cpu", dtype=self.dtype)
 
     def prepare(self, *objects):
-        from accelerate.utils import convert_outputs_to_fp32
-
         for module in objects:
             if self.dtype is not None:
                 module.forward = convert_outputs_to_fp32(
@@ -148,9 +149,6 @@ class _Accelerator:
 def _trainer(cfg: Config, mixed_precision: str):
     """A `Trainer` built as `Trainer.create` builds one, on the fake device: the networks at
     full size (averages copied within the fake mode), Adam per network, modules prepared."""
-    from progressive.model.networks import OPTIONAL_AVERAGES, initial_networks
-    from progressive.train.trainer import GeneratorInference, Trainer
-
     acc = _Accelerator(mixed_precision)
     with FakeCopyMode(torch._guards.detect_fake_mode()):
         nets = initial_networks(cfg)

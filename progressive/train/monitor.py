@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from progressive.config.schedule import Phase
@@ -68,7 +69,6 @@ def agree(acc: Accelerator, value: str | None) -> str | None:
     """The main process's `value` on every rank."""
     if acc.num_processes == 1:
         return value
-    from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value], from_process=0)[0]
 

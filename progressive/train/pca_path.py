@@ -1,5 +1,5 @@
 """The principal-component path of the generator and inference model: fitted once on the
-training images before the first step, then fixed (see `networks.PrincipalPath`).
+training images before the first step, then fixed (see `layers.PrincipalPath`).
 
 In a short run the convolutional networks do not reach the reconstruction error of as many
 principal components as the latent has dimensions, even trained as a plain autoencoder

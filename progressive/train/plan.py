@@ -17,11 +17,19 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from progressive.config.schedule import NETWORKS, Schedule
+from progressive.config.schedule import NETWORKS, Phase, Schedule
 from progressive.config.sections import Config
-from progressive.config.sizing import RULE_TEXT, default_device
-from progressive.model.networks import build_networks, channels, num_parameters
+from progressive.config.sizing import RULE_TEXT, builtin_encoding, default_device
+from progressive.core import images as im
+from progressive.core.files import tree_size
+from progressive.data.synthetic import render
+from progressive.data.writer import encodings_for
+from progressive.model.layers import channels, num_parameters
+from progressive.model.networks import build_networks
+from progressive.run.folder import builtin_dataset_path
 from progressive.train import memory, precision
+from progressive.train.data import check_data
+from progressive.train.trainer import Trainer
 
 CALIBRATION_STEPS = 2  # timed steps per resolution, after one warm-up step
 MAX_STEP_SECONDS = 1.0  # a resolution whose step takes longer ends the measured part
@@ -46,9 +54,6 @@ def _forward_flops(cfg: Config, res: int) -> float:
 def _calibrate(cfg: Config, resolutions: list[int], budget_s: float) -> dict[int, dict]:
     """Seconds per image of real training steps (random pixels) at each resolution, lowest
     first, until the budget is spent or one step takes longer than MAX_STEP_SECONDS."""
-    from progressive.config.schedule import Phase
-    from progressive.train.trainer import Trainer
-
     trainer = Trainer.create(cfg)
     device = trainer.accelerator.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -88,18 +93,10 @@ def builtin_data_cost(cfg: Config, out: Path) -> dict:
     """Where the built-in data goes and what rendering it costs: disk and seconds from one
     image rendered, pyramided and encoded here (timed), times the image count, over every core
     (the writer's default)."""
-    from progressive.config.sizing import builtin_encoding
-    from progressive.core import images as im
-    from progressive.data.synthetic import render
-    from progressive.data.writer import encodings_for
-    from progressive.run.folder import builtin_dataset_path
-
     max_res, count = cfg.schedule.max_res, cfg.data.synthetic_count
     path = builtin_dataset_path(out, max_res, count)
     info = {"path": str(path), "images": count, "encoding": builtin_encoding(max_res)}
     if (path / "meta.json").exists():
-        from progressive.core.files import tree_size
-
         return info | {"exists": True, "disk_bytes": tree_size(path), "seconds_expected": 0.0}
     enc = encodings_for(max_res, info["encoding"])
     timings, sizes = [], 0
@@ -120,8 +117,6 @@ def builtin_data_cost(cfg: Config, out: Path) -> dict:
 
 def dry_run_summary(cfg: Config, out: Path, calibration_s: float = 20.0) -> dict:
     """The resolved configuration and the plan of the run (see the module doc) as a dict."""
-    from progressive.train.data import check_data
-
     check_data(cfg)
     device = default_device()
     schedule = Schedule.from_config(cfg)

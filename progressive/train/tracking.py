@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import is_tensorboard_available, is_wandb_available
+from torchvision.utils import make_grid
 
 from progressive.config.sections import Config
 from progressive.core.errors import UserError
@@ -20,8 +22,6 @@ PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 def available(name: str) -> bool:
     """Whether the tracker `name` can be imported."""
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
-
     return {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}[name]()
 
 
@@ -83,7 +83,6 @@ class Tracking:
         """Image grids (float [-1, 1] batches) by tag, as the PNGs of the run folder show them."""
         if self.name is None or not self.acc.is_main_process:
             return
-        from torchvision.utils import make_grid
 
         chw = {tag: make_grid(images.float().cpu(), nrow=nrow, padding=GRID_PADDING,
                               normalize=True, value_range=(-1, 1))

@@ -12,16 +12,13 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from progressive.config.schedule import NETWORKS, Phase
 from progressive.config.sections import Config
+from progressive.config.sizing import default_device
 from progressive.core.float32 import set_deterministic_convolutions, set_float32_math
 from progressive.core.images import to_float
 from progressive.data.masks import fade_mask, fill
 from progressive.model.langevin import langevin
-from progressive.model.networks import (
-    AVERAGE_OF,
-    OPTIONAL_AVERAGES,
-    fade_real,
-    initial_networks,
-)
+from progressive.model.layers import fade_real
+from progressive.model.networks import AVERAGE_OF, OPTIONAL_AVERAGES, initial_networks
 from progressive.train import amp, distributed, precision
 from progressive.train import loss as triangle
 from progressive.train.outliers import random_scale_noise
@@ -40,8 +37,6 @@ def make_accelerator(cfg: Config, project_dir: str | os.PathLike | None = None) 
     """The accelerator for a run: its mixed precision and tracker (writing under
     `project_dir`, the run folder); DDP told that blocks above the current resolution (and the
     faded-out RGB adapter) are legitimately unused."""
-    from progressive.config.sizing import default_device
-
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # The device type as accelerate will pick it, without starting accelerate's process state
     # before the Accelerator does (that would leave each rank a process of its own).

@@ -8,7 +8,7 @@ import os
 
 from progressive.core.errors import UserError
 from progressive.model.langevin import Langevin
-from progressive.run.checkpoint import LoadedRun
+from progressive.run.loading import LoadedRun
 from progressive.use import metric_set
 from progressive.use.metric_parts import initial_generator as _initial_generator
 from progressive.use.registry import METRICS as REGISTRY

@@ -1,7 +1,7 @@
 """The work of the commands that use a trained run: image inputs, latent walks and videos
 written to files, energy scores written to CSV.
 
-Built from `checkpoint.load_run` (the networks and where to use them), `latents`, `sampling`
+Built from `loading.load_run` (the networks and where to use them), `latents`, `sampling`
 and `grids`; evaluation is in `evaluation`.
 """
 
@@ -24,7 +24,9 @@ from progressive.data.format import META_NAME
 from progressive.data.reader import ImageDataset
 from progressive.model.latents import seed_latents, smooth_latents, walk_latents
 from progressive.model.sampling import encode, generate_batches, sample_energies
-from progressive.run.checkpoint import LoadedRun
+from progressive.run.loading import LoadedRun
+from progressive.use import inpaint as fill
+from progressive.use import walk_energy
 
 # --------------------------------------------------------------------------- image input
 
@@ -114,8 +116,6 @@ def interpolate(
     grid gets the energy curve of each walk underneath; `names` label the endpoints.
     A grid beyond `grid_capacity` images or an animation beyond MAX_FRAMES is refused.
     """
-    from progressive.use import walk_energy
-
     out = check_suffix(out, (".png", ".jpg", ".gif", ".mp4"), "--out")
     animated = out.suffix.lower() in (".gif", ".mp4")
     walks = len(endpoints_images) - 1 if endpoints_images is not None else len(seeds or []) - 1
@@ -213,8 +213,6 @@ def inpaint(
 ) -> int:
     """Complete the images of `images` (a folder or dataset) whose pixels the masks hide;
     writes one PNG per image and grid.png (occluded | completed | original) into `out`."""
-    from progressive.use import inpaint as fill
-
     names, real = load_images(images, run.res, max_res, n)
     if occlude is not None:
         masks = fill.occlusion_masks(occlude, seed, len(real), max_res, run.res)

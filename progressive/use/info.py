@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from progressive.config.schedule import Schedule
+from progressive.core.errors import UserError
+from progressive.core.files import tree_size
+from progressive.data.format import FORMAT, REJECTED_NAME, check_shard, read_meta
+from progressive.metrics.stage import read_evaluations, summary_line
+from progressive.model.networks import network_names
+from progressive.run.folder import list_snapshots, metric_files, resolve_snapshot
+from progressive.run.loading import read_state
 
 
 def dataset_summary(path: Path) -> str:
     """A human-readable summary of the dataset at `path`: images, resolutions, shards, source."""
-    import json
-
-    from progressive.core.files import tree_size
-    from progressive.data.format import FORMAT, REJECTED_NAME, read_meta
-
     path = Path(path)
     meta = read_meta(path)
     checks = ("per-record CRC32, shard sizes" if meta["version"] >= 2 else
@@ -71,9 +78,6 @@ def dataset_summary(path: Path) -> str:
 def shard_problems(path: Path) -> list[str]:
     """One line per shard of the dataset at `path` whose size or header is wrong (cheap: two
     pages per shard are read)."""
-    from progressive.core.errors import UserError
-    from progressive.data.format import check_shard, read_meta
-
     meta = read_meta(path)
     problems = []
     for shard in meta["shards"]:
@@ -116,16 +120,6 @@ def checkpoint_summary(path: Path) -> str:
 
     Reads only `state.json` and the safetensors headers, so it is quick at any model size.
     """
-    import json
-
-    from safetensors import SafetensorError, safe_open
-
-    from progressive.config.schedule import Schedule
-    from progressive.core.errors import UserError
-    from progressive.model.networks import network_names
-    from progressive.run.checkpoint import read_state
-    from progressive.run.folder import list_snapshots, metric_files, resolve_snapshot
-
     snapshot = resolve_snapshot(path)
     state = read_state(snapshot)
     cfg, shown = state["config"], state["images_shown"]
@@ -169,7 +163,6 @@ def checkpoint_summary(path: Path) -> str:
                          f"{last['images_shown']:,} images shown")
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             lines.append(f"  {metric_file.stem:17s} unreadable")
-    from progressive.metrics.stage import read_evaluations, summary_line
 
     evals = read_evaluations(run_dir)
     if evals:

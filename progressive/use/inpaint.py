@@ -28,8 +28,8 @@ from progressive.core.errors import UserError
 from progressive.core.images import to_float, to_uint8
 from progressive.data import masks as mk
 from progressive.model import budget
-from progressive.model.networks import fade_real
-from progressive.run.checkpoint import LoadedRun
+from progressive.model.layers import fade_real
+from progressive.run.loading import LoadedRun
 
 
 @dataclass

@@ -15,10 +15,11 @@ from progressive.data.reader import ImageDataset
 from progressive.model import budget
 from progressive.model.networks import build_networks, in_use
 from progressive.model.sampling import energies, prepare_real, sample
-from progressive.run.checkpoint import LoadedRun, load_weights, read_state
 from progressive.run.folder import list_snapshots, snapshot_dir
+from progressive.run.loading import LoadedRun, load_weights, read_state
 from progressive.train import outliers
 from progressive.train.pca_path import starting_networks
+from progressive.use import inpaint
 from progressive.use.generate import load_images
 
 NOISE_PREFIX = "noise:"  # --ood noise:KIND, the built-in sets of images no dataset holds
@@ -37,8 +38,6 @@ def recovery(
 ) -> dict:
     """The recovery error of the model's completion, of the mean-colour fill and of the
     harmonic fill."""
-    from progressive.use import inpaint
-
     if occlude is not None:
         masks = inpaint.occlusion_masks(occlude, seed, len(real), ds.max_res, run.res)
         how = {"occlude": occlude, "mask_seed": seed}

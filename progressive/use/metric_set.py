@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from progressive.core.images import to_uint8
 from progressive.metrics import fidelity as metrics
-from progressive.metrics import pca, quality
+from progressive.metrics import inception, pca, quality
 from progressive.model import budget
 from progressive.model.sampling import energies, generate_batches, prepare_real
 from progressive.run.folder import METRIC_CACHE_NAME
@@ -21,8 +22,6 @@ __all__ = ["record"]
 
 def _chunked_mse(ctx: Context, images) -> Tensor:
     """Per-image MSE of the held-out images (as faded) against an iterable of float batches."""
-    import torch
-
     out, i = [], 0
     for x in images:
         out.append(metrics.reconstruction_error(ctx.real_in[i : i + len(x)], x))
@@ -60,8 +59,6 @@ def swd(ctx: Context) -> dict | None:
 
 
 def sample_latents(ctx: Context) -> Tensor:
-    import torch
-
     gen = torch.Generator().manual_seed(ctx.options.seed)
     return torch.randn(ctx.n, ctx.run.latent, generator=gen)
 
@@ -115,19 +112,19 @@ def _fid_kid(ctx: Context) -> dict | None:
     def compute() -> dict | None:
         run, opt = ctx.run, ctx.options
         try:
-            extractor = metrics.load_inception(opt.inception_weights, run.device)
-        except metrics.InceptionUnavailable as e:
+            extractor = inception.load_inception(opt.inception_weights, run.device)
+        except inception.InceptionUnavailable as e:
             opt.notify(str(e))
             return None
-        cache = metrics.real_feature_cache(
+        cache = inception.real_feature_cache(
             Path(run.run_dir) / METRIC_CACHE_NAME, Path(opt.data), run.res, ctx.n,
             Path(opt.inception_weights),
         )
-        f_real = metrics.cached_real_features(
-            cache, lambda: metrics.inception_features(extractor, ctx.real_in)
+        f_real = inception.cached_real_features(
+            cache, lambda: inception.inception_features(extractor, ctx.real_in)
         )
-        f_fake = metrics.inception_features(extractor, ctx.samples()["images"])
-        return metrics.fid_kid(f_real, f_fake, kid_subset_size=min(1000, ctx.n), seed=opt.seed)
+        f_fake = inception.inception_features(extractor, ctx.samples()["images"])
+        return inception.fid_kid(f_real, f_fake, kid_subset_size=min(1000, ctx.n), seed=opt.seed)
 
     return ctx.once("fid-kid", compute)
 

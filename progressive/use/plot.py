@@ -12,25 +12,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
+from progressive.config.schedule import Schedule
 from progressive.core.errors import UserError
 from progressive.core.files import read_jsonl
-from progressive.run.folder import STATS_NAME
+from progressive.metrics.stage import read_evaluations
+from progressive.run.folder import STATS_NAME, resolve_snapshot
+from progressive.run.loading import read_state
 
 LOSSES = ("rec_per_pixel", "kl", "latent_nll", "energy_real", "energy_fake")
 
 
 def plot_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Draw the run's progress (see the module doc) to the PNG `out`, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from progressive.config.schedule import Schedule
-    from progressive.metrics.stage import read_evaluations
-    from progressive.run.checkpoint import read_state
-    from progressive.run.folder import resolve_snapshot
-
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--plot {out}: the file name must end in .png")
@@ -43,7 +38,8 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise UserError(f"{run_dir} has no stats.jsonl or evaluations.jsonl to plot yet")
     schedule = Schedule.from_config(cfg)
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig = Figure(figsize=(16, 8.5))  # drawn by Agg without pyplot's global state
+    axes = fig.subplots(2, 3)
     (ax_swd, ax_rec, ax_loss), (ax_e, ax_hist, ax_text) = axes
     shown_max = max([e["images_shown"] for e in evals] + [s["images_shown"] for s in stats] + [1])
 
@@ -119,6 +115,5 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike) -> Path:
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, out)
     return out

@@ -21,9 +21,9 @@ from progressive.data.reader import ImageDataset
 from progressive.metrics import pca, quality
 from progressive.model import budget
 from progressive.model.langevin import Langevin, refine_batches
-from progressive.model.sampling import generate_batches, prepare_real, sample_energies
-from progressive.run.checkpoint import LoadedRun
+from progressive.model.sampling import energies, generate_batches, prepare_real, sample_energies
 from progressive.run.folder import metric_file
+from progressive.run.loading import LoadedRun
 
 PCA_TRAINING_IMAGES = 10000  # training images the PCA baselines are fitted on, at most
 
@@ -108,8 +108,6 @@ class Context:
             if "energy" in self.names:
                 out["energy"].append(sample_energies(run.energy, x, run.alpha))
             if "energy-auroc" in self.names and not refined:
-                from progressive.model.sampling import energies
-
                 out["faded"].append(energies(run.energy, x, run.alpha))
         return {k: torch.cat(v) for k, v in out.items() if v}
 
