@@ -52,6 +52,18 @@ def test_laplacian_pyramid_reconstructs_the_image():
     assert flat[0].abs().max() < 1e-4 and torch.allclose(flat[1], torch.full_like(flat[1], 7.0))
 
 
+def test_the_pyramids_blur_is_the_binomial_kernel_with_mirrored_edges():
+    impulse = torch.zeros(1, 3, 9, 9)
+    impulse[:, :, 4, 4] = 16.0 * 16.0
+    taps = torch.tensor([1.0, 4, 6, 4, 1])
+    blurred = metrics._blur(impulse)
+    assert torch.allclose(blurred[0, 1, 2:7, 2:7], taps[:, None] * taps[None, :])
+    corner = torch.zeros(1, 1, 9, 9)
+    corner[..., 0, 0] = 1.0
+    # mirror padding reflects the outside taps back in: the corner keeps (6/16)^2, not less
+    assert abs(metrics._blur(corner)[0, 0, 0, 0].item() - (6 / 16) ** 2) < 1e-6
+
+
 def test_patch_descriptors_shapes_and_normalisation():
     images = _smooth_images(6, 32, seed=0)
     desc = metrics.patch_descriptors(images, patches_per_image=10)
