@@ -109,20 +109,28 @@ def laplace_fill(values: Tensor, observed: Tensor, tol: float = 1e-5) -> Tensor:
     0: each missing pixel the mean of its neighbours inside the image (the discrete Laplace
     equation with the visible pixels as boundary). An image with nothing observed gets zeros.
 
-    Each image is solved alone on the box around its holes (one pixel of margin holds every
-    neighbour a missing pixel has), so a hole in a large image costs what the hole's box does."""
+    An image whose holes lie in a small part of it is solved alone on the box around them (one
+    pixel of margin holds every neighbour a missing pixel has): a hole in a large image costs
+    what its box does. The others (holes spread over the image) are solved together."""
     known = observed.float().expand_as(values)
     values = mk.fill(values.float(), observed, torch.zeros_like(known))  # no missing value enters
     out = values.clone()
     h, w = values.shape[2:]
+    spread = []
     for i in range(len(values)):
         holes = (observed[i, 0] == 0).nonzero()
         if len(holes) in (0, h * w):  # nothing missing, or nothing to interpolate from
             continue
         (top, left), (bottom, right) = holes.min(0).values.tolist(), holes.max(0).values.tolist()
-        box = (slice(i, i + 1), slice(None), slice(max(top - 1, 0), min(bottom + 2, h)),
-               slice(max(left - 1, 0), min(right + 2, w)))
+        rows = slice(max(top - 1, 0), min(bottom + 2, h))
+        cols = slice(max(left - 1, 0), min(right + 2, w))
+        if (rows.stop - rows.start) * (cols.stop - cols.start) > h * w // 2:
+            spread.append(i)
+            continue
+        box = (slice(i, i + 1), slice(None), rows, cols)
         out[box] = solve_harmonic(values[box], 1 - known[box], tol)
+    if spread:
+        out[spread] = solve_harmonic(values[spread], 1 - known[spread], tol)
     return out
 
 
