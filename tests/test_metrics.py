@@ -210,3 +210,17 @@ def test_real_feature_cache_computes_once(tmp_path):
     with np.load(cache) as data:
         assert np.allclose(data["mu"], first.mean(axis=0))
         assert data["sigma"].shape == (3, 3)
+
+
+def test_swd_from_shared_descriptors_equals_swd_of_the_images():
+    g = torch.Generator().manual_seed(3)
+    real = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g)
+    fakes = [torch.rand(6, 3, 32, 32, generator=g) * 2 - 1 for _ in range(2)]
+    shared = metrics.patch_descriptors(real, seed=2 * 5)
+    for fake in fakes:
+        direct = metrics.sliced_wasserstein(real, fake, seed=5)
+        # the generated set streamed in batches, the real set's descriptors reused
+        via = metrics.swd_of_descriptors(
+            shared, metrics.patch_descriptors([fake[:4], fake[4:]], seed=2 * 5 + 1), seed=5)
+        assert via == direct
+    assert metrics.sliced_wasserstein(real, fakes[0], seed=5) != direct

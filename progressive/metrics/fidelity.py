@@ -199,6 +199,16 @@ def sliced_wasserstein(
     """
     desc_real = patch_descriptors(real, seed=2 * seed, patches_per_image=patches_per_image)
     desc_fake = patch_descriptors(fake, seed=2 * seed + 1, patches_per_image=patches_per_image)
+    return swd_of_descriptors(desc_real, desc_fake, seed=seed, dir_repeats=dir_repeats,
+                              dirs_per_repeat=dirs_per_repeat)
+
+
+def swd_of_descriptors(
+    desc_real: dict[int, Tensor], desc_fake: dict[int, Tensor], *, seed: int = 0,
+    dir_repeats: int = SWD_DIR_REPEATS, dirs_per_repeat: int = SWD_DIRS_PER_REPEAT,
+) -> dict:
+    """`sliced_wasserstein` from the two sets' `patch_descriptors` (the real set's drawn with
+    seed 2 * seed, the other's with 2 * seed + 1), so one set's can serve several comparisons."""
     if list(desc_real) != list(desc_fake):
         raise ValueError("SWD needs two image sets of the same resolution")
     generator = torch.Generator().manual_seed(seed)

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from progressive.core.images import to_uint8
 from progressive.metrics import fidelity as metrics
 from progressive.metrics import inception, pca, quality
 from progressive.model import budget
@@ -42,18 +41,23 @@ def swd(ctx: Context) -> dict | None:
         ctx.options.notify(f"swd skipped: needs at least {metrics.SWD_MIN_RES}px, the model is "
                            f"at {run.res}px")
         return None
-    result = metrics.sliced_wasserstein(ctx.real_in, ctx.samples()["images"], seed=seed)
+    # The held-out images' descriptors serve every comparison; generated sets are streamed.
+    real = ctx.once("swd-real", lambda: metrics.patch_descriptors(ctx.real_in, seed=2 * seed))
+
+    def against(images) -> dict:
+        return metrics.swd_of_descriptors(
+            real, metrics.patch_descriptors(images, seed=2 * seed + 1), seed=seed)
+
+    result = against(ctx.samples()["images"])
     # The same measurement for the run's generator as initialised (same seed), the baseline
     # that training should beat.
     initial = parts.initial_generator(run).to(run.device)
-    z = sample_latents(ctx)
-    fake0 = [to_uint8(x) for x in generate_batches(initial, z, run.res, run.alpha)]
-    at_init = metrics.sliced_wasserstein(ctx.real_in, fake0, seed=seed)
+    at_init = against(generate_batches(initial, sample_latents(ctx), run.res, run.alpha))
     out = dict(value=result["mean"], levels=result["levels"], per_level=result["swd"],
                at_init=at_init["mean"])
     refined = ctx.refined()
     if refined is not None:
-        r = metrics.sliced_wasserstein(ctx.real_in, refined["images"], seed=seed)
+        r = against(refined["images"])
         out.update(ctx.chain_info(), refined=r["mean"], refined_per_level=r["swd"])
     return out
 

@@ -80,7 +80,8 @@ class Context:
             )
         self.real = self.ds.batch(list(range(self.n)))
         step = budget.image_batch(run.res)
-        self.real_in = torch.cat([
+        # Faded as the models saw them; past the fade-in they are the images themselves.
+        self.real_in = self.real if run.alpha >= 1 else torch.cat([
             to_uint8(prepare_real(self.real[i : i + step], run.alpha))
             for i in range(0, self.n, step)
         ])
