@@ -394,3 +394,31 @@ def test_inpaint_batches_from_the_memory_budget_fill_alike(tiny_run, monkeypatch
                                                                     batch=3))
     monkeypatch.setattr(budget, "MEMORY", 1)  # one image per pass
     assert torch.equal(inpaint.complete(run, images, masks, how), whole)
+
+
+def test_training_grids_stay_within_their_width_at_large_sizes(tmp_path, monkeypatch):
+    from progressive.core import grids
+    from progressive.train.loop import _save_grids, _save_reals
+
+    assert [grids.grid_side(8, r) for r in (32, 256, 512, 1024)] == [8, 8, 8, 4]
+    assert grids.grid_side(2, 1024) == 2
+    cfg, trainer = _trainer()
+    phase = Schedule.from_config(cfg).at(9000)
+    res, g = phase.res, torch.Generator().manual_seed(3)
+    fixed = {"z": torch.randn(64, cfg.networks.latent, generator=g), "mask": {},
+             "real": {res: torch.randint(0, 256, (32, 3, res, res), dtype=torch.uint8,
+                                         generator=g)}}
+    widths = {}
+    for side in (4096, 2 * res):  # the default, then a limit of two images across
+        monkeypatch.setattr(grids, "GRID_SIDE", side)
+        run = tmp_path / str(side)
+        run.mkdir()
+        _save_reals(fixed, run, res, cfg.run.grid_size)
+        shown = _save_grids(trainer, run, fixed, phase, 9000)
+        widths[side] = {p.name.split("-")[0]: Image.open(p).size for p in run.glob("*.png")}
+        assert len(shown["samples"]) == min(8, side // res) ** 2
+    pad = 2
+    assert widths[4096]["samples"] == (8 * (res + pad) + pad,) * 2
+    assert widths[2 * res]["samples"] == (2 * (res + pad) + pad,) * 2
+    assert widths[2 * res]["reconstructions"] == (2 * (res + pad) + pad,) * 2
+    assert widths[2 * res]["reals"][0] == 2 * (res + pad) + pad

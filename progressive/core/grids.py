@@ -36,6 +36,15 @@ def to_frames(images: Tensor) -> np.ndarray:
     return to_uint8(images).permute(0, 2, 3, 1).numpy()
 
 
+GRID_SIDE = 4096  # pixels across a training grid at most: all 8x8 up to 512 px, 4x4 at 1024
+
+
+def grid_side(grid: int, res: int) -> int:
+    """Images per row and column of a training grid of `res` px images: `grid`, fewer where
+    the grid would be wider than GRID_SIDE (a 1024 px grid of 8x8 is slow to draw and encode)."""
+    return max(1, min(grid, GRID_SIDE // res))
+
+
 GRID_PIXELS = 2**28  # pixels a grid image may hold (768 MiB as RGB)
 
 

@@ -17,7 +17,7 @@ from progressive.config.schedule import Phase, Schedule
 from progressive.config.sections import Config
 from progressive.core.errors import UserError, one_line
 from progressive.core.files import write_json_atomic
-from progressive.core.grids import pairs, save_grid
+from progressive.core.grids import grid_side, pairs, save_grid
 from progressive.core.images import to_float
 from progressive.data.masks import fade_mask, fill
 from progressive.data.reader import ImageDataset, make_loader
@@ -42,18 +42,18 @@ def _save_grids(
     g = trainer.generator_ema
     inference = in_use(trainer.unwrapped(), "inference")  # the pair evaluation uses
     res, alpha = phase.res, phase.alpha
+    n = grid_side(trainer.cfg.run.grid_size, res)
     with torch.no_grad():
-        samples = g(fixed["z"], res, alpha)
-        real = fade_real(to_float(fixed["real"][res]), alpha)
+        samples = g(fixed["z"][: n * n], res, alpha)
+        real = fade_real(to_float(fixed["real"][res][: n * n // 2]), alpha)
         encoded = real
         if res in fixed["mask"]:
             # Incomplete data: the grid shows what training sees, missing pixels mid-grey,
             # and reconstructs from the model's completion, as in training.
-            observed = fade_mask(fixed["mask"][res], alpha)
+            observed = fade_mask(fixed["mask"][res][: n * n // 2], alpha)
             encoded = trainer.fill_missing(real, observed, res, alpha)
             real = fill(real, observed, torch.zeros_like(real))
         recon = g(inference(encoded, alpha)[0], res, alpha)
-    n = trainer.cfg.run.grid_size
     # Real images in even columns, their reconstructions beside them.
     grids = {"samples": samples, "reconstructions": pairs(real, recon)}
     for kind, images in grids.items():
@@ -130,10 +130,11 @@ def _next_batch(loader_iter, data: str) -> torch.Tensor | tuple[torch.Tensor, to
 def _save_reals(fixed: dict, run_dir: Path, res: int, grid: int) -> None:
     path = layout.reals_file(run_dir, res)
     if not path.exists():
-        real = to_float(fixed["real"][res])
+        n = grid_side(grid, res)
+        real = to_float(fixed["real"][res][: n * n // 2])
         if res in fixed["mask"]:  # missing pixels mid-grey: what training sees
-            real = fill(real, fixed["mask"][res].float(), torch.zeros_like(real))
-        save_grid(real, path, nrow=grid)
+            real = fill(real, fixed["mask"][res][: n * n // 2].float(), torch.zeros_like(real))
+        save_grid(real, path, nrow=n)
 
 
 def train(
@@ -233,7 +234,7 @@ def _train_locked(
     def grids(phase: Phase, shown: int) -> None:
         if acc.is_main_process:
             tracker.grids(_save_grids(trainer, run_dir, fixed, phase, shown),
-                          cfg.run.grid_size, shown)
+                          grid_side(cfg.run.grid_size, phase.res), shown)
 
     final = None
     # Threads beyond the cores (several runs side by side) slow every run many times over.
