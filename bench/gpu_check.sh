@@ -68,7 +68,7 @@ if [[ $cpu == 1 ]]; then
   device=cpu
   # 420 s a step: the 1024 px grids of the celebahq1024 step take minutes on a loaded CPU.
   machine_settings CPU 40 4 420
-  speed_args=(--device cpu --res 4 8 16 --widths rule --batch 4 --steps 2 --warmup 1)
+  speed_args=(--device cpu --res 4 8 16 --widths demo --batch 4 --steps 2 --warmup 1)
 else
   device=cuda
   machine_settings GPU 64 16 240
