@@ -79,7 +79,7 @@ def main(ckpt, max_res, batch, repeats, out):
                 x_rec = g(mu + (0.5 * logvar).exp() * torch.randn_like(mu), res, 1.0)
                 x_fake = g(z, res, 1.0)
                 rec_term = loss.rec_scale(res, w) * loss.reconstruction(x, x_rec)
-                energy_term = w["energy"] * e(x_fake, 1.0).mean()
+                energy_term = w.energy * e(x_fake, 1.0).mean()
                 n_rec, n_e = grad_norm(rec_term, params), grad_norm(energy_term, params)
                 recs.append(n_rec)
                 energies.append(n_e)
