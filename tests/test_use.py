@@ -19,7 +19,9 @@ from tiny import networks_of, train_tiny_run
 from progressive.cli.main import main
 from progressive.core.grids import GRID_PADDING
 from progressive.core.images import load_image_file, to_uint8
+from progressive.data.reader import ImageDataset
 from progressive.metrics import inception
+from progressive.metrics.stage import split_counts
 from progressive.model import latents, sampling
 from progressive.model.langevin import Langevin, refine, refine_batches
 from progressive.model.layers import num_parameters
@@ -296,6 +298,9 @@ def test_evaluate_appends_metrics_and_skips_fid_without_weights(run_dir, model, 
     assert swd[0]["value"] == swd[1]["value"]  # same seed, same number
     assert swd[0]["levels"] == [16]
     assert recon[0]["mean_image_baseline"] > 0
+    # the PCA baseline is fitted on the images training used, not the run's held-out ones
+    trained, held = split_counts(len(ImageDataset(data, RES)), model.config.data.holdout)
+    assert held > 0 and recon[0]["pca_fit"]["of"] == trained
 
 
 def test_evaluate_fid_kid_with_stand_in_weights(run_dir, model, tmp_path, monkeypatch):

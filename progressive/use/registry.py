@@ -19,6 +19,7 @@ from progressive.core.files import append_jsonl
 from progressive.core.images import to_uint8
 from progressive.data.reader import ImageDataset
 from progressive.metrics import pca, quality
+from progressive.metrics.stage import split_counts
 from progressive.model import budget
 from progressive.model.langevin import Langevin, refine_batches
 from progressive.model.sampling import energies, generate_batches, prepare_real, sample_energies
@@ -141,7 +142,9 @@ class Context:
             ds = ImageDataset(data, self.run.res)
         except UserError:
             return None
-        count = min(PCA_TRAINING_IMAGES, len(ds))
+        # Only the share training used: the run's held-out images are not the baseline's.
+        trained, _ = split_counts(len(ds), self.run.config.data.holdout)
+        count = min(PCA_TRAINING_IMAGES, trained)
         if count < 2:
             return None
         return _fit(ds.batch, count, self.run.res)
