@@ -209,3 +209,22 @@ def test_every_field_and_preset_is_documented():
             assert f"`{name}.{f.name}`" in doc, f"{name}.{f.name}"
     for preset in PRESETS:
         assert f"`{preset}`" in doc, preset
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--pca-path"], "use --set networks.pca_path=VALUE"),
+    (["--energy-r1", "0.1"], "use --set loss.energy_r1=VALUE"),
+    (["--generator-lr", "1e-3"], "use --set optim.lr_generator=VALUE"),
+    (["--out", "runs"], "use --outdir"),
+    (["--energy-center", "1"], "--energy-center was retired"),
+])
+def test_an_option_that_moved_to_the_configuration_says_where(tmp_path, args, says):
+    result = CliRunner().invoke(main, ["train", *args, "--outdir", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 2
+    assert says in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_an_option_that_never_was_gets_clicks_own_message():
+    result = CliRunner().invoke(main, ["train", "--bogus"])
+    assert result.exit_code == 2 and "No such option" in result.output

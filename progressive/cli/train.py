@@ -14,8 +14,8 @@ import click
 import yaml
 
 from progressive.config import presets
-from progressive.config.keys import parse_value
-from progressive.config.migrate import migrate
+from progressive.config.keys import parse_value, where_now
+from progressive.config.migrate import RETIRED, migrate
 from progressive.config.sections import PRECISIONS, TRACKERS, every_res
 from progressive.core.errors import UserError
 from progressive.train import data as datasets
@@ -89,7 +89,25 @@ def _option(*names: str, **kw: Any):
     return click.option(*names, show_default=True, **kw)
 
 
-@click.command()
+class _TrainCommand(click.Command):
+    """`train`, saying where an option of the configuration went when one is used as a flag."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            if e.option_name.lstrip("-").replace("-", "_") in RETIRED:
+                raise click.UsageError(f"{e.option_name} was retired: tried and not kept "
+                                       "(docs/experiments.md)", ctx) from None
+            now = where_now(e.option_name)
+            if now is None:
+                raise
+            hint = now if now.startswith("--") else f"--set {now}=VALUE"
+            raise click.UsageError(f"{e.option_name} is not an option of train: use {hint} "
+                                   "(docs/configuration.md)", ctx) from None
+
+
+@click.command(cls=_TrainCommand)
 # Data, configuration and where the run goes.
 @_option("--data", help="Dataset directory (make-lmdb). Default: built-in synthetic data.")
 @_option("--preset", help="Experiment preset. Default: sizes from --max-res and the device.",

@@ -90,3 +90,24 @@ def _describe(hint: Any) -> str:
     if origin is tuple:
         return "two numbers, e.g. 0.5,0.99"
     return {bool: "true or false", int: "a whole number", float: "a number"}.get(hint, "text")
+
+
+# Options of `progressive train` in release 0.1.0 whose field has another name.
+_RENAMED = {"out": "--outdir", "generator_lr": "optim.lr_generator",
+            "energy_lr": "optim.lr_energy", "inference_lr": "optim.lr_inference",
+            "energy_langevin": "loss.langevin_steps",
+            "energy_langevin_step": "loss.langevin_step_size",
+            "energy_langevin_noise": "loss.langevin_noise"}
+
+
+def where_now(option: str) -> str | None:
+    """Where a train option that no longer exists went: a field (`section.field`) or an option;
+    None for an option that never was one."""
+    key = option.lstrip("-").replace("-", "_")
+    if key in _RENAMED:
+        return _RENAMED[key]
+    for name in ("loss", "networks", "optim", "run", "data", "schedule"):
+        if any(f.name == key for f in dataclasses.fields(SECTIONS[name])):
+            return f"{name}.{key}"
+    return None
+
