@@ -14,7 +14,7 @@ import click
 import yaml
 
 from progressive.config import presets
-from progressive.config.keys import parse_value, where_now
+from progressive.config.keys import option_key, parse_value, where_now
 from progressive.config.migrate import RETIRED, migrate
 from progressive.config.sections import PRECISIONS, TRACKERS, every_res
 from progressive.core.errors import UserError
@@ -96,7 +96,7 @@ class _TrainCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.NoSuchOption as e:
-            if e.option_name.lstrip("-").replace("-", "_") in RETIRED:
+            if option_key(e.option_name) in RETIRED:
                 raise click.UsageError(f"{e.option_name} was retired: tried and not kept "
                                        "(docs/experiments.md)", ctx) from None
             now = where_now(e.option_name)

@@ -100,14 +100,18 @@ _RENAMED = {"out": "--outdir", "generator_lr": "optim.lr_generator",
             "energy_langevin_noise": "loss.langevin_noise"}
 
 
+def option_key(option: str) -> str:
+    """The configuration's spelling of a command-line option: `--energy-r1` -> `energy_r1`."""
+    return option.lstrip("-").replace("-", "_")
+
+
 def where_now(option: str) -> str | None:
     """Where a train option that no longer exists went: a field (`section.field`) or an option;
     None for an option that never was one."""
-    key = option.lstrip("-").replace("-", "_")
+    key = option_key(option)
     if key in _RENAMED:
         return _RENAMED[key]
-    for name in ("loss", "networks", "optim", "run", "data", "schedule"):
-        if any(f.name == key for f in dataclasses.fields(SECTIONS[name])):
+    for name, cls in SECTIONS.items():
+        if any(f.name == key for f in dataclasses.fields(cls)):
             return f"{name}.{key}"
     return None
-
